@@ -1,0 +1,49 @@
+# The course's two commands:  `make lab` opens JupyterLab on the first lesson;  `make test` runs every test.
+# Both create .venv on first use and are quick when nothing changed (the install is stamped).
+
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+KERNEL    := attention-course
+LAB_ARGS  ?=
+PYTEST_ARGS ?=
+FIRST_LESSON := $(firstword $(sort $(wildcard notebooks/[0-9]*.ipynb)))
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install lab test lint format lock clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when the pins or the package metadata change.
+$(STAMP): requirements.txt constraints.txt pyproject.toml | $(PY)
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Attention course (attnlib)" >/dev/null
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=. $(LAB_ARGS) $(FIRST_LESSON)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Re-freeze the full dependency tree after changing requirements.txt.
+lock: $(STAMP)
+	(echo "# Every package the course environment resolves to, frozen. Regenerate with: make lock"; \
+	 $(PY) -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/') > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

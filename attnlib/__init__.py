@@ -1,0 +1,36 @@
+"""attnlib: the attention mechanism, small and tested.
+
+Shapes are (batch, heads, seq, dim). Boolean masks are True where a query may attend; float masks are added to
+the scores. Fully masked rows give zeros, never NaN. Nothing modifies its inputs.
+
+* :mod:`attnlib.reference` — NumPy, loop-level and vectorised: the readable oracle.
+* :mod:`attnlib.functional` — PyTorch functions with autograd, on CPU, CUDA or MPS.
+* :mod:`attnlib.masks` — causal, padding and combined masks, and conversion to ``nn.MultiheadAttention``'s convention.
+* :mod:`attnlib.modules` — ``SelfAttention``, ``CrossAttention`` and ``MultiHeadAttention``.
+"""
+
+from .device import available_devices, get_device
+from .functional import attention_scores, merge_heads, scaled_dot_product_attention, softmax, split_heads
+from .masks import causal_mask, combine_masks, from_mha_mask, padding_mask, to_additive, to_mha_mask
+from .modules import CrossAttention, MultiHeadAttention, SelfAttention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "available_devices",
+    "get_device",
+    "attention_scores",
+    "merge_heads",
+    "scaled_dot_product_attention",
+    "softmax",
+    "split_heads",
+    "causal_mask",
+    "combine_masks",
+    "from_mha_mask",
+    "padding_mask",
+    "to_additive",
+    "to_mha_mask",
+    "CrossAttention",
+    "MultiHeadAttention",
+    "SelfAttention",
+]

@@ -1,0 +1,212 @@
+r"""Attention as plain PyTorch functions, with autograd, on any device.
+
+Shapes follow (batch, heads, seq, dim): queries ``q`` are (..., L, E), keys ``k`` (..., S, E) and values
+``v`` (..., S, Ev), where ``...`` is any number of leading batch dims (usually batch, heads) shared by all three.
+
+.. math::  \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d_k}} + M\right) V
+
+Mask convention (the same as ``torch.nn.functional.scaled_dot_product_attention``): a boolean mask is True
+where a query **may attend**; a float mask is **added** to the scaled scores. A query whose every key is masked
+gets a row of zero weights and a zero output, with finite gradients, never NaN. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import (
+    check_dropout,
+    check_float_tensor,
+    check_mask,
+    check_min_rank,
+    check_positive_float,
+    check_positive_int,
+    check_same_dtype_device,
+    shape_str,
+)
+from .masks import causal_mask
+
+__all__ = [
+    "softmax",
+    "attention_scores",
+    "scaled_dot_product_attention",
+    "split_heads",
+    "merge_heads",
+]
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values; attention needs finite inputs")
+
+
+def _safe_softmax(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """Stable softmax along ``dim``; a slice that is entirely -inf becomes all zeros instead of NaN."""
+    compute = torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype
+    z = z.to(compute)
+    m = z.amax(dim=dim, keepdim=True).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf: shift by 0, exp gives zeros
+    e = torch.exp(z - m)
+    total = e.sum(dim=dim, keepdim=True)
+    out = e / torch.where(total > 0, total, torch.ones_like(total))
+    return out
+
+
+def softmax(x: torch.Tensor, dim: int = -1, temperature: float = 1.0) -> torch.Tensor:
+    r"""Numerically stable softmax of ``x / temperature`` along ``dim``.
+
+    .. math:: \mathrm{softmax}(x)_i = \frac{e^{x_i/T - m}}{\sum_j e^{x_j/T - m}},\quad m = \max_j x_j/T
+
+    Subtracting the maximum changes nothing mathematically but keeps every exponent <= 0, so nothing overflows.
+    ``-inf`` entries get weight 0; a slice that is entirely ``-inf`` gives all zeros (not NaN). Lower
+    temperatures sharpen the distribution towards one-hot, higher ones flatten it towards uniform.
+    fp16/bf16 inputs are computed in fp32 and returned in their own dtype.
+    """
+    x = check_float_tensor(x, "x")
+    temperature = check_positive_float(temperature, "temperature")
+    if x.dim() == 0:
+        raise ValueError("x must have at least 1 dim to take a softmax over, got a 0-dim tensor")
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(f"dim={dim} is out of range for x of shape {shape_str(x.shape)}")
+    if x.shape[dim] == 0:
+        raise ValueError(f"x has size 0 along dim={dim} (shape {shape_str(x.shape)}); softmax needs >= 1 entry")
+    if torch.isnan(x).any() or torch.isposinf(x).any():
+        raise ValueError("x contains NaN or +inf; softmax needs finite values or -inf (blocked) entries")
+    return _safe_softmax(x / temperature, dim).to(x.dtype)
+
+
+def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
+    check_float_tensor(q, "q")
+    check_float_tensor(k, "k")
+    check_min_rank(q, "q", 2, "(..., L, E)")
+    check_min_rank(k, "k", 2, "(..., S, E)")
+    check_same_dtype_device({"q": q, "k": k})
+    if q.dim() != k.dim():
+        raise ValueError(
+            f"q and k must have the same number of dims, got q {shape_str(q.shape)} and k {shape_str(k.shape)}"
+        )
+    if q.shape[:-2] != k.shape[:-2]:
+        raise ValueError(
+            f"q and k must share their leading (batch, heads) dims, got q {shape_str(q.shape)} and "
+            f"k {shape_str(k.shape)}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q and k must have the same feature dim E to take dot products, got q {shape_str(q.shape)} "
+            f"(E={q.shape[-1]}) and k {shape_str(k.shape)} (E={k.shape[-1]})"
+        )
+    if q.shape[-1] == 0:
+        raise ValueError(f"q and k have feature dim E=0 (q {shape_str(q.shape)}); need E >= 1")
+    if q.shape[-2] == 0:
+        raise ValueError(f"q is an empty sequence (L=0, shape {shape_str(q.shape)}); need at least one query")
+    if k.shape[-2] == 0:
+        raise ValueError(
+            f"k is an empty sequence (S=0, shape {shape_str(k.shape)}); need at least one key "
+            "(to let a query attend to nothing, mask all its keys instead)"
+        )
+    _check_finite(q, "q")
+    _check_finite(k, "k")
+
+
+def _resolve_scale(scale: float | None, E: int) -> float:
+    return 1.0 / math.sqrt(E) if scale is None else check_positive_float(scale, "scale")
+
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    r"""Scaled similarity of every query with every key: ``(q @ k^T) * scale``, shape (..., L, S).
+
+    ``scale`` defaults to :math:`1/\sqrt{E}`, E being the (per-head) feature dim of q and k.
+    """
+    _check_qk(q, k)
+    return (q @ k.transpose(-2, -1)) * _resolve_scale(scale, q.shape[-1])
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    *,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Scaled dot-product attention; returns ``(output, weights)``.
+
+    Args:
+        q: queries (..., L, E), typically (batch, heads, L, head_dim).
+        k: keys (..., S, E).
+        v: values (..., S, Ev).
+        attn_mask: bool (True = may attend) or additive float mask of q's dtype, broadcastable to (..., L, S).
+        is_causal: apply a top-left-aligned causal mask (query i sees keys j <= i), as SDPA's ``is_causal``.
+            Cannot be combined with ``attn_mask``: build ``combine_masks(causal_mask(L, S), attn_mask)`` instead.
+        scale: multiplier of the scores, default :math:`1/\sqrt{E}`.
+        dropout_p: dropout on the weights, applied whenever > 0 (as SDPA does); the returned weights are the
+            ones actually used.
+        generator: random generator for dropout.
+
+    Returns:
+        output (..., L, Ev) and weights (..., L, S); every row of weights sums to 1, or to 0 where all of that
+        query's keys are masked (its output row is then 0).
+
+    Equals ``torch.nn.functional.scaled_dot_product_attention`` (which returns only the output) within
+    floating-point tolerance.
+    """
+    _check_qk(q, k)
+    check_float_tensor(v, "v")
+    check_same_dtype_device({"q": q, "v": v})
+    if v.dim() != q.dim() or v.shape[:-2] != k.shape[:-2] or v.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"v must be (..., S, Ev) with the same leading dims and length S as k, got k {shape_str(k.shape)} "
+            f"and v {shape_str(v.shape)}"
+        )
+    _check_finite(v, "v")
+    dropout_p = check_dropout(dropout_p)
+    L, S = q.shape[-2], k.shape[-2]
+    score_shape = (*q.shape[:-2], L, S)
+    if attn_mask is not None:
+        if is_causal:
+            raise ValueError(
+                "is_causal=True and attn_mask were both given; combine them explicitly with "
+                "attnlib.combine_masks(attnlib.causal_mask(L, S), attn_mask)"
+            )
+        check_mask(attn_mask, score_shape, q)
+    elif is_causal:
+        attn_mask = causal_mask(L, S, device=q.device)
+
+    scores = attention_scores(q, k, scale)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    weights = _safe_softmax(scores, dim=-1).to(q.dtype)
+    if dropout_p > 0:
+        keep = torch.rand(weights.shape, generator=generator, device=weights.device) >= dropout_p
+        weights = weights * keep / (1.0 - dropout_p)
+    return weights @ v, weights
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(batch, seq, num_heads * head_dim) -> (batch, num_heads, seq, head_dim).
+
+    Head h takes features ``h*head_dim .. (h+1)*head_dim - 1`` of each token. The transpose matters: a bare
+    ``view(batch, num_heads, seq, head_dim)`` would mix different tokens' features into one "head".
+    """
+    check_float_tensor(x, "x")
+    check_min_rank(x, "x", 2, "(..., seq, embed_dim)")
+    num_heads = check_positive_int(num_heads, "num_heads")
+    E = x.shape[-1]
+    if E % num_heads:
+        raise ValueError(f"num_heads={num_heads} does not divide the embedding dim {E} of x {shape_str(x.shape)}")
+    return x.unflatten(-1, (num_heads, E // num_heads)).transpose(-3, -2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(batch, num_heads, seq, head_dim) -> (batch, seq, num_heads * head_dim); the inverse of :func:`split_heads`."""
+    check_float_tensor(x, "x")
+    check_min_rank(x, "x", 3, "(..., heads, seq, head_dim)")
+    return x.transpose(-3, -2).flatten(-2)

@@ -1,0 +1,149 @@
+"""Mask builders.
+
+attnlib's convention is the one ``torch.nn.functional.scaled_dot_product_attention`` uses:
+
+* a **boolean** mask is True where a query **may attend** to a key, False where it is blocked;
+* a **float** mask is **added** to the scaled scores (0 keeps a score, ``-inf`` blocks it).
+
+Masks have shape (L, S) or any shape that broadcasts to the scores' (batch, heads, L, S), where L is the
+number of queries and S the number of keys. ``torch.nn.MultiheadAttention`` uses the opposite boolean
+convention (True = ignore); :func:`to_mha_mask` and :func:`from_mha_mask` convert between the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from ._checks import check_positive_int, check_tensor, shape_str
+
+Alignment = Literal["top-left", "bottom-right"]
+
+
+def causal_mask(
+    L: int,
+    S: int | None = None,
+    *,
+    alignment: Alignment = "top-left",
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Boolean causal (look-ahead) mask of shape (L, S); True = may attend.
+
+    ``alignment`` says which corner the diagonal starts from when L != S:
+
+    * ``"top-left"`` (what ``is_causal=True`` means in SDPA): query i sees keys j <= i.
+    * ``"bottom-right"`` (what decoding with a KV cache needs): the last query sees every key;
+      query i sees keys j <= i + (S - L). When L > S the first L - S rows see nothing.
+
+    With L == S both alignments give the same lower-triangular mask.
+    """
+    L = check_positive_int(L, "L")
+    S = L if S is None else check_positive_int(S, "S")
+    if alignment not in ("top-left", "bottom-right"):
+        raise ValueError(f"alignment must be 'top-left' or 'bottom-right', got {alignment!r}")
+    diagonal = 0 if alignment == "top-left" else S - L
+    return torch.ones(L, S, dtype=torch.bool, device=device).tril(diagonal=diagonal)
+
+
+def padding_mask(
+    lengths: torch.Tensor | Sequence[int],
+    S: int | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Boolean key-padding mask of shape (batch, 1, 1, S) from each sequence's true length; True = real token.
+
+    Item b may attend to keys ``0 .. lengths[b] - 1``; the rest are padding. A length of 0 masks every key, so
+    that item's output rows are zeros (never a uniform average of padding). ``S`` defaults to ``max(lengths)``.
+    The result broadcasts over heads and queries.
+    """
+    if isinstance(lengths, torch.Tensor):
+        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.dim() != 1:
+            raise TypeError(
+                f"lengths must be a 1-D integer tensor or a list of ints, got a {lengths.dtype} tensor of shape "
+                f"{shape_str(lengths.shape)}"
+            )
+        values = [int(v) for v in lengths.tolist()]
+        device = lengths.device if device is None else device
+    else:
+        values = list(lengths)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+            raise TypeError(f"lengths must hold ints, got {values!r}")
+    if not values:
+        raise ValueError("lengths is empty: need one length per batch item")
+    if min(values) < 0:
+        raise ValueError(f"lengths must be >= 0, got {values}")
+    if S is None:
+        S = max(values)
+        if S == 0:
+            raise ValueError("every length is 0 and S was not given: cannot build a mask with no keys")
+    S = check_positive_int(S, "S")
+    if max(values) > S:
+        raise ValueError(f"lengths {values} exceed the key length S={S}")
+    positions = torch.arange(S, device=device)
+    lens = torch.tensor(values, device=device)
+    return (positions[None, :] < lens[:, None])[:, None, None, :]
+
+
+def to_additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Boolean mask (True = may attend) -> float mask with 0 where allowed and -inf where blocked."""
+    check_tensor(mask, "mask")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be torch.bool to convert to an additive mask, got {mask.dtype}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return out.masked_fill(~mask, float("-inf"))
+
+
+def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
+    """Combine masks so a key is allowed only where every mask allows it.
+
+    Boolean masks are ANDed. If any mask is a float (additive) mask, boolean ones are first turned into 0/-inf
+    masks of that dtype and everything is added. ``None`` entries are skipped; all ``None`` gives ``None``.
+    Shapes broadcast, e.g. a causal (L, S) mask with a padding (B, 1, 1, S) mask gives (B, 1, L, S).
+    """
+    present = [m for m in masks if m is not None]
+    for i, m in enumerate(present):
+        check_tensor(m, f"masks[{i}]")
+        if m.dtype != torch.bool and not m.is_floating_point():
+            raise TypeError(f"masks[{i}] must be torch.bool or a float mask, got {m.dtype}")
+    if not present:
+        return None
+    try:
+        torch.broadcast_shapes(*(m.shape for m in present))
+    except RuntimeError:
+        shapes = ", ".join(shape_str(m.shape) for m in present)
+        raise ValueError(f"masks have shapes {shapes}, which do not broadcast together") from None
+    float_dtypes = {m.dtype for m in present if m.is_floating_point()}
+    if not float_dtypes:
+        out = present[0]
+        for m in present[1:]:
+            out = out & m
+        return out
+    if len(float_dtypes) > 1:
+        raise TypeError(f"float masks have different dtypes {sorted(map(str, float_dtypes))}; use one dtype")
+    (dtype,) = float_dtypes
+    out = None
+    for m in present:
+        term = to_additive(m, dtype) if m.dtype == torch.bool else m
+        out = term if out is None else out + term
+    return out
+
+
+def to_mha_mask(mask: torch.Tensor) -> torch.Tensor:
+    """attnlib/SDPA boolean mask (True = may attend) -> ``nn.MultiheadAttention``'s (True = ignore).
+
+    Works for ``attn_mask`` and, after reshaping a (B, 1, 1, S) padding mask to (B, S), for
+    ``key_padding_mask``. Float masks mean the same in both APIs and are returned unchanged.
+    """
+    check_tensor(mask, "mask")
+    return ~mask if mask.dtype == torch.bool else mask
+
+
+def from_mha_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``nn.MultiheadAttention`` boolean mask (True = ignore) -> attnlib/SDPA's (True = may attend)."""
+    check_tensor(mask, "mask")
+    return ~mask if mask.dtype == torch.bool else mask
