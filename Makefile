@@ -9,6 +9,8 @@ KERNEL    := attention-course
 LAB_ARGS  ?=
 PYTEST_ARGS ?=
 FIRST_LESSON := $(firstword $(sort $(wildcard notebooks/[0-9]*.ipynb)))
+# Jupyter refuses to start as root (containers, CI) unless told it may.
+AS_ROOT   := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install lab test lint format lock clean
@@ -27,7 +29,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml | $(PY)
 	touch $(STAMP)
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=. $(LAB_ARGS) $(FIRST_LESSON)
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=. $(AS_ROOT) $(LAB_ARGS) $(FIRST_LESSON)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
