@@ -46,6 +46,7 @@ format: $(STAMP)
 lock: $(STAMP)
 	(echo "# Every package the course environment resolves to, frozen. Regenerate with: make lock"; \
 	 $(PY) -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/') > constraints.txt
+	touch $(STAMP)  # the environment is what constraints.txt now says: no re-install needed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -74,8 +74,7 @@ def check_same_dtype_device(tensors: dict[str, torch.Tensor]) -> None:
     for name, t in items[1:]:
         if t.dtype != first.dtype:
             raise TypeError(
-                f"{name} has dtype {t.dtype} but {first_name} has dtype {first.dtype}; "
-                "convert them to one dtype first"
+                f"{name} has dtype {t.dtype} but {first_name} has dtype {first.dtype}; convert them to one dtype first"
             )
     for name, t in items[1:]:
         if t.device != first.device:
@@ -91,7 +90,9 @@ def check_mask(mask: object, target_shape: Sequence[int], like: torch.Tensor, na
     """
     mask = check_tensor(mask, name)
     if mask.dtype != torch.bool and mask.dtype != like.dtype:
-        hint = " (a 0/1 integer mask is ambiguous: use .bool(), True = may attend)" if not mask.is_floating_point() else ""
+        hint = (
+            " (a 0/1 integer mask is ambiguous: use .bool(), True = may attend)" if not mask.is_floating_point() else ""
+        )
         raise TypeError(
             f"{name} must be torch.bool (True = may attend) or an additive float mask of the query's dtype "
             f"{like.dtype}, got {mask.dtype}{hint}"
@@ -107,7 +108,7 @@ def check_mask(mask: object, target_shape: Sequence[int], like: torch.Tensor, na
         )
     if mask.dim() > len(target):
         raise ValueError(f"{name} has shape {shape_str(mask.shape)} with too many dims; expected {expected}")
-    for m, t in zip(reversed(mask.shape), reversed(target)):
+    for m, t in zip(reversed(mask.shape), reversed(target), strict=False):
         if m != 1 and m != t:
             raise ValueError(f"{name} has shape {shape_str(mask.shape)}; expected {expected}")
     if mask.is_floating_point() and (torch.isnan(mask).any() or torch.isposinf(mask).any()):

@@ -41,8 +41,10 @@ def get_device(prefer: str | None = None) -> torch.device:
     except RuntimeError:
         raise ValueError(f"{source}={requested!r} is not a device name; use one of {available_devices()}") from None
     if device.type not in available_devices():
-        raise ValueError(f"{source}={requested!r} asks for {device.type}, which is not available here; "
-                         f"available: {available_devices()}")
+        raise ValueError(
+            f"{source}={requested!r} asks for {device.type}, which is not available here; "
+            f"available: {available_devices()}"
+        )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"{source}={requested!r}: only {torch.cuda.device_count()} CUDA device(s) present")
     return device

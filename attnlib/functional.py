@@ -74,7 +74,9 @@ def softmax(x: torch.Tensor, dim: int = -1, temperature: float = 1.0) -> torch.T
         raise ValueError(f"x has size 0 along dim={dim} (shape {shape_str(x.shape)}); softmax needs >= 1 entry")
     if torch.isnan(x).any() or torch.isposinf(x).any():
         raise ValueError("x contains NaN or +inf; softmax needs finite values or -inf (blocked) entries")
-    return _safe_softmax(x / temperature, dim).to(x.dtype)
+    # Upcast before dividing: fp16 logits of 1e4 at temperature 0.1 would overflow to inf (and give NaN) otherwise.
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return _safe_softmax(x.to(compute) / temperature, dim).to(x.dtype)
 
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -177,7 +179,9 @@ def scaled_dot_product_attention(
     elif is_causal:
         attn_mask = causal_mask(L, S, device=q.device)
 
-    scores = attention_scores(q, k, scale)
+    # fp16/bf16: scores and softmax in fp32, as torch's kernels do; q @ k^T alone can overflow fp16 (max 65504).
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    scores = attention_scores(q.to(compute), k.to(compute), scale)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))

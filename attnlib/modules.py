@@ -18,7 +18,9 @@ def _check_input(x: object, name: str, features: int, like: torch.Tensor) -> tor
     x = check_float_tensor(x, name)
     check_rank(x, name, (2, 3), f"(batch, seq, {features}) or (seq, {features})")
     if x.shape[-1] != features:
-        raise ValueError(f"{name} has {x.shape[-1]} features (shape {shape_str(x.shape)}); this layer expects {features}")
+        raise ValueError(
+            f"{name} has {x.shape[-1]} features (shape {shape_str(x.shape)}); this layer expects {features}"
+        )
     if x.dtype != like.dtype:
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's weights are {like.dtype}; convert one of them")
     if x.device != like.device:
@@ -180,10 +182,10 @@ class MultiHeadAttention(nn.Module):
                 w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
             else:
                 w_q, w_k, w_v = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
-            for layer, w in zip((new.w_q, new.w_k, new.w_v), (w_q, w_k, w_v)):
+            for layer, w in zip((new.w_q, new.w_k, new.w_v), (w_q, w_k, w_v), strict=True):
                 layer.weight.copy_(w)
             if mha.in_proj_bias is not None:
-                for layer, b in zip((new.w_q, new.w_k, new.w_v), mha.in_proj_bias.chunk(3)):
+                for layer, b in zip((new.w_q, new.w_k, new.w_v), mha.in_proj_bias.chunk(3), strict=True):
                     layer.bias.copy_(b)
             new.w_o.weight.copy_(mha.out_proj.weight)
             if new.w_o.bias is not None:

@@ -20,9 +20,7 @@ def _device_params():
     mps_ok = mps is not None and mps.is_available()
     return [
         pytest.param("cpu", id="cpu"),
-        pytest.param(
-            "cuda", id="cuda", marks=pytest.mark.skipif(not cuda_ok, reason="no CUDA device on this machine")
-        ),
+        pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not cuda_ok, reason="no CUDA device on this machine")),
         pytest.param("mps", id="mps", marks=pytest.mark.skipif(not mps_ok, reason="no Apple MPS device here")),
     ]
 
