@@ -1,0 +1,528 @@
+r"""Memory-efficient attention: the FlashAttention algorithm in plain PyTorch.
+
+The math path (:func:`attnlib.scaled_dot_product_attention`) builds the whole (L, S) score matrix, so its memory
+grows with L·S: 8 GiB per (batch, heads) pair of fp32 scores at B=4, H=8, L=S=8192. :func:`chunked_attention`
+gives the same output while holding only one (block_q, block_k) block of scores at a time. It walks over query
+blocks and, for each, over key blocks, and keeps three running quantities per query row:
+
+* ``m``, the largest score seen so far (the running max),
+* ``l``, the sum of ``exp(score - m)`` over the keys seen so far (the running sum),
+* ``acc``, the sum of ``exp(score - m) * value`` (the unnormalised output).
+
+When a new block raises the max from ``m`` to ``m'``, everything accumulated so far was computed relative to the
+old max, so ``l`` and ``acc`` are multiplied by ``exp(m - m')`` before the block's terms are added. At the end
+``out = acc / l`` and ``logsumexp = m + log(l)``. :func:`online_softmax` shows the same update on one vector.
+
+Training stays linear in memory too: the backward pass saves only q, k, v, the output and the per-row logsumexp,
+and recomputes each block of weights as ``exp(score - logsumexp)`` when it needs it.
+
+What makes a Python loop over blocks fast enough (see ``attnlib bench``): the score scale is folded into the
+matmul (``baddbmm_`` with ``alpha``, no scaled copy of q); one score buffer is reused for every block and
+exponentiated in place; scores are kept in base 2 so that ``exp2`` (about 2.5x cheaper than ``exp`` on a CPU,
+same accuracy) does the exponentials; causal key blocks that are entirely in the future are never computed; and
+on the CPU each core runs the loop on its own slice of the batch with single-threaded ops, instead of every small
+op forking and joining across the cores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._checks import (
+    check_float_tensor,
+    check_mask,
+    check_positive_int,
+    check_same_dtype_device,
+    shape_str,
+)
+from .functional import _check_finite, _check_qk, _resolve_scale
+
+__all__ = ["chunked_attention", "online_softmax", "online_softmax_update"]
+
+_ALIGNMENTS = ("top-left", "bottom-right")
+# The kernels work in base 2: scores are pre-multiplied by log2(e) so that exp2 (about 2.5x cheaper than exp on a
+# CPU, same accuracy) replaces exp; exp2(x * log2 e) == exp(x).
+LOG2E = math.log2(math.e)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The idea on one vector
+# --------------------------------------------------------------------------------------------------------------
+
+
+def online_softmax_update(state: tuple[float, float], chunk: torch.Tensor) -> tuple[float, float]:
+    r"""One step of the online softmax: fold ``chunk`` into the running ``(max, sum)``.
+
+    ``state`` is ``(m, l)``: the largest score seen so far and :math:`\sum_j e^{s_j - m}` over those scores
+    (start from ``(-inf, 0.0)``). With :math:`m' = \max(m, \max \text{chunk})` the new state is
+
+    .. math:: l' = l\, e^{m - m'} + \sum_{s \in \text{chunk}} e^{s - m'}
+
+    The factor :math:`e^{m - m'}` rescales the old sum to the new max; forgetting it is the classic bug.
+    ``-inf`` scores (masked) add nothing; while every score so far is ``-inf`` the state stays ``(-inf, 0)``.
+    """
+    m, l = state
+    chunk = check_float_tensor(chunk, "chunk")
+    if chunk.dim() != 1 or chunk.numel() == 0:
+        raise ValueError(f"chunk must be a non-empty 1-D tensor of scores, got shape {shape_str(chunk.shape)}")
+    m_new = max(m, float(chunk.max()))
+    if m_new == -math.inf:  # nothing but masked scores so far
+        return m_new, 0.0
+    rescale = math.exp(m - m_new)  # exp(-inf) = 0 on the first real chunk
+    return m_new, l * rescale + float(torch.exp(chunk - m_new).sum())
+
+
+def online_softmax(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Softmax of a 1-D score vector given as consecutive chunks, reading each chunk once to get the normaliser.
+
+    Pass 1 streams over the chunks with :func:`online_softmax_update`, keeping only the running max ``m`` and
+    running sum ``l``; pass 2 returns ``exp(chunk - m) / l`` for every chunk, concatenated. The result equals
+    ``torch.softmax(torch.cat(chunks), 0)``; an all ``-inf`` vector gives zeros (not NaN), as in attnlib.
+    The attention kernel :func:`chunked_attention` goes one step further and never needs a second pass, because it
+    multiplies the weights by the values on the fly (rescaling the partial output exactly like ``l``).
+    """
+    chunks = list(chunks)
+    if not chunks:
+        raise ValueError("chunks is empty: need at least one chunk of scores")
+    for i, c in enumerate(chunks):
+        check_float_tensor(c, f"chunks[{i}]")
+        if c.dim() != 1 or c.numel() == 0:
+            raise ValueError(f"chunks[{i}] must be a non-empty 1-D tensor, got shape {shape_str(c.shape)}")
+        if torch.isnan(c).any() or torch.isposinf(c).any():
+            raise ValueError(f"chunks[{i}] contains NaN or +inf; scores must be finite or -inf (masked)")
+    state = (-math.inf, 0.0)
+    for c in chunks:
+        state = online_softmax_update(state, c)
+    m, l = state
+    if l == 0.0:
+        return torch.zeros_like(torch.cat(chunks))
+    return torch.cat([torch.exp(c - m) / l for c in chunks])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Blocks and masks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _causal_offset(is_causal: bool, alignment: str, L: int, S: int) -> int | None:
+    """Query i may see key j iff j <= i + offset; None when there is no causal mask."""
+    if not is_causal:
+        return None
+    return 0 if alignment == "top-left" else S - L
+
+
+def _key_end(offset: int | None, i1: int, S: int) -> int:
+    """One past the last key any query in rows [i0, i1) may see."""
+    return S if offset is None else max(0, min(S, i1 + offset))
+
+
+def _causal_block(offset: int | None, i0: int, i1: int, j0: int, j1: int, cache: dict) -> torch.Tensor | None:
+    """The blocked (True = masked) part of the causal mask on block [i0, i1) x [j0, j1), or None if all visible."""
+    if offset is None or j1 - 1 <= i0 + offset:
+        return None
+    key = (i1 - i0, j1 - j0, i0 + offset - j0)
+    if key not in cache:
+        rows, cols, diagonal = key
+        cache[key] = torch.ones(rows, cols, dtype=torch.bool, device=cache["device"]).triu(diagonal + 1)
+    return cache[key]
+
+
+def _mask_block(mask: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+    """Rows [i0, i1) and columns [j0, j1) of a mask whose last two dims may be broadcast (size 1)."""
+    rows = slice(0, 1) if mask.shape[-2] == 1 else slice(i0, i1)
+    cols = slice(0, 1) if mask.shape[-1] == 1 else slice(j0, j1)
+    return mask[..., rows, cols]
+
+
+class _Plan:
+    """Everything the blocked loops need besides the tensors: shapes, block sizes, causal offset and masks.
+
+    ``blocked`` (bool, True = masked) and ``additive`` (float) masks are padded to ``len(batch) + 2`` dims and
+    keep their broadcast (size 1) dims; the loops slice them per block and never expand them.
+    """
+
+    def __init__(self, batch, L, S, block_q, block_k, offset, blocked, additive, device, alpha):
+        self.batch, self.L, self.S = tuple(batch), L, S
+        self.alpha = alpha  # scale * log2(e): q k^T * alpha is the score in base 2
+        self.block_q, self.block_k, self.offset = block_q, block_k, offset
+        self.blocked, self.additive = blocked, additive
+        self.device = device
+        self.causal_cache = {"device": device}
+
+    def blocks(self):
+        """Yield (i0, i1, [(j0, j1), ...]) with key blocks that are entirely causally masked left out."""
+        for i0 in range(0, self.L, self.block_q):
+            i1 = min(i0 + self.block_q, self.L)
+            end = _key_end(self.offset, i1, self.S)
+            yield i0, i1, [(j0, min(j0 + self.block_k, end)) for j0 in range(0, end, self.block_k)]
+
+    def apply_masks(self, s: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> None:
+        """Mask the score block ``s`` (N, i1-i0, j1-j0) in place."""
+        causal = _causal_block(self.offset, i0, i1, j0, j1, self.causal_cache)
+        if causal is not None:
+            s.masked_fill_(causal, -math.inf)
+        if self.blocked is not None or self.additive is not None:
+            s4 = s.view(*self.batch, i1 - i0, j1 - j0)
+            if self.blocked is not None:
+                s4.masked_fill_(_mask_block(self.blocked, i0, i1, j0, j1), -math.inf)
+            if self.additive is not None:
+                s4.add_(_mask_block(self.additive, i0, i1, j0, j1), alpha=LOG2E)  # scores are in base 2
+
+    def piece(self, index: tuple[slice, ...]) -> _Plan:
+        """The plan of the batch entries ``index`` (one slice per batch dim); broadcast mask dims stay whole."""
+        sub = _Plan(
+            tuple(len(range(*i.indices(n))) for i, n in zip(index, self.batch, strict=True)),
+            self.L,
+            self.S,
+            self.block_q,
+            self.block_k,
+            self.offset,
+            None if self.blocked is None else self.blocked[_mask_index(self.blocked, index)],
+            None if self.additive is None else self.additive[_mask_index(self.additive, index)],
+            self.device,
+            self.alpha,
+        )
+        sub.causal_cache = self.causal_cache
+        return sub
+
+    def pieces(self, max_rows: int) -> list[tuple[int, int, tuple[slice, ...], _Plan]]:
+        """Cut the batch into pieces of at most ``max_rows`` (batch, head) entries (at least one each).
+
+        Returns ``(n0, n1, index, plan)``: rows [n0, n1) of the flattened (N, ...) tensors, the slices of the batch
+        dims they are, and their plan. Pieces are contiguous in the flattened order.
+        """
+        out = []
+        for index in _batch_pieces(self.batch, max_rows):
+            n0 = sum(
+                (i.indices(n)[0]) * math.prod(self.batch[d + 1 :])
+                for d, (i, n) in enumerate(zip(index, self.batch, strict=True))
+            )
+            sub = self.piece(index)
+            out.append((n0, n0 + math.prod(sub.batch), index, sub))
+        return out
+
+
+def _batch_pieces(batch: tuple[int, ...], max_rows: int):
+    """Index tuples (one slice per batch dim) covering ``batch`` in row-major order, <= max_rows entries each."""
+
+    def rec(dim: int, prefix: tuple[slice, ...]):
+        if dim == len(batch):
+            yield prefix
+            return
+        inner = math.prod(batch[dim + 1 :])
+        if inner <= max_rows:
+            step = max(1, max_rows // inner)
+            rest = (slice(None),) * (len(batch) - dim - 1)
+            for a in range(0, batch[dim], step):
+                yield (*prefix, slice(a, min(a + step, batch[dim])), *rest)
+        else:
+            for a in range(batch[dim]):
+                yield from rec(dim + 1, (*prefix, slice(a, a + 1)))
+
+    yield from rec(0, ())
+
+
+def _mask_index(mask: torch.Tensor, index: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``index`` applied to a padded mask: its broadcast (size 1) batch dims are kept whole."""
+    return tuple(slice(None) if m == 1 else i for m, i in zip(mask.shape, index, strict=False))
+
+
+def _scratch(cache: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A reusable contiguous buffer of ``shape`` (one allocation per name, resized views for edge blocks)."""
+    numel = math.prod(shape)
+    buf = cache.get(name)
+    if buf is None or buf.numel() < numel:
+        buf = cache[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel].view(shape)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Threads: one single-threaded worker per core, each on its own slice of the batch
+# --------------------------------------------------------------------------------------------------------------
+# A blocked loop issues thousands of small ops. Run with torch's intra-op threads, every op is a fork/join across
+# the cores, and on a busy machine each join waits for a descheduled thread. Giving each core its own slice of
+# the batch, with single-threaded ops, removes those joins (the way fused kernels parallelise: once, on the
+# outside). Only used on the CPU and when there is enough work per thread.
+
+MIN_SCORES_PER_THREAD = 1 << 20  # below this many scores per thread, run inline with torch's own threading
+SCORES_PER_OP = 1 << 18  # CPU: (batch, head) entries per op x block_q x block_k: a 1 MiB fp32 score block
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_POOLS.clear)  # threads do not survive a fork
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads whose torch ops are single-threaded."""
+    with _POOL_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            outer = torch.get_num_threads()
+            started = threading.Barrier(workers)
+
+            def init() -> None:
+                torch.set_num_threads(1)  # per-thread OpenMP/MKL setting, plus torch's process-wide default ...
+                started.wait()
+
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="attnlib-chunked", initializer=init)
+            for f in [pool.submit(int) for _ in range(workers)]:  # start every thread now
+                f.result()
+            torch.set_num_threads(outer)  # ... which is restored here; the callers' threads are unaffected
+            _POOLS[workers] = pool
+        return pool
+
+
+def _run_parallel(tasks: list) -> None:
+    """Run zero-argument callables, on the worker pool when there are several (inline otherwise)."""
+    if len(tasks) == 1:
+        tasks[0]()
+        return
+
+    def no_grad(task):
+        def run():
+            with torch.no_grad():  # grad mode is per thread; the kernels use out= and in-place ops
+                task()
+
+        return run
+
+    for f in [_pool(len(tasks)).submit(no_grad(t)) for t in tasks]:
+        f.result()
+
+
+def _schedule(plan: _Plan, t: torch.Tensor) -> tuple[list, int]:
+    """The pieces of the batch each op works on, and how many worker threads share them.
+
+    On the CPU an op covers ``SCORES_PER_OP // (block_q * block_k)`` (batch, head) entries, so that a score block
+    stays in a core's cache; elsewhere (GPUs) one op covers the whole batch.
+    """
+    N = math.prod(plan.batch)
+    if t.device.type != "cpu":
+        return plan.pieces(max(1, N)), 1
+    pieces = plan.pieces(max(1, SCORES_PER_OP // (plan.block_q * plan.block_k)))
+    work = N * plan.L * plan.S
+    workers = max(1, min(torch.get_num_threads(), len(pieces), work // max(1, MIN_SCORES_PER_THREAD)))
+    return pieces, workers
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Forward and backward kernels on (N, L, E) tensors
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _forward(q, k, v, plan: _Plan, out, lse) -> None:
+    """Blocked forward; writes out (N, L, Ev) and lse2 (N, L). Scores are q k^T * scale * log2(e) (base 2).
+
+    ``lse2`` is the per-row logsumexp of the scores in base 2 (natural logsumexp / ln 2). Rows whose keys are all
+    masked get out = 0 and lse2 = +inf (so that exp2(score - lse2) = 0 in the backward pass).
+    """
+    N, Ev = q.shape[0], v.shape[-1]
+    buffers: dict = {}
+    for i0, i1, key_blocks in plan.blocks():
+        rows = i1 - i0
+        if not key_blocks:  # every key of these rows is causally masked
+            out[:, i0:i1] = 0
+            lse[:, i0:i1] = math.inf
+            continue
+        q_blk = q[:, i0:i1]
+        acc = _scratch(buffers, "acc", (N, rows, Ev), q)
+        m = l = None
+        for j0, j1 in key_blocks:
+            s = _scratch(buffers, "s", (N, rows, j1 - j0), q)
+            # one block of scores, the only big temporary; alpha scales them in the matmul (no copy of q)
+            s.baddbmm_(q_blk, k[:, j0:j1].transpose(1, 2), beta=0.0, alpha=plan.alpha)
+            plan.apply_masks(s, i0, i1, j0, j1)
+            m_blk = s.amax(dim=-1)
+            m_new = m_blk if m is None else torch.maximum(m, m_blk)
+            shift = m_new.masked_fill(m_new == -math.inf, 0.0)  # rows with nothing visible yet: exp(-inf - 0) = 0
+            s.sub_(shift.unsqueeze(-1)).exp2_()  # weights relative to the running max, in place
+            if m is None:
+                l = s.sum(dim=-1)
+                torch.bmm(s, v[:, j0:j1], out=acc)
+            else:
+                rescale = torch.exp2(m - shift)  # how much the old terms shrink under the new max
+                l.mul_(rescale).add_(s.sum(dim=-1))
+                acc.mul_(rescale.unsqueeze(-1)).baddbmm_(s, v[:, j0:j1])
+            m = m_new
+        seen = l > 0
+        out[:, i0:i1] = acc / torch.where(seen, l, 1.0).unsqueeze(-1)  # fully masked rows: acc = 0 -> 0
+        lse[:, i0:i1] = torch.where(seen, m + torch.log2(torch.where(seen, l, 1.0)), math.inf)
+
+
+def _backward(grad_out, q, k, v, out, lse, plan: _Plan, dq, dk, dv, mask_grad) -> None:
+    """Blocked backward (FlashAttention-2 style): recompute the weights P = exp2(S2 - lse2) block by block.
+
+    S2 = q k^T * scale * log2(e) is the base-2 score. Accumulates into the zero-initialised dq and dk (both
+    without the final factor ``scale``), dv and, when given, ``mask_grad``.
+    """
+    N = q.shape[0]
+    delta = (grad_out * out).sum(dim=-1)  # D_i = sum_j P_ij dP_ij = dO_i . O_i
+    buffers: dict = {}
+    for i0, i1, key_blocks in plan.blocks():
+        rows = i1 - i0
+        q_blk, do_blk, dq_blk = q[:, i0:i1], grad_out[:, i0:i1], dq[:, i0:i1]
+        lse_blk, delta_blk = lse[:, i0:i1].unsqueeze(-1), delta[:, i0:i1].unsqueeze(-1)
+        for j0, j1 in key_blocks:
+            cols = j1 - j0
+            p = _scratch(buffers, "p", (N, rows, cols), q)
+            p.baddbmm_(q_blk, k[:, j0:j1].transpose(1, 2), beta=0.0, alpha=plan.alpha)
+            plan.apply_masks(p, i0, i1, j0, j1)
+            p.sub_(lse_blk).exp2_()  # the weights of the forward pass, recomputed
+            dv[:, j0:j1].baddbmm_(p.transpose(1, 2), do_blk)
+            ds = _scratch(buffers, "ds", (N, rows, cols), q)
+            torch.bmm(do_blk, v[:, j0:j1].transpose(1, 2), out=ds)  # dP
+            ds.sub_(delta_blk).mul_(p)  # dS = P * (dP - D), the gradient of the natural-log scores
+            if mask_grad is not None:
+                target = _mask_block(mask_grad, i0, i1, j0, j1)
+                target += ds.view(*plan.batch, rows, cols).sum_to_size(target.shape)
+            dq_blk.baddbmm_(ds, k[:, j0:j1])
+            dk[:, j0:j1].baddbmm_(ds.transpose(1, 2), q_blk)  # dK = dS^T q * scale
+
+
+def _forward_pieces(pieces, q, k, v, out, lse) -> None:
+    for n0, n1, _, sub in pieces:
+        _forward(q[n0:n1], k[n0:n1], v[n0:n1], sub, out[n0:n1], lse[n0:n1])
+
+
+def _backward_pieces(pieces, grad_out, q, k, v, out, lse, dq, dk, dv, mask_grad) -> None:
+    for n0, n1, index, sub in pieces:
+        g = None if mask_grad is None else mask_grad[_mask_index(mask_grad, index)]
+        rows = slice(n0, n1)
+        _backward(grad_out[rows], q[rows], k[rows], v[rows], out[rows], lse[rows], sub, dq[rows], dk[rows], dv[rows], g)
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    """Autograd wrapper: saves q, k, v, out and logsumexp; the backward recomputes the weights block by block."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, additive, plan, scale):
+        N, L = q.shape[:2]
+        out = q.new_empty(N, L, v.shape[-1])
+        lse = q.new_empty(N, L)
+        q, k, v = q.detach(), k.detach(), v.detach()
+        pieces, workers = _schedule(plan, q)
+        _run_parallel([partial(_forward_pieces, pieces[w::workers], q, k, v, out, lse) for w in range(workers)])
+        ctx.plan, ctx.scale = plan, scale
+        ctx.mask_needs_grad = additive is not None and additive.requires_grad
+        ctx.mask_shape = None if additive is None else additive.shape
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        pieces, workers = _schedule(ctx.plan, q)
+        # one mask-gradient buffer per worker: pieces that share broadcast mask entries must not race
+        mask_grads = [q.new_zeros(ctx.mask_shape) if ctx.mask_needs_grad else None for _ in range(workers)]
+        _run_parallel(
+            [
+                partial(_backward_pieces, pieces[w::workers], grad_out, q, k, v, out, lse, dq, dk, dv, mask_grads[w])
+                for w in range(workers)
+            ]
+        )
+        mask_grad = None
+        if ctx.mask_needs_grad:
+            mask_grad = mask_grads[0]
+            for g in mask_grads[1:]:
+                mask_grad += g
+        return dq.mul_(ctx.scale), dk.mul_(ctx.scale), dv, mask_grad, None, None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _validate(q, k, v, attn_mask, is_causal, causal_alignment, block_q, block_k):
+    _check_qk(q, k)
+    check_float_tensor(v, "v")
+    check_same_dtype_device({"q": q, "v": v})
+    if v.dim() != q.dim() or v.shape[:-2] != k.shape[:-2] or v.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"v must be (..., S, Ev) with the same leading dims and length S as k, got k {shape_str(k.shape)} "
+            f"and v {shape_str(v.shape)}"
+        )
+    _check_finite(v, "v")
+    if attn_mask is not None:
+        check_mask(attn_mask, (*q.shape[:-2], q.shape[-2], k.shape[-2]), q)
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
+    if causal_alignment not in _ALIGNMENTS:
+        raise ValueError(f"causal_alignment must be 'top-left' or 'bottom-right', got {causal_alignment!r}")
+    check_positive_int(block_q, "block_q")
+    check_positive_int(block_k, "block_k")
+
+
+def _pad_dims(mask: torch.Tensor, rank: int) -> torch.Tensor:
+    return mask.reshape((1,) * (rank - mask.dim()) + tuple(mask.shape))
+
+
+def chunked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    *,
+    is_causal: bool = False,
+    causal_alignment: str = "top-left",
+    scale: float | None = None,
+    block_q: int = 128,
+    block_k: int = 256,
+) -> torch.Tensor:
+    r"""Scaled dot-product attention computed block by block with the online softmax; returns the output only.
+
+    Same result as ``attnlib.scaled_dot_product_attention(q, k, v, attn_mask, ...)[0]`` (within floating-point
+    rounding) with memory that grows linearly in L and S: at most one (block_q, block_k) block of scores per
+    (batch, head) is alive at a time (on the CPU, one block of about ``SCORES_PER_OP`` scores per worker thread),
+    and no (L, S) weight matrix is ever built or returned.
+
+    Args:
+        q: queries (..., L, E), typically (batch, heads, L, head_dim).
+        k: keys (..., S, E).
+        v: values (..., S, Ev).
+        attn_mask: bool (True = may attend) or additive float mask of q's dtype, broadcastable to (..., L, S),
+            e.g. a padding mask (batch, 1, 1, S). It is sliced per block, never expanded to (..., L, S).
+        is_causal: apply a causal mask generated block by block; key blocks that are entirely in the future are
+            skipped, which roughly halves the work when L == S. Unlike ``scaled_dot_product_attention`` it may be
+            combined with ``attn_mask`` (a key must then pass both), equal to passing
+            ``combine_masks(causal_mask(L, S, alignment=causal_alignment), attn_mask)``.
+        causal_alignment: ``"top-left"`` (query i sees keys j <= i, SDPA's ``is_causal``) or ``"bottom-right"``
+            (query i sees keys j <= i + S - L, what decoding with a KV cache needs). Same when L == S.
+        scale: multiplier of the scores, default :math:`1/\sqrt{E}`.
+        block_q, block_k: block sizes along L and S; any positive ints (they need not divide L or S).
+
+    Returns:
+        output (..., L, Ev). Rows whose keys are all masked are zeros, with zero gradients, never NaN.
+
+    Gradients flow to q, k, v and to a float ``attn_mask`` that requires grad; the backward pass saves only
+    q, k, v, the output and one logsumexp per query row, and recomputes the weights block by block.
+    fp16/bf16 inputs are computed in fp32 and the output is returned in their dtype. No dropout.
+    """
+    _validate(q, k, v, attn_mask, is_causal, causal_alignment, block_q, block_k)
+    scale = _resolve_scale(scale, q.shape[-1])
+    batch, L, S, Ev = q.shape[:-2], q.shape[-2], k.shape[-2], v.shape[-1]
+    N = math.prod(batch)
+    if N == 0:
+        return q.new_zeros(*batch, L, Ev)
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    q3, k3, v3 = (t.reshape(N, t.shape[-2], t.shape[-1]).to(compute) for t in (q, k, v))
+    blocked = additive = None
+    if attn_mask is not None:
+        padded = _pad_dims(attn_mask, len(batch) + 2)
+        if attn_mask.dtype == torch.bool:
+            blocked = ~padded
+        else:
+            additive = padded.to(compute)
+    offset = _causal_offset(is_causal, causal_alignment, L, S)
+    plan = _Plan(batch, L, S, block_q, block_k, offset, blocked, additive, q.device, scale * LOG2E)
+    out = _ChunkedAttention.apply(q3, k3, v3, additive, plan, scale)
+    return out.reshape(*batch, L, Ev).to(q.dtype)

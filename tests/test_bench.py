@@ -1,0 +1,88 @@
+"""``attnlib bench`` end to end on tiny sizes, its skip rules and its memory measurement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attnlib import bench, cli
+
+TINY = ["-L", "64", "128", "-B", "1", "-H", "2", "-D", "16", "--repeats", "1", "--warmup", "0", "--device", "cpu"]
+
+
+def test_bench_runs_end_to_end_and_writes_json_and_plot(tmp_path, capsys):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = cli.run(["bench", *TINY, "--no-memory", "--json", str(out_json), "--plot", str(out_png)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "x SDPA speed" in printed and "chunked" in printed
+    results = json.loads(out_json.read_text())
+    rows = results["results"]
+    assert [(r["L"], r["impl"]) for r in rows] == [(L, i) for L in (64, 128) for i in bench.IMPLS]
+    assert results["machine"]["matmul_gflops"] > 0
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["median_s"] > 0 and r["gflops"] > 0 and r["max_err"] < 1e-5
+    assert all(r["speed_vs_sdpa"] == 1.0 for r in rows if r["impl"] == "sdpa")
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_backward_and_causal(tmp_path):
+    out_json = tmp_path / "b.json"
+    args = ["bench", *TINY, "--no-memory", "--backward", "--causal", "--impls", "chunked", "sdpa", "numpy"]
+    assert cli.run([*args, "--json", str(out_json)]) == 0
+    rows = {(r["L"], r["impl"]): r for r in json.loads(out_json.read_text())["results"]}
+    assert rows[64, "numpy"]["status"] == "skipped" and "no backward" in rows[64, "numpy"]["reason"]
+    assert rows[128, "chunked"]["status"] == "ok" and rows[128, "chunked"]["max_err"] < 1e-5
+
+
+def test_bench_skips_what_does_not_fit_and_says_why(capsys):
+    args = ["bench", *TINY, "--no-memory", "--memory-fraction", "1e-9", "--reference-max-len", "64"]
+    assert cli.run(args) == 0
+    table = capsys.readouterr().out
+    assert "skipped" in table and "GiB budget" in table
+    parser = cli.build_parser(["bench"])
+    ns = parser.parse_args(["bench", *TINY, "--reference-max-len", "64"])
+    spec = dict(vars(ns), L=128, device="cpu", reference_max_len=64)
+    assert "--reference-max-len" in bench._skip_reason("numpy", spec, budget=10**12)
+    assert bench._skip_reason("chunked", spec, budget=10**12) is None
+
+
+def test_memory_estimates_scale_as_expected():
+    def est(impl, L):
+        return bench.estimate_bytes(impl, 4, 8, L, L, 64, 4)
+
+    # the math path at L = 8192 needs more than 16 GiB; the chunked path grows linearly
+    assert est("math", 8192) > 16 * 2**30
+    assert est("math", 8192) / est("math", 4096) > 3.5
+    assert est("chunked", 16384) / est("chunked", 8192) < 2.1
+    assert bench.attention_flops(4, 8, 1024, 1024, 64) == 4 * 4 * 8 * 1024 * 1024 * 64
+
+
+@pytest.mark.skipif(not bench.os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
+def test_memory_measurement_sees_the_math_paths_score_matrices():
+    """A fresh child process measures the peak extra RSS: the math path must show its (L, S) scores."""
+    spec = {
+        "batch": 1,
+        "heads": 4,
+        "head_dim": 16,
+        "dtype": "float32",
+        "device": "cpu",
+        "block_q": 128,
+        "block_k": 256,
+        "causal": False,
+        "backward": False,
+        "seed": 0,
+        "L": 1024,
+    }
+    scores = 4 * 1024 * 1024 * 4  # one fp32 (1, 4, 1024, 1024) tensor: 16 MiB
+    math_bytes = bench.measure_peak_extra_bytes("math", spec)
+    chunked_bytes = bench.measure_peak_extra_bytes("chunked", spec)
+    assert math_bytes >= 2 * scores
+    assert chunked_bytes < scores
+
+
+def test_bad_arguments_give_a_usage_error(capsys):
+    assert cli.run(["bench", "-L", "0", "--no-memory"]) == 2
+    assert "--lengths" in capsys.readouterr().err
