@@ -1,0 +1,181 @@
+"""Pure diagnosis: compare a submission's output arrays with the reference and with known mistakes.
+
+Everything here takes plain NumPy arrays (already validated) and returns ``(passed, message)``. The grader (in
+the parent process, on arrays decoded from the child's ``.npy`` bytes) and the notebooks' self-check cells (in
+the learner's kernel) call the same functions, so a learner sees the same hint the grader would give.
+
+A *mistake* is a ``(hint, outputs)`` pair: what a classic wrong implementation returns for the same inputs, and
+the hint that names it. A submission whose outputs match a mistake's (NaN matching NaN) gets that hint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+RTOL = 1e-4
+ATOL = 1e-5
+
+Outputs = Mapping[str, np.ndarray]
+Mistake = tuple[str, Outputs]
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def close(got: np.ndarray, expected: np.ndarray, *, rtol: float = RTOL, atol: float = ATOL) -> bool:
+    """Same shape and equal within tolerance; NaN matches NaN (so a mistake that yields NaN can be recognised)."""
+    got, expected = np.asarray(got), np.asarray(expected)
+    if got.shape != expected.shape:
+        return False
+    if got.dtype == bool or expected.dtype == bool:
+        return got.dtype == expected.dtype and bool(np.array_equal(got, expected))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(
+            np.allclose(got.astype(np.float64), expected.astype(np.float64), rtol=rtol, atol=atol, equal_nan=True)
+        )
+
+
+def matches(outputs: Outputs, expected: Outputs, **tol) -> bool:
+    """Every array named in ``expected`` is present in ``outputs`` and close to it."""
+    return all(name in outputs and close(outputs[name], value, **tol) for name, value in expected.items())
+
+
+def check_dtype(name: str, got: np.ndarray, expected: np.ndarray) -> str | None:
+    """A message when ``got`` is not the kind of array expected (bool mask vs float values), else None."""
+    if expected.dtype == bool and got.dtype != bool:
+        return f"{name} has dtype {got.dtype}; expected a boolean mask (torch.bool, True = may attend)"
+    if expected.dtype != bool and got.dtype.kind not in "f":
+        return f"{name} has dtype {got.dtype}; expected a floating-point tensor"
+    return None
+
+
+def row_sums_message(weights: np.ndarray, expected: np.ndarray) -> str | None:
+    """When attention weights should be distributions along the last axis but are not, say how far off they are."""
+    if weights.shape != expected.shape or weights.ndim == 0 or not np.isfinite(weights).all():
+        return None
+    got_sums = weights.sum(axis=-1)
+    want_sums = expected.sum(axis=-1)
+    off = np.abs(got_sums - want_sums) > 1e-3
+    if not off.any():
+        return None
+    idx = tuple(int(i) for i in np.argwhere(off)[0])
+    return (
+        f"rows of the weights should sum to {want_sums[idx]:.2f} but row {idx} sums to {got_sums[idx]:.2f}: "
+        "did you normalise over the wrong axis, or forget to divide by the sum?"
+    )
+
+
+def difference_message(name: str, got: np.ndarray, expected: np.ndarray) -> str:
+    """Where and by how much two same-shape float arrays differ."""
+    if got.dtype == bool or expected.dtype == bool:
+        wrong = np.argwhere(got != expected)
+        idx = tuple(int(i) for i in wrong[0])
+        return (
+            f"{name} is wrong at {len(wrong)} of {got.size} positions, e.g. at {idx}: got {bool(got[idx])}, "
+            f"expected {bool(expected[idx])}"
+        )
+    g, e = got.astype(np.float64), expected.astype(np.float64)
+    bad = ~np.isfinite(g) & np.isfinite(e)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        return (
+            f"{name} contains NaN or inf (first at {idx}) where the reference is finite: exp() overflows for large "
+            "scores unless you subtract the row maximum first, and a row whose keys are all masked must give "
+            "zeros, not 0/0"
+        )
+    with np.errstate(invalid="ignore"):
+        err = np.abs(g - e)
+    err = np.where(np.isnan(err), np.inf, err)
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), err.shape))
+    return (
+        f"{name} differs from the reference by up to {float(err[idx]):.3g} "
+        f"(at index {idx}: got {g[idx]:.4g}, expected {e[idx]:.4g})"
+    )
+
+
+def diagnose(
+    outputs: Outputs,
+    expected: Outputs,
+    mistakes: Sequence[Mistake] = (),
+    *,
+    distribution: str | None = None,
+) -> tuple[bool, str]:
+    """Compare ``outputs`` with ``expected``; return ``(passed, message)``.
+
+    Order: missing outputs, wrong dtypes, known mistakes whose shape differs from the reference (e.g. a
+    transposed result), wrong shapes, a match (pass), known mistakes, NaN/inf, rows of the output named
+    ``distribution`` that do not sum to 1, then the largest difference.
+    """
+    forward = {n: e for n, e in expected.items() if not n.startswith("grad:")}
+    grads = {n: e for n, e in expected.items() if n.startswith("grad:")}
+    for name in forward:
+        if name not in outputs:
+            return False, f"no output named {name!r} was returned"
+    for name, exp in forward.items():
+        message = check_dtype(name, outputs[name], exp)
+        if message:
+            return False, message
+    for hint, wrong in mistakes:
+        if any(outputs[n].shape != forward[n].shape for n in wrong if n in forward) and matches(outputs, wrong):
+            return False, hint
+    for name, exp in forward.items():
+        if outputs[name].shape != exp.shape:
+            return False, f"{name} has shape {shape_str(outputs[name].shape)}, expected {shape_str(exp.shape)}"
+    if matches(outputs, forward):
+        for name, exp in grads.items():
+            if name not in outputs:
+                return False, (
+                    f"no gradient reached {name[5:]}: the output is not connected to it by autograd (did you use "
+                    ".detach(), .data, .item() or NumPy inside forward, or skip a layer?)"
+                )
+            if not close(outputs[name], exp):
+                return False, (
+                    f"the forward pass is right but the gradient for {name[5:]} is not "
+                    f"({difference_message(name, outputs[name], exp)}): "
+                    "is part of the computation detached from autograd?"
+                )
+        return True, "correct"
+    for hint, wrong in mistakes:
+        if matches(outputs, {n: w for n, w in wrong.items() if not n.startswith("grad:")}):
+            return False, hint
+    if distribution is not None and distribution in outputs:
+        message = row_sums_message(outputs[distribution], forward[distribution])
+        if message:
+            return False, message
+    name = next(n for n in forward if not close(outputs[n], forward[n]))
+    return False, difference_message(name, outputs[name], forward[name])
+
+
+def mutation_message(name: str, before: np.ndarray, after: np.ndarray) -> str | None:
+    """A message when an input's contents changed during the call (an in-place operation), else None."""
+    if before.shape == after.shape and before.dtype == after.dtype and np.array_equal(before, after, equal_nan=True):
+        return None
+    return (
+        f"your code modified its input {name} in place (e.g. x -= ..., x.masked_fill_(...), x[...] = ...): "
+        "functions must leave their inputs unchanged; use out-of-place operations (x - m, x.masked_fill(...))"
+    )
+
+
+def judge(
+    args: Sequence[object],
+    arg_names: Sequence[str],
+    outputs: Outputs,
+    expected: Outputs,
+    mistakes: Sequence[Mistake] = (),
+    *,
+    distribution: str | None = None,
+) -> tuple[bool, str]:
+    """One check: were the array arguments left unchanged (``outputs["input:i"]``), and are the outputs right?"""
+    for i, arg in enumerate(args):
+        if isinstance(arg, np.ndarray):
+            after = outputs.get(f"input:{i}")
+            name = arg_names[i] if i < len(arg_names) else f"argument {i}"
+            if after is None:
+                return False, f"{name} could not be read back after the call"
+            message = mutation_message(name, arg, after)
+            if message:
+                return False, message
+    return diagnose(outputs, expected, mistakes, distribution=distribution)

@@ -1,0 +1,7 @@
+# expect: still running
+def stable_softmax(x, dim=-1, temperature=1.0):
+    while True:
+        try:
+            pass
+        except BaseException:  # noqa: BLE001 - even an interrupt would be swallowed
+            pass

@@ -1,0 +1,7 @@
+# expect: died
+import os
+import signal
+
+
+def stable_softmax(x, dim=-1, temperature=1.0):
+    os.kill(os.getppid(), signal.SIGKILL)

@@ -1,0 +1,7 @@
+# expect: raised MemoryError
+def stable_softmax(x, dim=-1, temperature=1.0):
+    chunks = []
+    size = 1 << 30
+    while True:  # ever larger blocks, until the address-space limit stops it
+        chunks.append(bytes(size))
+        size *= 4

@@ -1,0 +1,3 @@
+# expect: raised RecursionError
+def stable_softmax(x, dim=-1, temperature=1.0):
+    return stable_softmax(x, dim, temperature)

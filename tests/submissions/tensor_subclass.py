@@ -1,0 +1,14 @@
+# expect: expected a torch.Tensor
+import torch
+
+
+class Agreeable(torch.Tensor):
+    def __eq__(self, other):
+        return torch.ones_like(other, dtype=torch.bool)
+
+    def allclose(self, *args, **kwargs):
+        return True
+
+
+def stable_softmax(x, dim=-1, temperature=1.0):
+    return torch.zeros_like(x).as_subclass(Agreeable)

@@ -1,0 +1,9 @@
+# expect: monkeypatching
+import torch
+
+
+def stable_softmax(x, dim=-1, temperature=1.0):
+    # put the unrecorded softmax back without naming it, then use it
+    name = "soft" + "max"
+    vars(torch)[name] = getattr(torch, name).__wrapped__
+    return getattr(torch, name)(x / temperature, dim)
