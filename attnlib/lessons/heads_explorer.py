@@ -1,0 +1,218 @@
+"""Lesson 10 (inside a pretrained model): per-head statistics and pure render functions.
+
+Everything here takes one sentence's attention weights ``attention`` of shape (layers, heads, n, n) (rows are
+queries, columns keys, each real row sums to 1; e.g. :meth:`attnlib.minilm.MiniLMOutput.attention_of`) and its
+``n`` word pieces ``tokens``. Statistics return a (layers, heads) tensor, one number per head. Render functions
+return a fresh ``matplotlib.figure.Figure`` and touch no global state, so they can be tested and wrapped in
+:func:`attnlib.viz.explorer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .. import viz
+from .._checks import check_positive_int, check_tensor, shape_str
+
+__all__ = [
+    "check_attention",
+    "token_index",
+    "attention_from_to",
+    "head_entropy",
+    "previous_token_score",
+    "special_token_score",
+    "pattern_difference",
+    "top_heads",
+    "render_head",
+    "render_all_heads",
+    "render_head_scores",
+]
+
+SPECIAL_TOKENS = ("[CLS]", "[SEP]")
+
+
+def check_attention(attention: object, tokens: Sequence[str] | None = None) -> torch.Tensor:
+    """Validate a (layers, heads, n, n) weight tensor (and, if given, that there are n tokens)."""
+    attention = check_tensor(attention, "attention")
+    if not attention.is_floating_point() or attention.dim() != 4 or attention.shape[-1] != attention.shape[-2]:
+        raise ValueError(
+            f"attention must be a float tensor (layers, heads, n, n), got {attention.dtype} of shape "
+            f"{shape_str(attention.shape)}"
+        )
+    if attention.shape[-1] == 0:
+        raise ValueError("attention has n=0 tokens")
+    if tokens is not None and len(tokens) != attention.shape[-1]:
+        raise ValueError(f"got {len(tokens)} tokens for attention over n={attention.shape[-1]} tokens")
+    return attention
+
+
+def _check_index(value: object, name: str, size: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value < size:
+        raise ValueError(f"{name}={value} is out of range: this model has {what} 0..{size - 1}")
+    return value
+
+
+def token_index(tokens: Sequence[str], word: str, occurrence: int = 0) -> int:
+    """Position of the ``occurrence``-th (0-based) word piece equal to ``word`` (case-insensitive)."""
+    hits = [i for i, t in enumerate(tokens) if t.lower() == word.lower()]
+    if len(hits) <= occurrence:
+        raise ValueError(f"{word!r} occurs {len(hits)} time(s) in tokens {list(tokens)}; asked for #{occurrence}")
+    return hits[occurrence]
+
+
+def attention_from_to(attention: torch.Tensor, query: int, key: int) -> torch.Tensor:
+    """(layers, heads): the weight every head puts on token ``key`` when token ``query`` attends."""
+    attention = check_attention(attention)
+    n = attention.shape[-1]
+    return attention[..., _check_index(query, "query", n, "tokens"), _check_index(key, "key", n, "tokens")]
+
+
+def head_entropy(attention: torch.Tensor) -> torch.Tensor:
+    r"""(layers, heads): mean over queries of the entropy :math:`-\sum_j w_{ij} \ln w_{ij}` of each row, in nats.
+
+    0 means every query looks at a single key; :math:`\ln n` means every query spreads evenly over all n keys.
+    """
+    attention = check_attention(attention)
+    w = attention.double()
+    plogp = torch.where(w > 0, w * torch.log(w.clamp_min(1e-300)), torch.zeros_like(w))
+    return (-plogp.sum(-1)).mean(-1).to(attention.dtype)
+
+
+def previous_token_score(attention: torch.Tensor) -> torch.Tensor:
+    """(layers, heads): mean weight token i puts on token i - 1, over i = 1..n-1 (1 = a pure previous-token head)."""
+    attention = check_attention(attention)
+    if attention.shape[-1] < 2:
+        raise ValueError("previous_token_score needs at least 2 tokens")
+    return attention.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1)
+
+
+def special_token_score(attention: torch.Tensor, tokens: Sequence[str], special: Sequence[str] = SPECIAL_TOKENS):
+    """(layers, heads): mean over queries of the total weight on the ``special`` tokens ([CLS] and [SEP])."""
+    attention = check_attention(attention, tokens)
+    columns = [j for j, t in enumerate(tokens) if t in special]
+    if not columns:
+        raise ValueError(f"none of {list(special)} is in tokens {list(tokens)}")
+    return attention[..., columns].sum(-1).mean(-1)
+
+
+def pattern_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r"""(layers, heads): mean over queries of the total-variation distance :math:`\tfrac12\sum_j |a_{ij}-b_{ij}|`.
+
+    0 = the head attends identically in both sentences; 1 = every query moved all of its weight. The two
+    sentences must have the same number of tokens (position i compared with position i).
+    """
+    a, b = check_attention(a), check_attention(b)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"a {shape_str(a.shape)} and b {shape_str(b.shape)} must have the same shape: compare sentences with the "
+            "same number of tokens"
+        )
+    return 0.5 * (a - b).abs().sum(-1).mean(-1)
+
+
+def top_heads(scores: torch.Tensor, k: int = 5, *, largest: bool = True) -> list[tuple[int, int, float]]:
+    """The ``k`` heads with the largest (or smallest) score, as ``(layer, head, score)``, best first."""
+    scores = check_tensor(scores, "scores")
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (layers, heads), got shape {shape_str(scores.shape)}")
+    k = min(check_positive_int(k, "k"), scores.numel())
+    values, flat = scores.flatten().topk(k, largest=largest)
+    heads = scores.shape[1]
+    return [(int(i) // heads, int(i) % heads, float(v)) for v, i in zip(values, flat, strict=True)]
+
+
+def render_head(attention: torch.Tensor, tokens: Sequence[str], layer: int, head: int, query: int):
+    """One head in detail: its (n, n) token-labelled heatmap with the ``query`` row outlined, and that row's bars.
+
+    Returns a Figure with two axes: [heatmap, bars].
+    """
+    from matplotlib.patches import Rectangle
+
+    attention = check_attention(attention, tokens)
+    layers, heads, n, _ = attention.shape
+    layer = _check_index(layer, "layer", layers, "layers")
+    head = _check_index(head, "head", heads, "heads")
+    query = _check_index(query, "query", n, "tokens")
+    w = attention[layer, head]
+    fig, axes = viz.new_figure(2, width=5.2, height=4.6)
+    ax_map, ax_bar = axes[0]
+    viz.attention_heatmap(
+        ax_map, w, tokens, tokens, title=f"layer {layer}, head {head}", annotate=False, colorbar=False
+    )
+    ax_map.add_patch(Rectangle((-0.5, query - 0.5), n, 1, fill=False, edgecolor="red", linewidth=2))
+    viz.weight_bars(ax_bar, w[query], list(tokens), title=f"weights from {tokens[query]!r} (query {query})")
+    return fig
+
+
+def render_all_heads(attention: torch.Tensor, tokens: Sequence[str], *, cell: float = 0.95):
+    """Every head of every layer for one sentence, as one mosaic: a (layers x heads) grid of (n, n) heatmaps.
+
+    Rows of the grid are layers, columns heads; within a cell, rows are queries and columns keys, both in token
+    order (the tokens are listed in the title). All cells share the colour scale 0..1. One image on one axes,
+    so it draws quickly.
+    """
+    from matplotlib.figure import Figure
+
+    attention = check_attention(attention, tokens)
+    layers, heads, n, _ = attention.shape
+    step = n + 1  # one blank row/column between cells
+    mosaic = np.full((layers * step - 1, heads * step - 1), np.nan)
+    data = attention.detach().to("cpu", torch.float32).numpy()
+    for i in range(layers):
+        for j in range(heads):
+            mosaic[i * step : i * step + n, j * step : j * step + n] = data[i, j]
+    fig = Figure(figsize=(cell * heads + 1.2, cell * layers + 1.0), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(mosaic, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    centres = [k * step + (n - 1) / 2 for k in range(max(layers, heads))]
+    ax.set_xticks(centres[:heads], [str(h) for h in range(heads)])
+    ax.set_yticks(centres[:layers], [str(layer) for layer in range(layers)])
+    ax.set_xlabel("head (in each cell: key, attended to, across)")
+    ax.set_ylabel("layer (in each cell: query down)")
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(f"All {layers} x {heads} heads: {' '.join(tokens)}", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.6, label="weight")
+    return fig
+
+
+def render_head_scores(
+    scores: torch.Tensor,
+    *,
+    title: str,
+    label: str,
+    fmt: str = "{:.2f}",
+    cmap: str = "magma",
+    vmin: float | None = None,
+    vmax: float | None = None,
+):
+    """A (layers, heads) table of one number per head as an annotated heatmap (layer down, head across)."""
+    scores = check_tensor(scores, "scores")
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (layers, heads), got shape {shape_str(scores.shape)}")
+    values = scores.detach().to("cpu", torch.float32).numpy()
+    layers, heads = values.shape
+    fig, ax = viz.new_figure(width=0.62 * heads + 1.6, height=0.42 * layers + 1.2)
+    lo = float(values.min()) if vmin is None else vmin
+    hi = float(values.max()) if vmax is None else vmax
+    image = ax.imshow(values, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+    ax.set_xticks(range(heads), [str(h) for h in range(heads)])
+    ax.set_yticks(range(layers), [str(layer) for layer in range(layers)])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    for i in range(layers):
+        for j in range(heads):
+            r, g, b, _ = image.cmap(image.norm(values[i, j]))
+            colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            text = fmt.format(values[i, j])
+            text = fmt.format(0.0) if float(text) == 0 else text  # no "-0.00"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
+    fig.colorbar(image, ax=ax, shrink=0.9, label=label)
+    return fig
