@@ -15,6 +15,10 @@ import sys
 COMMANDS = {
     "info": ("attnlib.cli", "print versions and the devices attnlib can use"),
     "notebooks": ("attnlib.notebooks", "execute notebooks in a fresh kernel (run: save outputs; time: only time)"),
+    "bench": ("attnlib.bench", "time and memory of attention implementations (NumPy, math, chunked, SDPA)"),
+    "grade": ("attnlib.grader.cli", "grade exercise notebooks in a sandbox (default exercises/); writes reports"),
+    "course": ("attnlib.course", "the course map (map: print it; readme: rewrite it in README.md)"),
+    "exercises": ("attnlib.grader.build", "build exercises/ from solutions/ (build: write; check: fail if stale)"),
 }
 
 

@@ -58,7 +58,12 @@ def execute(path: str | Path, *, write: bool = True, timeout: int = 300) -> floa
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["run", "time"], help="run: execute and save outputs; time: only time")
     parser.add_argument("paths", nargs="*", default=None, help="notebooks (default: notebooks/*.ipynb)")
-    parser.add_argument("--budget", type=float, default=15.0, help="seconds a lesson may take (default 15)")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds a notebook may take (default: its budget in the course map)"
+    )
+    parser.add_argument(
+        "--record", action="store_true", help="write the measured times to notebooks/timings.json (the course map's)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -66,11 +71,26 @@ def main(args: argparse.Namespace) -> int:
     if not paths:
         print("no notebooks found")
         return 1
+    from .course import ROOT, lesson_for, record_timings
+
     over = 0
-    print(f"{'notebook':<52} {'seconds':>8}  budget {args.budget:g} s")
+    measured: dict[str, float] = {}
+    print(f"{'notebook':<52} {'seconds':>8} {'budget':>7}")
     for path in paths:
         seconds = execute(path, write=args.action == "run")
-        flag = "" if seconds <= args.budget else "  OVER BUDGET"
+        budget = args.budget
+        if budget is None:
+            try:
+                budget = lesson_for(path).budget_s
+            except ValueError:  # not a lesson (a solution notebook, say)
+                budget = 15.0
+        flag = "" if seconds <= budget else "  OVER BUDGET"
         over += bool(flag)
-        print(f"{str(path):<52} {seconds:8.1f}{flag}", flush=True)
+        print(f"{str(path):<52} {seconds:8.1f} {budget:7.0f}{flag}", flush=True)
+        resolved = path.resolve()
+        if resolved.is_relative_to(ROOT / "notebooks"):
+            measured[resolved.relative_to(ROOT).as_posix()] = seconds
+    if args.record and measured:
+        record_timings(measured)
+        print(f"recorded {len(measured)} run times in notebooks/timings.json")
     return 1 if over else 0

@@ -1,0 +1,249 @@
+r"""Lesson 9 (the cost of attention): memory from shapes, power-law fits, a readable chunked loop, a KV cache.
+
+* :func:`score_matrix_bytes` / :func:`kv_cache_bytes` compute sizes from shapes (deterministic, no measuring);
+* :func:`fit_power_law` fits ``y = c * n^p`` on a log-log scale (used on measured times in the lesson);
+* :func:`chunk_schedule` says which (query block, key block) pairs a chunked loop must compute; with a causal
+  mask, blocks wholly above the diagonal are skipped;
+* :func:`chunked_attention_loop` is the teaching version of memory-efficient attention: it walks over blocks
+  with the **online softmax** (running max ``m``, running sum ``l``, unnormalised output ``acc``) and never holds
+  more than one block of scores;
+* :func:`decode_with_kv_cache` decodes one position at a time, appending each new key and value to a cache and
+  attending with a causal mask of the given alignment (``"bottom-right"`` is right; ``"top-left"`` is the classic
+  mistake: the single new query then sees only the first key);
+* :func:`render_cost` is the pure render function behind the lesson's widget.
+
+Shapes: q (..., L, E), k (..., S, E), v (..., S, Ev). Boolean masks: True = may attend. Inputs are never
+modified.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .. import viz
+from .._checks import check_float_tensor, check_positive_int, shape_str
+from ..functional import scaled_dot_product_attention
+from ..masks import causal_mask
+
+__all__ = [
+    "score_matrix_bytes",
+    "kv_cache_bytes",
+    "format_bytes",
+    "fit_power_law",
+    "median_time",
+    "chunk_schedule",
+    "chunked_attention_loop",
+    "kv_cache_append",
+    "decode_with_kv_cache",
+    "render_cost",
+]
+
+
+def score_matrix_bytes(batch: int, heads: int, L: int, S: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of the (batch, heads, L, S) score (and weight) matrix the math path materialises."""
+    for value, name in ((batch, "batch"), (heads, "heads"), (L, "L"), (S, "S")):
+        check_positive_int(value, name)
+    return batch * heads * L * S * torch.empty((), dtype=dtype).element_size()
+
+
+def kv_cache_bytes(
+    layers: int, batch: int, heads: int, S: int, head_dim: int, dtype: torch.dtype = torch.float32
+) -> int:
+    """Bytes of a KV cache holding keys **and** values for ``S`` positions in every layer: 2·layers·B·H·S·d."""
+    for value, name in ((layers, "layers"), (batch, "batch"), (heads, "heads"), (S, "S"), (head_dim, "head_dim")):
+        check_positive_int(value, name)
+    return 2 * layers * batch * heads * S * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def format_bytes(n: int) -> str:
+    """``1536`` -> ``'1.5 KiB'``; binary units up to TiB."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def fit_power_law(ns: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
+    """Least-squares fit of ``values ≈ c * ns**p`` on a log-log scale; returns ``(p, c)``.
+
+    ``p`` is the slope of log(value) against log(n): 1 for linear growth, 2 for quadratic.
+    """
+    n = np.asarray(ns, dtype=float)
+    y = np.asarray(values, dtype=float)
+    if n.shape != y.shape or n.ndim != 1 or n.size < 2:
+        raise ValueError(f"need two 1-D sequences of the same length >= 2, got {n.shape} and {y.shape}")
+    if (n <= 0).any() or (y <= 0).any():
+        raise ValueError("a power law is fitted on a log scale: every n and value must be > 0")
+    slope, intercept = np.polyfit(np.log(n), np.log(y), 1)
+    return float(slope), float(np.exp(intercept))
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls, after ``warmup`` untimed calls."""
+    repeats = check_positive_int(repeats, "repeats")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def chunk_schedule(L: int, S: int, block_q: int, block_k: int, *, is_causal: bool = False) -> torch.Tensor:
+    """(ceil(L/block_q), ceil(S/block_k)) bool: True for the blocks a chunked loop must compute.
+
+    Without a mask every block is needed. With a (top-left) causal mask, query i sees keys j <= i, so a block
+    whose first key comes after its last query is entirely masked and is skipped.
+    """
+    L, S = check_positive_int(L, "L"), check_positive_int(S, "S")
+    block_q, block_k = check_positive_int(block_q, "block_q"), check_positive_int(block_k, "block_k")
+    q_last = torch.arange(0, L, block_q).add(block_q - 1).clamp(max=L - 1)  # last query of each block
+    k_first = torch.arange(0, S, block_k)  # first key of each block
+    if not is_causal:
+        return torch.ones(len(q_last), len(k_first), dtype=torch.bool)
+    return k_first[None, :] <= q_last[:, None]
+
+
+def chunked_attention_loop(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    is_causal: bool = False,
+    block_q: int = 64,
+    block_k: int = 64,
+    scale: float | None = None,
+) -> torch.Tensor:
+    r"""Attention computed block by block with the online softmax; equals the math path's output.
+
+    For each block of queries keep, per query row, the running max ``m``, the running sum ``l`` of
+    :math:`e^{s - m}` and the unnormalised output ``acc``. For each key block with scores ``s``:
+
+    .. math:: m' = \max(m, \max_j s_j),\quad \alpha = e^{m - m'},\quad
+              l \leftarrow \alpha l + \sum_j e^{s_j - m'},\quad acc \leftarrow \alpha\, acc + e^{s - m'} V_{block}
+
+    and finally ``out = acc / l``. Only one (block_q, block_k) block of scores exists at a time. ``is_causal``
+    is top-left aligned (query i sees keys j <= i), as in SDPA; blocks entirely above the diagonal are skipped.
+    """
+    q, k, v = check_float_tensor(q, "q"), check_float_tensor(k, "k"), check_float_tensor(v, "v")
+    if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim() or k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"q, k, v must be (..., L, E), (..., S, E), (..., S, Ev), got {shape_str(q.shape)}, "
+            f"{shape_str(k.shape)}, {shape_str(v.shape)}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share the feature dim E, got {shape_str(q.shape)} and {shape_str(k.shape)}")
+    L, S = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    schedule = chunk_schedule(L, S, block_q, block_k, is_causal=is_causal)
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+    for bi, i0 in enumerate(range(0, L, block_q)):
+        qi = q[..., i0 : i0 + block_q, :]
+        rows = torch.arange(i0, i0 + qi.shape[-2], device=q.device)
+        m = torch.full((*qi.shape[:-1], 1), -math.inf, dtype=q.dtype, device=q.device)
+        l = torch.zeros_like(m)
+        acc = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+        for bj, j0 in enumerate(range(0, S, block_k)):
+            if not schedule[bi, bj]:
+                continue  # wholly masked: nothing to add
+            s = (qi @ k[..., j0 : j0 + block_k, :].transpose(-2, -1)) * scale  # one block of scores
+            if is_causal:
+                cols = torch.arange(j0, j0 + s.shape[-1], device=q.device)
+                s = s.masked_fill(cols[None, :] > rows[:, None], -math.inf)
+            m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+            safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+            alpha = torch.exp(m - safe)  # rescales what was accumulated against the old max
+            p = torch.exp(s - safe)
+            l = alpha * l + p.sum(dim=-1, keepdim=True)
+            acc = alpha * acc + p @ v[..., j0 : j0 + block_k, :]
+            m = m_new
+        out[..., i0 : i0 + qi.shape[-2], :] = acc / torch.where(l > 0, l, torch.ones_like(l))
+    return out
+
+
+def kv_cache_append(
+    cache: tuple[torch.Tensor, torch.Tensor] | None, k_new: torch.Tensor, v_new: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return a new ``(keys, values)`` cache with ``k_new`` (..., t, E) and ``v_new`` (..., t, Ev) appended
+    along the sequence axis. The old cache is not modified."""
+    k_new, v_new = check_float_tensor(k_new, "k_new"), check_float_tensor(v_new, "v_new")
+    if cache is None:
+        return k_new, v_new
+    keys, values = cache
+    return torch.cat([keys, k_new], dim=-2), torch.cat([values, v_new], dim=-2)
+
+
+def decode_with_kv_cache(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, alignment: str = "bottom-right"
+) -> torch.Tensor:
+    """Causal self-attention computed one position at a time, as a decoder generates: at step t append k[t],
+    v[t] to the cache and attend with the single query q[t] over the cache (L = 1, S = t + 1).
+
+    ``alignment`` is passed to :func:`attnlib.causal_mask`. ``"bottom-right"`` lets the new query see every
+    cached key and reproduces full causal attention; ``"top-left"`` (what ``is_causal=True`` means) lets it see
+    only key 0 — the mistake. Returns (..., L, Ev).
+    """
+    q, k, v = check_float_tensor(q, "q"), check_float_tensor(k, "k"), check_float_tensor(v, "v")
+    if q.shape[-2] != k.shape[-2] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"q, k, v must have the same length for self-attention decoding, got {shape_str(q.shape)}, "
+            f"{shape_str(k.shape)}, {shape_str(v.shape)}"
+        )
+    cache = None
+    outputs = []
+    for t in range(q.shape[-2]):
+        cache = kv_cache_append(cache, k[..., t : t + 1, :], v[..., t : t + 1, :])
+        keys, values = cache
+        mask = causal_mask(1, keys.shape[-2], alignment=alignment, device=q.device)
+        out, _ = scaled_dot_product_attention(q[..., t : t + 1, :], keys, values, mask)
+        outputs.append(out)
+    return torch.cat(outputs, dim=-2)
+
+
+def render_cost(n: int = 1024, block: int = 256, causal: bool = True, batch: int = 1, heads: int = 8):
+    """Left: bytes of the fp32 (batch, heads, n, n) score matrix against n (log-log), next to one
+    (block, block) score block, with the chosen n marked. Right: the chunked schedule for n, which
+    (query block, key block) pairs are computed and which a causal mask lets the loop skip."""
+    n, block = check_positive_int(n, "n"), check_positive_int(block, "block")
+    fig, axes = viz.new_figure(2, width=4.8, height=4.0)
+    ax_mem, ax_grid = axes[0]
+    ns = np.unique(np.geomspace(128, 16384, 15).astype(int))
+    full = [score_matrix_bytes(batch, heads, int(m), int(m)) / 2**20 for m in ns]
+    one_block = [score_matrix_bytes(batch, heads, min(block, int(m)), min(block, int(m))) / 2**20 for m in ns]
+    ax_mem.loglog(ns, full, label="full n x n scores (math path)")
+    ax_mem.loglog(ns, one_block, label=f"one {block} x {block} block (chunked)", linestyle="--")
+    here = score_matrix_bytes(batch, heads, n, n)
+    ax_mem.plot([n], [here / 2**20], "o", color="tab:red")
+    ax_mem.annotate(format_bytes(here), (n, here / 2**20), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    ax_mem.set_xlabel("sequence length n (L = S)")
+    ax_mem.set_ylabel("fp32 memory (MiB)")
+    ax_mem.set_title(f"score memory, batch {batch}, {heads} heads")
+    ax_mem.legend(fontsize=7, loc="upper left")
+    schedule = chunk_schedule(n, n, block, block, is_causal=causal)
+    ax_grid.imshow(schedule.float().numpy(), cmap="Greens", vmin=-0.3, vmax=1.0, aspect="equal")
+    nq, nk = schedule.shape
+    if nq <= 16:
+        for i in range(nq):
+            for j in range(nk):
+                computed = bool(schedule[i, j])
+                colour = "white" if computed else "black"
+                ax_grid.text(j, i, "x" if computed else "skip", ha="center", va="center", fontsize=7, color=colour)
+    ticks_q = list(range(nq)) if nq <= 16 else list(range(0, nq, max(1, nq // 6)))
+    ticks_k = list(range(nk)) if nk <= 16 else list(range(0, nk, max(1, nk // 6)))
+    ax_grid.set_yticks(ticks_q, [f"{i * block}" for i in ticks_q])
+    ax_grid.set_xticks(ticks_k, [f"{j * block}" for j in ticks_k], rotation=45)
+    ax_grid.set_xlabel("key block (first key index)")
+    ax_grid.set_ylabel("query block (first query index)")
+    done = int(schedule.sum())
+    ax_grid.set_title(f"{done} of {schedule.numel()} blocks computed" + (" (causal)" if causal else ""))
+    return fig

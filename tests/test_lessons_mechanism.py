@@ -1,0 +1,399 @@
+"""Level 2 lessons' code: attnlib.lessons.sdpa_demo (lesson 4), .masking_demo (lesson 5) and
+.self_attention_demo (lesson 6).
+
+Every render function is checked for labelled axes and for a figure that changes when its knob moves; the
+figure summary used for the latter is itself shown to catch a render function that ignores its knob.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import attnlib
+from attnlib import reference
+from attnlib.lessons import masking_demo, sdpa_demo
+from attnlib.lessons import self_attention_demo as sa
+
+matplotlib.use("Agg")
+
+
+# ---------------------------------------------------------------------------------------------- figure helpers
+def summary(fig) -> list:
+    """What a reader sees in a figure as plain data: titles, bar heights, lines, images, texts, tick labels."""
+    out = []
+    for ax in fig.axes:
+        out.append(ax.get_title())
+        out.append([round(float(p.get_height()), 6) for p in ax.patches if hasattr(p, "get_height")])
+        out.append([np.round(np.asarray(line.get_xydata(), dtype=float), 6).tolist() for line in ax.lines])
+        out.append(
+            [np.round(np.ma.filled(np.asarray(im.get_array(), dtype=float), -1), 6).tolist() for im in ax.images]
+        )
+        out.append([t.get_text() for t in ax.texts])
+        out.append([t.get_text() for t in ax.get_xticklabels()] + [t.get_text() for t in ax.get_yticklabels()])
+    return out
+
+
+def assert_axes_labelled(fig) -> None:
+    """Every axes that draws data has an x and a y label (colorbars excepted)."""
+    data_axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert data_axes
+    for ax in data_axes:
+        assert ax.get_xlabel().strip(), f"axes {ax.get_title()!r} has no x label"
+        assert ax.get_ylabel().strip(), f"axes {ax.get_title()!r} has no y label"
+
+
+def test_summary_catches_a_render_function_that_ignores_its_knob():
+    from attnlib import viz
+
+    def ignores(temperature):  # the mistake the knob tests guard against
+        fig, ax = viz.new_figure()
+        viz.weight_bars(ax, [0.4, 0.6], ["a", "b"])
+        return fig
+
+    def uses(temperature):
+        fig, ax = viz.new_figure()
+        viz.weight_bars(ax, torch.softmax(torch.tensor([0.0, 1.0]) / temperature, -1), ["a", "b"])
+        return fig
+
+    assert summary(ignores(0.5)) == summary(ignores(2.0))
+    assert summary(uses(0.5)) != summary(uses(2.0))
+
+
+def test_assert_axes_labelled_catches_a_missing_label():
+    from attnlib import viz
+
+    fig, ax = viz.new_figure()
+    ax.plot([0, 1])
+    ax.set_ylabel("y")
+    with pytest.raises(AssertionError, match="no x label"):
+        assert_axes_labelled(fig)
+
+
+# ---------------------------------------------------------------------------------------- lesson 4: sdpa_demo
+def test_known_answer_matches_the_reference_numbers_in_every_implementation():
+    q, k, v = sdpa_demo.known_answer()
+    want_w = np.array([[0.849675, 0.150325], [0.000173, 0.999827]])
+    want_out = np.array([[0.800651, 1.349675], [2.499653, 0.500173]])
+    np.testing.assert_allclose((q @ k.T).numpy(), [[5, 2], [2, 17]])
+    out, w = attnlib.scaled_dot_product_attention(q, k, v)
+    np.testing.assert_allclose(w.numpy(), want_w, atol=1e-6)
+    np.testing.assert_allclose(out.numpy(), want_out, atol=1e-6)
+    for impl in (reference.attention_loops, reference.attention):
+        o, ww = impl(q.numpy(), k.numpy(), v.numpy())
+        np.testing.assert_allclose(o, want_out, atol=1e-6)
+        np.testing.assert_allclose(ww, want_w, atol=1e-6)
+    np.testing.assert_allclose(F.scaled_dot_product_attention(q, k, v).numpy(), want_out, atol=1e-6)
+    # each output row is [2.5 - 2p, 0.5 + p] with p the weight on token 0
+    p = w[:, 0]
+    torch.testing.assert_close(out, torch.stack([2.5 - 2 * p, 0.5 + p], dim=-1))
+
+
+def test_known_answer_returns_fresh_tensors():
+    q, k, _ = sdpa_demo.known_answer()
+    q[0, 0] = 99.0
+    assert k[0, 0] == 1.0 and sdpa_demo.known_answer()[0][0, 0] == 1.0
+
+
+def test_illustrated_weights_are_not_a_softmax_of_the_scores():
+    s = torch.tensor(sdpa_demo.MAKING_SCORES, dtype=torch.float64)
+    t = torch.tensor(sdpa_demo.MAKING_ILLUSTRATED, dtype=torch.float64)
+    assert float(t.sum()) == pytest.approx(1.12)
+    np.testing.assert_allclose(
+        torch.softmax(s, 0).numpy(), [0.0747, 0.1504, 0.0826, 0.1663, 0.1361, 0.0912, 0.0747, 0.1232, 0.1008], atol=1e-4
+    )
+    assert sdpa_demo.temperature_loss(s, t, 1.0) > 0.05
+
+
+def test_fit_temperature_finds_the_grid_minimum_near_0_27():
+    s = torch.tensor(sdpa_demo.MAKING_SCORES, dtype=torch.float64)
+    t = torch.tensor(sdpa_demo.MAKING_ILLUSTRATED, dtype=torch.float64)
+    best_t, residual = sdpa_demo.fit_temperature(s, t)
+    assert best_t == pytest.approx(0.27, abs=0.005)
+    grid = np.logspace(-2, 2, 3001)
+    losses = np.array([sdpa_demo.temperature_loss(s, t, float(x)) for x in grid])
+    assert residual <= losses.min() + 1e-9
+    assert best_t == pytest.approx(grid[losses.argmin()], rel=0.01)
+    # the loss falls then rises on the grid: one minimum, which golden-section search needs
+    i = int(losses.argmin())
+    assert np.all(np.diff(losses[: i + 1]) <= 1e-12) and np.all(np.diff(losses[i:]) >= -1e-12)
+
+
+@given(st.floats(0.1, 5.0), st.lists(st.floats(-2, 2), min_size=3, max_size=8))
+def test_fit_temperature_recovers_a_known_temperature(true_t, raw):
+    s = torch.tensor(raw, dtype=torch.float64)
+    if float(s.max() - s.min()) < 0.5:  # nearly constant scores: every T gives almost the same softmax
+        return
+    target = torch.softmax(s / true_t, 0)
+    best_t, residual = sdpa_demo.fit_temperature(s, target)
+    assert residual < 1e-12
+    assert best_t == pytest.approx(true_t, rel=1e-3)
+
+
+def test_fit_temperature_and_loss_reject_bad_input():
+    s = torch.tensor([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match=r"scores .*\(3\).*target .*\(2\)"):
+        sdpa_demo.temperature_loss(s, torch.tensor([0.5, 0.5]), 1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        sdpa_demo.temperature_loss(s, s, 0.0)
+    with pytest.raises(ValueError, match="low < high"):
+        sdpa_demo.fit_temperature(s, s, low=2.0, high=1.0)
+    with pytest.raises(TypeError, match="scores"):
+        sdpa_demo.fit_temperature([0.1, 0.2], s)
+
+
+def test_render_temperature_is_labelled_and_follows_its_knob():
+    a, b = sdpa_demo.render_temperature(0.27), sdpa_demo.render_temperature(2.0)
+    assert_axes_labelled(a)
+    assert summary(a) != summary(b)
+    ticks = [t.get_text() for t in a.axes[0].get_xticklabels()]
+    assert ticks == list(sdpa_demo.MAKING_TOKENS)
+    heights = [p.get_height() for p in a.axes[0].patches]
+    np.testing.assert_allclose(
+        heights, torch.softmax(torch.tensor(sdpa_demo.MAKING_SCORES, dtype=torch.float64) / 0.27, 0).numpy()
+    )
+    with pytest.raises(ValueError, match="temperature"):
+        sdpa_demo.render_temperature(-1.0)
+
+
+def test_loops_matrix_and_batched_heads_agree_with_torch(device):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    loops = np.stack(
+        [np.stack([reference.attention_loops(q[b, h], k[b, h], v[b, h])[0] for h in range(3)]) for b in range(2)]
+    )
+    matrix, _ = reference.attention(q.numpy(), k.numpy(), v.numpy())
+    ours, _ = attnlib.scaled_dot_product_attention(q.to(device), k.to(device), v.to(device))
+    np.testing.assert_allclose(loops, matrix, atol=1e-12)
+    np.testing.assert_allclose(ours.cpu().numpy(), matrix, atol=1e-12)
+    torch.testing.assert_close(ours.cpu(), F.scaled_dot_product_attention(q, k, v))
+    assert math.isfinite(float(ours.sum()))
+
+
+# ------------------------------------------------------------------------------------- lesson 5: masking_demo
+@pytest.mark.parametrize("L,S", [(1, 6), (3, 6), (6, 6), (4, 5)])
+def test_build_mask_alignments_match_torchs_causal_biases(L, S):
+    from torch.nn.attention.bias import causal_lower_right, causal_upper_left
+
+    def dense(bias):
+        return bias._materialize(torch.device("cpu"))
+
+    top = masking_demo.build_mask(L, S, causal=True, alignment="top-left")
+    bottom = masking_demo.build_mask(L, S, causal=True, alignment="bottom-right")
+    torch.testing.assert_close(top, dense(causal_upper_left(L, S)))
+    torch.testing.assert_close(bottom, dense(causal_lower_right(L, S)))
+    assert masking_demo.build_mask(L, S, causal=False).all()
+
+
+def test_build_mask_padding_blocks_the_last_keys_and_combines_with_causal():
+    m = masking_demo.build_mask(6, 6, causal=True, pad=2)
+    assert not m[:, 4:].any()
+    torch.testing.assert_close(m[:, :4], torch.ones(6, 6, dtype=torch.bool).tril()[:, :4])
+    assert not masking_demo.build_mask(3, 6, causal=False, pad=6).any()
+
+
+def test_build_mask_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="pad"):
+        masking_demo.build_mask(2, 4, causal=True, pad=5)
+    with pytest.raises(ValueError, match="L <= S"):
+        masking_demo.build_mask(5, 4, causal=True)
+    with pytest.raises(ValueError, match="alignment"):
+        masking_demo.build_mask(2, 4, causal=True, alignment="middle")
+
+
+@given(st.integers(1, 6), st.integers(0, 6), st.booleans(), st.sampled_from(["top-left", "bottom-right"]))
+def test_masked_weights_rows_are_distributions_or_zeros_and_match_torch(L, pad, causal, alignment):
+    S = 6
+    w, q_labels, k_labels = masking_demo.masked_weights(L, S, causal=causal, alignment=alignment, pad=pad)
+    mask = masking_demo.build_mask(L, S, causal=causal, alignment=alignment, pad=pad)
+    assert len(q_labels) == L and len(k_labels) == S and k_labels.count(masking_demo.PAD) == pad
+    assert torch.isfinite(w).all()
+    assert (w[~mask] == 0).all()
+    sums = w.sum(-1)
+    empty = ~mask.any(-1)
+    torch.testing.assert_close(sums[~empty], torch.ones(int((~empty).sum())))
+    assert (sums[empty] == 0).all()
+    x = torch.randn(S, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        w @ x, F.scaled_dot_product_attention(x[S - L :], x, x, attn_mask=mask), atol=1e-6, rtol=1e-5
+    )
+
+
+def test_naive_masked_softmax_gives_nan_where_the_lesson_says():
+    # the trap the lesson shows: torch.softmax over an all -inf row is NaN; attnlib gives zeros
+    scores = torch.zeros(2, 3).masked_fill(~torch.tensor([[True, True, False], [False, False, False]]), -torch.inf)
+    assert torch.isnan(torch.softmax(scores, -1)[1]).all()
+    assert (attnlib.softmax(scores)[1] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"causal": False},
+        {"alignment": "top-left"},
+        {"pad": 2},
+        {"n_queries": 3},
+    ],
+)
+def test_render_mask_is_labelled_and_follows_each_knob(change):
+    base = {"causal": True, "alignment": "bottom-right", "n_queries": 3, "pad": 0}
+    if "n_queries" in change:
+        base["n_queries"] = 6
+    a = masking_demo.render_mask(**base)
+    b = masking_demo.render_mask(**{**base, **change})
+    assert_axes_labelled(a)
+    assert summary(a) != summary(b)
+    assert [t.get_text() for t in a.axes[0].get_xticklabels()] == list(masking_demo.SENTENCE)
+
+
+def test_render_mask_shows_empty_rows_as_zeros():
+    fig = masking_demo.render_mask(causal=True, n_queries=2, pad=6)
+    assert "see nothing" in fig.axes[1].get_title()
+    weights = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][1].images[0].get_array()
+    assert np.all(np.asarray(weights) == 0)
+
+
+def test_corpus_is_deterministic_and_periodic():
+    a, b = masking_demo.make_corpus(20, seed=3), masking_demo.make_corpus(20, seed=3)
+    torch.testing.assert_close(a, b)
+    assert a.shape == (20, masking_demo.BLOCK + 1) and a.dtype == torch.long
+    torch.testing.assert_close(a[:, 4:], a[:, :-4])
+    assert (a[:, 3::4] == 0).all() and (a[:, :3] > 0).all()
+    assert not torch.equal(a, masking_demo.make_corpus(20, seed=4))
+
+
+def test_encode_decode_roundtrip_and_errors():
+    assert masking_demo.decode(masking_demo.encode("cab cab")) == "cab cab"
+    with pytest.raises(ValueError, match=r"outside the vocabulary.*\['z'\]"):
+        masking_demo.encode("zab")
+    with pytest.raises(ValueError, match="prompt is empty"):
+        masking_demo.generate(masking_demo.TinyLM(), "", 3, causal=True)
+
+
+def test_tiny_lm_shapes_size_and_causality():
+    torch.manual_seed(0)
+    model = masking_demo.TinyLM()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 1000 <= n_params <= 5000
+    ids = masking_demo.make_corpus(4)[:, :-1]
+    logits, w = model(ids, causal=True)
+    assert logits.shape == (4, masking_demo.BLOCK, len(masking_demo.VOCAB)) and w.shape == (4, 16, 16)
+    assert (w.triu(diagonal=1) == 0).all()
+    # changing a later token must not change earlier logits under the mask (and does without it)
+    ids2 = ids.clone()
+    ids2[:, 10] = (ids2[:, 10] % 8) + 1
+    assert torch.equal(model(ids2, causal=True)[0][:, :10], logits[:, :10])
+    assert not torch.allclose(model(ids2, causal=False)[0][:, :10], model(ids, causal=False)[0][:, :10])
+    with pytest.raises(ValueError, match="int64"):
+        model(ids.float())
+    with pytest.raises(ValueError, match="1 <= T <= 16"):
+        model(masking_demo.make_corpus(1, length=17))
+
+
+def test_training_without_the_mask_leaks_and_with_it_generates():
+    test = masking_demo.make_corpus(200, seed=99)
+    floor = 2 * math.log(len(masking_demo.LETTERS)) / masking_demo.BLOCK  # two unpredictable letters per line
+    masked = masking_demo.train_lm(causal=True, steps=200)
+    leaky = masking_demo.train_lm(causal=False, steps=200)
+    with torch.no_grad():
+        masked_loss = float(masking_demo.lm_loss(masked.model, test, causal=True))
+        leaky_loss = float(masking_demo.lm_loss(leaky.model, test, causal=False))
+    assert masked_loss > floor - 0.02  # an honest model cannot beat the floor
+    assert leaky_loss < 0.05 < floor  # a leaking one "beats" it by reading the answers
+    assert masking_demo.future_weight(masked.model, test, causal=True) == 0.0
+    assert masking_demo.future_weight(leaky.model, test, causal=False) > 0.5
+    assert masking_demo.generate(masked.model, "cab ", 12, causal=True) == "cab cab cab cab "
+    assert masking_demo.generate(leaky.model, "cab ", 12, causal=False) != "cab cab cab cab "
+    assert len(masked.losses) == 200 and masked.causal and not leaky.causal
+
+
+# ------------------------------------------------------------------------------- lesson 6: self_attention_demo
+def test_embed_uses_the_lexicon_and_unknown_words_are_zero():
+    x = sa.embed(["bank", "the"])
+    assert x.shape == (2, len(sa.FEATURES))
+    assert x[0, sa.FEATURES.index("ambiguous")] == 1.0 and (x[1] == 0).all()
+    with pytest.raises(ValueError, match="sentence"):
+        sa.tokens_of("   ")
+
+
+def test_set_projections_follows_the_math_convention():
+    layer = attnlib.SelfAttention(3, 2, dtype=torch.float64)
+    w_q = torch.arange(6.0, dtype=torch.float64).reshape(3, 2)
+    sa.set_projections(layer, w_q, w_q, w_q)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(layer.w_q(x), x @ w_q)
+    with pytest.raises(ValueError, match=r"w_k must be \(3, 2\)"):
+        sa.set_projections(layer, w_q, w_q.T, w_q)
+
+
+@pytest.mark.parametrize("sentence,lean", [("river", 1), ("money", -1)])
+def test_bank_leans_towards_its_context(sentence, lean):
+    tokens = sa.tokens_of(sentence)
+    x = sa.embed(tokens)
+    y, (w,) = sa.contextualise(x, [sa.bank_layer()])
+    i = tokens.index("bank")
+    assert float(sa.sense(x[i], "water", "money")) == 0.0  # ambiguous on its own
+    assert lean * float(sa.sense(y[i], "water", "money")) > 0.9
+    torch.testing.assert_close(w.sum(-1), torch.ones(len(tokens), dtype=torch.float64))
+    assert (x == sa.embed(tokens)).all()  # contextualise did not modify its input
+
+
+@pytest.mark.parametrize("sentence,referent", [("tired", "animal"), ("wide", "street")])
+def test_two_layers_resolve_it(sentence, referent):
+    tokens = sa.tokens_of(sentence)
+    _, w, _ = sa.sentence_weights(sentence)
+    i = tokens.index("it")
+    assert tokens[int(w[i].argmax())] == referent and float(w[i].max()) > 0.9
+
+
+def test_one_layer_cannot_make_it_depend_on_a_later_adjective():
+    torch.manual_seed(0)
+    layer = attnlib.SelfAttention(len(sa.FEATURES), 4, len(sa.FEATURES), dtype=torch.float64)
+    x_pos = torch.randn(11, len(sa.FEATURES), dtype=torch.float64)  # positions, so words are not all alike
+    ratios = []
+    for sentence in ("tired", "wide"):
+        tokens = sa.tokens_of(sentence)
+        _, (w,) = sa.contextualise(sa.embed(tokens) + x_pos, [layer])
+        ratios.append(sa.weight_ratio(w, tokens, "it", "animal", "street"))
+    assert ratios[0] == pytest.approx(ratios[1], rel=1e-9)
+    # ...while the two-layer construction's ratio flips by orders of magnitude
+    r = [
+        sa.weight_ratio(sa.sentence_weights(s)[1], sa.tokens_of(s), "it", "animal", "street") for s in ("tired", "wide")
+    ]
+    assert r[0] > 100 and r[1] < 0.01
+
+
+def test_swapping_q_and_k_transposes_the_scores_and_changes_the_weights():
+    torch.manual_seed(0)
+    layer = attnlib.SelfAttention(len(sa.FEATURES), 4, dtype=torch.float64)
+    x = sa.embed(sa.tokens_of("tired")) + torch.randn(11, len(sa.FEATURES), dtype=torch.float64)
+    q, k = layer.w_q(x), layer.w_k(x)
+    scores = attnlib.attention_scores(q, k)
+    torch.testing.assert_close(attnlib.attention_scores(k, q), scores.T)
+    _, w = layer(x)
+    assert not torch.allclose(torch.softmax(scores.T, -1), w, atol=1e-3)
+
+
+def test_sentence_weights_and_render_query_reject_bad_input():
+    with pytest.raises(ValueError, match="one of"):
+        sa.sentence_weights("nope")
+    with pytest.raises(ValueError, match=r"0\.\.10"):
+        sa.render_query("tired", 11)
+    with pytest.raises(ValueError, match="unknown feature"):
+        sa.sense(torch.zeros(len(sa.FEATURES)), "water", "fire")
+
+
+@pytest.mark.parametrize("change", [{"query": 1}, {"sentence": "wide"}])
+def test_render_query_is_labelled_and_follows_its_knobs(change):
+    a = sa.render_query("tired", 7)
+    b = sa.render_query(**{"sentence": "tired", "query": 7, **change})
+    assert_axes_labelled(a)
+    assert summary(a) != summary(b)
+    assert [t.get_text() for t in a.axes[1].get_xticklabels()] == sa.tokens_of("tired")
