@@ -121,7 +121,7 @@ LESSONS: list[Lesson] = [
         "notebooks/09_cost_of_attention.ipynb",
         "The cost of attention",
         4,
-        "Measured O(n²) time, chunked attention with the online softmax, decoding with a KV cache.",
+        "Measured O(n²) time and memory, chunked attention with the online softmax, decoding with a KV cache.",
         "exercises/02_softmax.ipynb",
     ),
     Lesson(

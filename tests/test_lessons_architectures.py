@@ -6,6 +6,7 @@ Every render function is checked to return a figure with labelled axes that chan
 from __future__ import annotations
 
 import io
+import os
 
 import matplotlib
 import numpy as np
@@ -423,3 +424,17 @@ def test_render_cost_is_labelled_and_follows_its_knobs():
     assert png != _png(cost_demo.render_cost(n=2048, block=256, causal=True))
     assert png != _png(cost_demo.render_cost(n=1024, block=128, causal=True))
     assert png != _png(cost_demo.render_cost(n=1024, block=256, causal=False))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak-RSS reset needs Linux /proc")
+def test_peak_extra_memory_sees_the_score_matrix_and_not_the_chunked_path():
+    from attnlib.efficient import chunked_attention
+
+    q, k, v = torch.randn(3, 1, 2, 2048, 32).unbind(0)
+    scores = cost_demo.score_matrix_bytes(1, 2, 2048, 2048)
+    math_path = cost_demo.peak_extra_memory(lambda: attnlib.scaled_dot_product_attention(q, k, v))
+    chunked = cost_demo.peak_extra_memory(lambda: chunked_attention(q, k, v))
+    assert math_path >= scores, f"the math path holds at least its {scores} B of scores, measured {math_path} B"
+    assert chunked < scores / 4, f"chunked attention holds one block, not the scores: measured {chunked} B"
+    # a call that allocates nothing lasting measures (close to) nothing
+    assert cost_demo.peak_extra_memory(lambda: None) < 2**20

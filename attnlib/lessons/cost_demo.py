@@ -1,6 +1,8 @@
 r"""Lesson 9 (the cost of attention): memory from shapes, power-law fits, a readable chunked loop, a KV cache.
 
 * :func:`score_matrix_bytes` / :func:`kv_cache_bytes` compute sizes from shapes (deterministic, no measuring);
+* :func:`peak_extra_memory` measures the peak memory one call adds (Linux), so the lesson can check the
+  computed sizes against the machine;
 * :func:`fit_power_law` fits ``y = c * n^p`` on a log-log scale (used on measured times in the lesson);
 * :func:`chunk_schedule` says which (query block, key block) pairs a chunked loop must compute; with a causal
   mask, blocks wholly above the diagonal are skipped;
@@ -18,6 +20,8 @@ modified.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +40,7 @@ __all__ = [
     "format_bytes",
     "fit_power_law",
     "median_time",
+    "peak_extra_memory",
     "chunk_schedule",
     "chunked_attention_loop",
     "kv_cache_append",
@@ -97,6 +102,46 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{field} is not in /proc/self/status")
+
+
+def peak_extra_memory(fn: Callable[[], object]) -> int | None:
+    """Peak resident memory, in bytes, that one call of ``fn()`` adds on top of what the process already holds.
+
+    Linux only (returns ``None`` elsewhere): after one warm-up call (one-off buffers and thread pools are not the
+    call's cost) it hands freed memory back to the OS, resets the kernel's peak-RSS mark through
+    ``/proc/self/clear_refs``, calls ``fn`` and reads the new peak (``VmHWM``) minus the resident size before the
+    call. Everything the call allocates counts, the result it returns included. Give it calls that allocate
+    megabytes: a few hundred KiB either way is noise.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        # A fixed mmap threshold (M_MMAP_THRESHOLD = -3): every large block is mapped on allocation and unmapped
+        # on free, so the resident size follows the tensors alive instead of glibc's heap-growth heuristics.
+        libc.mallopt(-3, 128 * 1024)
+    except (OSError, AttributeError):
+        libc = None
+    fn()
+    gc.collect()
+    if libc is not None:
+        libc.malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        before = _status_bytes("VmRSS")
+    except OSError:
+        return None
+    result = fn()
+    peak = _status_bytes("VmHWM")
+    del result
+    return max(0, peak - before)
 
 
 def chunk_schedule(L: int, S: int, block_q: int, block_k: int, *, is_causal: bool = False) -> torch.Tensor:
