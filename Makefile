@@ -13,7 +13,7 @@ FIRST_LESSON := $(firstword $(sort $(wildcard notebooks/[0-9]*.ipynb)))
 AS_ROOT   := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lab test lint format lock clean
+.PHONY: install lab test test-browser site lint format lock clean
 
 install: $(STAMP)
 
@@ -34,6 +34,14 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The real-browser tests alone (headless Chromium; see docs/site-and-browser-tests.md). A missing browser fails.
+test-browser: $(STAMP)
+	ATTNLIB_REQUIRE_BROWSER=1 $(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
+# The course as a static web site in site/ (home page with the course map, lessons, exercise sets).
+site: $(STAMP)
+	$(PY) -m attnlib site --out site
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -49,4 +57,4 @@ lock: $(STAMP)
 	touch $(STAMP)  # the environment is what constraints.txt now says: no re-install needed
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis site test-artifacts
