@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-dim", "-D", type=int, default=64, help="head dim (default: %(default)s)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="(default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: attnlib.get_device())")
-    parser.add_argument("--block-q", type=int, default=128, help="chunked: query block size (default: %(default)s)")
-    parser.add_argument("--block-k", type=int, default=256, help="chunked: key block size (default: %(default)s)")
+    parser.add_argument("--block-q", type=int, default=256, help="chunked: query block size (default: %(default)s)")
+    parser.add_argument("--block-k", type=int, default=512, help="chunked: key block size (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per implementation (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (default: %(default)s)")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to run")
@@ -143,6 +143,54 @@ def format_table(rows: list[dict]) -> str:
             f"{r['L']:>6} {r['impl']:<8} {time_s:>10} {r['gflops']:>8.1f} {fmt(r['pct_peak'], '.1f'):>6} "
             f"{fmt(r['peak_extra_mib'], '.1f'):>10} {fmt(r['speed_vs_sdpa'], '.2f'):>12} "
             f"{fmt(r['mem_vs_sdpa'], '.2f'):>10} {fmt(r['max_err'], '.1e'):>8}  {r.get('note', '')}"
+        )
+    return "\n".join(lines)
+
+
+def markdown_summary(results: dict) -> str:
+    """The chunked path against SDPA, one row per length, as a markdown table (the README's performance section).
+
+    Everything in it is read from ``results`` (what :func:`run_benchmark` returned, or its JSON): times, the
+    throughput ratio, peak extra memory and its ratio, and why the math path was skipped where it was.
+    """
+    cfg, machine = results["config"], results["machine"]
+    by = {(r["L"], r["impl"]): r for r in results["results"]}
+    kind = "forward + backward" if cfg["backward"] else "forward"
+    lines = [
+        f"{kind}{', causal' if cfg['causal'] else ''}: B={cfg['batch']}, H={cfg['heads']}, D={cfg['head_dim']}, "
+        f"{cfg['dtype']}, {cfg['device']} ({machine['threads']} threads on {machine['cpu_count']} CPUs), "
+        f"torch {machine['torch'].split('+')[0]}, chunked blocks {cfg['block_q']}x{cfg['block_k']}, "
+        f"median of {cfg['repeats']}; matmul peak measured in the same run: {machine['matmul_gflops']:.0f} GFLOP/s",
+        "",
+        "| L = S | SDPA | chunked | chunked / SDPA throughput | extra memory, SDPA | extra memory, chunked "
+        "| chunked / SDPA memory | math path |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def seconds(r):
+        return (
+            "-"
+            if r is None or r["status"] != "ok"
+            else (f"{r['median_s'] * 1e3:.0f} ms" if r["median_s"] < 1 else f"{r['median_s']:.2f} s")
+        )
+
+    def mib(r):
+        return "-" if r is None or r.get("peak_extra_mib") is None else f"{r['peak_extra_mib']:.0f} MiB"
+
+    def ratio(r, key):
+        return "-" if r is None or r.get(key) is None else f"{r[key]:.2f}x"
+
+    for L in cfg["lengths"]:
+        sdpa, chunked, math_path = by.get((L, "sdpa")), by.get((L, "chunked")), by.get((L, "math"))
+        if math_path is None:
+            math_note = "not run"
+        elif math_path["status"] != "ok":
+            math_note = "skipped: " + math_path["reason"].split(" (")[0]
+        else:
+            math_note = f"{seconds(math_path)}, {mib(math_path)}"
+        lines.append(
+            f"| {L} | {seconds(sdpa)} | {seconds(chunked)} | {ratio(chunked, 'speed_vs_sdpa')} | {mib(sdpa)} "
+            f"| {mib(chunked)} | {ratio(chunked, 'mem_vs_sdpa')} | {math_note} |"
         )
     return "\n".join(lines)
 

@@ -253,7 +253,10 @@ def _scratch(cache: dict, name: str, shape: tuple[int, ...], like: torch.Tensor)
 # outside). Only used on the CPU and when there is enough work per thread.
 
 MIN_SCORES_PER_THREAD = 1 << 20  # below this many scores per thread, run inline with torch's own threading
-SCORES_PER_OP = 1 << 18  # CPU: (batch, head) entries per op x block_q x block_k: a 1 MiB fp32 score block
+# CPU: (batch, head) entries per op x block_q x block_k. An 8 MiB fp32 score block per op (per worker): ops this
+# large spend their time in the matmuls and exp2 rather than in dispatch (measured with `attnlib bench`: 2^18
+# reached 0.41x SDPA's throughput at L = 4096 on a 2-core AVX-512 CPU, 2^21 with 256 x 512 blocks 0.6-0.7x).
+SCORES_PER_OP = 1 << 21
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=_POOLS.clear)  # threads do not survive a fork
@@ -299,15 +302,20 @@ def _run_parallel(tasks: list) -> None:
 def _schedule(plan: _Plan, t: torch.Tensor) -> tuple[list, int]:
     """The pieces of the batch each op works on, and how many worker threads share them.
 
-    On the CPU an op covers ``SCORES_PER_OP // (block_q * block_k)`` (batch, head) entries, so that a score block
-    stays in a core's cache; elsewhere (GPUs) one op covers the whole batch.
+    On the CPU an op covers ``SCORES_PER_OP // (block_q * block_k)`` (batch, head) entries (fewer when that would
+    leave a thread without a piece), so that per-op overhead is small while one block of scores per worker stays
+    a few MiB; elsewhere (GPUs) one op covers the whole batch.
     """
     N = math.prod(plan.batch)
     if t.device.type != "cpu":
         return plan.pieces(max(1, N)), 1
-    pieces = plan.pieces(max(1, SCORES_PER_OP // (plan.block_q * plan.block_k)))
+    threads = torch.get_num_threads()
     work = N * plan.L * plan.S
-    workers = max(1, min(torch.get_num_threads(), len(pieces), work // max(1, MIN_SCORES_PER_THREAD)))
+    rows_per_op = max(1, SCORES_PER_OP // (plan.block_q * plan.block_k))
+    if work >= threads * MIN_SCORES_PER_THREAD:  # enough work to share: at least one piece per thread
+        rows_per_op = min(rows_per_op, -(-N // threads))
+    pieces = plan.pieces(rows_per_op)
+    workers = max(1, min(threads, len(pieces), work // max(1, MIN_SCORES_PER_THREAD)))
     return pieces, workers
 
 
@@ -475,8 +483,8 @@ def chunked_attention(
     is_causal: bool = False,
     causal_alignment: str = "top-left",
     scale: float | None = None,
-    block_q: int = 128,
-    block_k: int = 256,
+    block_q: int = 256,
+    block_k: int = 512,
 ) -> torch.Tensor:
     r"""Scaled dot-product attention computed block by block with the online softmax; returns the output only.
 

@@ -86,3 +86,54 @@ def test_memory_measurement_sees_the_math_paths_score_matrices():
 def test_bad_arguments_give_a_usage_error(capsys):
     assert cli.run(["bench", "-L", "0", "--no-memory"]) == 2
     assert "--lengths" in capsys.readouterr().err
+
+
+def test_markdown_summary_reads_ratios_memory_and_skips_from_the_results():
+    results = {
+        "config": {
+            "lengths": [4096],
+            "batch": 4,
+            "heads": 8,
+            "head_dim": 64,
+            "dtype": "float32",
+            "device": "cpu",
+            "block_q": 256,
+            "block_k": 512,
+            "repeats": 3,
+            "backward": False,
+            "causal": False,
+        },
+        "machine": {"matmul_gflops": 300.0, "torch": "2.13.0+cpu", "threads": 2, "cpu_count": 2},
+        "results": [
+            {
+                "L": 4096,
+                "impl": "math",
+                "status": "skipped",
+                "reason": "needs ~6.1 GiB > 5.5 GiB budget (--memory-fraction)",
+            },
+            {
+                "L": 4096,
+                "impl": "chunked",
+                "status": "ok",
+                "median_s": 1.5,
+                "peak_extra_mib": 96.0,
+                "speed_vs_sdpa": 0.5,
+                "mem_vs_sdpa": 3.0,
+            },
+            {
+                "L": 4096,
+                "impl": "sdpa",
+                "status": "ok",
+                "median_s": 0.75,
+                "peak_extra_mib": 32.0,
+                "speed_vs_sdpa": 1.0,
+                "mem_vs_sdpa": 1.0,
+            },
+        ],
+    }
+    table = bench.markdown_summary(results)
+    assert "forward: B=4, H=8, D=64, float32, cpu (2 threads on 2 CPUs), torch 2.13.0" in table
+    row = table.splitlines()[-1]
+    assert (
+        row == "| 4096 | 750 ms | 1.50 s | 0.50x | 32 MiB | 96 MiB | 3.00x | skipped: needs ~6.1 GiB > 5.5 GiB budget |"
+    )

@@ -87,6 +87,19 @@ def test_readme_course_map_is_the_generated_one():
     assert readme == expected, "README.md's course map is stale: run `attnlib course readme`"
 
 
+def test_readme_performance_tables_are_generated_from_the_committed_benchmarks():
+    readme = (ROOT / "README.md").read_text()
+    expected = course.readme_with_performance(readme, course.performance_markdown())
+    assert readme == expected, "README.md's performance tables are stale: run `attnlib course readme`"
+    for name in ("cpu-forward.json", "cpu-backward-8192.json"):
+        assert f"docs/benchmarks/{name}" in readme, f"the README does not show docs/benchmarks/{name}"
+
+
+def test_performance_markdown_needs_results(tmp_path):
+    with pytest.raises(ValueError, match="no benchmark results"):
+        course.performance_markdown(tmp_path)
+
+
 def test_readme_block_replacement_rejects_a_readme_without_markers():
     with pytest.raises(ValueError, match="course-map"):
         course.readme_with_map("# no map here\n", "| table |")
