@@ -40,10 +40,9 @@ from ._checks import (
     check_float_tensor,
     check_mask,
     check_positive_int,
-    check_same_dtype_device,
     shape_str,
 )
-from .functional import _check_finite, _check_qk, _resolve_scale
+from .functional import _check_qkv, _resolve_scale
 
 __all__ = ["chunked_attention", "online_softmax", "online_softmax_update"]
 
@@ -451,15 +450,7 @@ class _ChunkedAttention(torch.autograd.Function):
 
 
 def _validate(q, k, v, attn_mask, is_causal, causal_alignment, block_q, block_k):
-    _check_qk(q, k)
-    check_float_tensor(v, "v")
-    check_same_dtype_device({"q": q, "v": v})
-    if v.dim() != q.dim() or v.shape[:-2] != k.shape[:-2] or v.shape[-2] != k.shape[-2]:
-        raise ValueError(
-            f"v must be (..., S, Ev) with the same leading dims and length S as k, got k {shape_str(k.shape)} "
-            f"and v {shape_str(v.shape)}"
-        )
-    _check_finite(v, "v")
+    _check_qkv(q, k, v)
     if attn_mask is not None:
         check_mask(attn_mask, (*q.shape[:-2], q.shape[-2], k.shape[-2]), q)
     if not isinstance(is_causal, bool):

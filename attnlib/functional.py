@@ -112,6 +112,19 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
     _check_finite(k, "k")
 
 
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """q (..., L, E), k (..., S, E) and v (..., S, Ev): one dtype and device, shared leading dims, finite v."""
+    _check_qk(q, k)
+    check_float_tensor(v, "v")
+    check_same_dtype_device({"q": q, "v": v})
+    if v.dim() != q.dim() or v.shape[:-2] != k.shape[:-2] or v.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"v must be (..., S, Ev) with the same leading dims and length S as k, got k {shape_str(k.shape)} "
+            f"and v {shape_str(v.shape)}"
+        )
+    _check_finite(v, "v")
+
+
 def _resolve_scale(scale: float | None, E: int) -> float:
     return 1.0 / math.sqrt(E) if scale is None else check_positive_float(scale, "scale")
 
@@ -157,15 +170,7 @@ def scaled_dot_product_attention(
     Equals ``torch.nn.functional.scaled_dot_product_attention`` (which returns only the output) within
     floating-point tolerance.
     """
-    _check_qk(q, k)
-    check_float_tensor(v, "v")
-    check_same_dtype_device({"q": q, "v": v})
-    if v.dim() != q.dim() or v.shape[:-2] != k.shape[:-2] or v.shape[-2] != k.shape[-2]:
-        raise ValueError(
-            f"v must be (..., S, Ev) with the same leading dims and length S as k, got k {shape_str(k.shape)} "
-            f"and v {shape_str(v.shape)}"
-        )
-    _check_finite(v, "v")
+    _check_qkv(q, k, v)
     dropout_p = check_dropout(dropout_p)
     L, S = q.shape[-2], k.shape[-2]
     score_shape = (*q.shape[:-2], L, S)

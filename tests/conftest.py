@@ -29,3 +29,13 @@ def _device_params():
 def device(request) -> torch.device:
     """Every test that takes ``device`` runs on the CPU, and on CUDA and MPS when they are present."""
     return torch.device(request.param)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch ops on one thread for a module of tests on tiny models: on a busy 2-core machine a second thread
+    costs far more than it saves. Restored afterwards. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

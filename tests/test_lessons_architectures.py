@@ -12,11 +12,14 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from figures import assert_axes_labelled
 from hypothesis import given
 from hypothesis import strategies as st
 
 import attnlib
 from attnlib.lessons import cost_demo, heads_demo, seq2seq
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 matplotlib.use("Agg")
 
@@ -25,22 +28,6 @@ def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=40)
     return buf.getvalue()
-
-
-def _assert_labelled(fig):
-    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert axes
-    for ax in axes:
-        assert ax.get_xlabel() and ax.get_ylabel(), f"axes {ax.get_title()!r} lacks an axis label"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is much faster than two on a busy machine. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +149,7 @@ def test_render_cross_attention_row_is_labelled_and_follows_its_knobs(trained_re
     model, _ = trained_reversal
     b = seq2seq.make_batch(4, torch.Generator().manual_seed(7))
     fig = seq2seq.render_cross_attention_row(model, b, example=1, step=0)
-    _assert_labelled(fig)
+    assert_axes_labelled(fig)
     heat, bars = fig.axes[0], fig.axes[2] if fig.axes[1].get_label() == "<colorbar>" else fig.axes[1]
     n = int(b.lengths[1])
     src_labels = seq2seq.token_labels(b.src[1])
@@ -180,7 +167,7 @@ def test_render_alignment_draws_one_labelled_map_per_model(trained_reversal):
     model, _ = trained_reversal
     b = seq2seq.make_batch(4, torch.Generator().manual_seed(7))
     fig = seq2seq.render_alignment({"before": seq2seq.init_model(0), "after": model}, b, example=0)
-    _assert_labelled(fig)
+    assert_axes_labelled(fig)
     maps = [ax for ax in fig.axes if ax.images]
     assert len(maps) == 2 and maps[0].get_title().startswith("before") and maps[1].get_title().startswith("after")
     other = seq2seq.render_alignment({"before": seq2seq.init_model(0), "after": model}, b, example=1)
@@ -300,7 +287,7 @@ def test_render_head_is_labelled_and_follows_its_knobs(trained_heads):
     model, _ = trained_heads
     b = heads_demo.make_batch(3, torch.Generator().manual_seed(2))
     fig = heads_demo.render_head(model, b, head=0, example=0)
-    _assert_labelled(fig)
+    assert_axes_labelled(fig)
     heat = fig.axes[0]
     labels = [f"{i}:{chr(ord('A') + int(t))}" for i, t in enumerate(b.tokens[0])]
     assert [t.get_text() for t in heat.get_xticklabels()] == labels
@@ -415,7 +402,7 @@ def test_kv_cache_append_returns_a_new_cache():
 
 def test_render_cost_is_labelled_and_follows_its_knobs():
     fig = cost_demo.render_cost(n=1024, block=256, causal=True)
-    _assert_labelled(fig)
+    assert_axes_labelled(fig)
     mem, grid = fig.axes
     assert grid.get_title() == "10 of 16 blocks computed (causal)"
     assert cost_demo.render_cost(n=1024, block=256, causal=False).axes[1].get_title() == "16 of 16 blocks computed"

@@ -12,22 +12,16 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from figures import assert_axes_labelled
 from hypothesis import given
 from hypothesis import strategies as st
 
 import attnlib
 from attnlib.lessons import lookup, scaling, softmax_demo
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 matplotlib.use("Agg")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The toy models are tiny: one thread avoids thread contention on a shared machine (and is faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------- figure helpers
@@ -43,15 +37,6 @@ def fingerprint(fig) -> list:
         out.append([(t.get_text(), tuple(np.round(t.get_position(), 6))) for t in ax.texts])
         out.append([tuple(np.round(getattr(a, "xy", (0, 0)), 6)) for a in ax.texts if hasattr(a, "xy")])
     return out
-
-
-def assert_axes_labelled(fig) -> None:
-    """Every axes that draws data has both axis labels (colorbars excepted)."""
-    data_axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert data_axes
-    for ax in data_axes:
-        assert ax.get_xlabel().strip(), f"axes {ax.get_title()!r} has no x label"
-        assert ax.get_ylabel().strip(), f"axes {ax.get_title()!r} has no y label"
 
 
 def test_fingerprint_catches_a_render_function_that_ignores_its_knob():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from figures import assert_axes_labelled
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,15 +40,6 @@ def summary(fig) -> list:
         out.append([t.get_text() for t in ax.texts])
         out.append([t.get_text() for t in ax.get_xticklabels()] + [t.get_text() for t in ax.get_yticklabels()])
     return out
-
-
-def assert_axes_labelled(fig) -> None:
-    """Every axes that draws data has an x and a y label (colorbars excepted)."""
-    data_axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert data_axes
-    for ax in data_axes:
-        assert ax.get_xlabel().strip(), f"axes {ax.get_title()!r} has no x label"
-        assert ax.get_ylabel().strip(), f"axes {ax.get_title()!r} has no y label"
 
 
 def test_summary_catches_a_render_function_that_ignores_its_knob():

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from attnlib import minilm
 from attnlib.lessons import heads_explorer as hx
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 matplotlib.use("Agg")
 
 SENTENCES = [
@@ -58,15 +60,6 @@ def no_network():
         mp.setattr(socket, "create_connection", refuse)
         mp.setattr(socket, "getaddrinfo", refuse)
         yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These matrices are tiny; on a busy 2-core machine a second thread costs far more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
