@@ -389,9 +389,9 @@ def test_streaming_attention_inputs_untouched_and_bad_shapes_rejected():
 
 
 def test_source_illustrated_weights_are_not_a_softmax():
-    w = torch.tensor(softmax_demo.SOURCE_ILLUSTRATED_WEIGHTS, dtype=torch.float64)
+    w = torch.tensor(softmax_demo.MAKING_ILLUSTRATED, dtype=torch.float64)
     assert abs(float(w.sum()) - 1.12) < 1e-9
-    t, err = softmax_demo.fit_temperature(softmax_demo.MAKING_SCORES, w)
+    t, err = softmax_demo.fit_temperature(torch.tensor(softmax_demo.MAKING_SCORES, dtype=torch.float64), w)
     assert 0.25 < t < 0.29 and err > 1e-3  # the best temperature still misses
     p = attnlib.softmax(torch.tensor(softmax_demo.MAKING_SCORES, dtype=torch.float64))
     expected = [0.0747, 0.1504, 0.0826, 0.1663, 0.1361, 0.0912, 0.0747, 0.1232, 0.1008]

@@ -6,7 +6,8 @@ r"""Lesson 4 (scaled dot-product attention): the known-answer example, the "maki
   ``MAKING_TOKENS`` with ``MAKING_SCORES``. The source draws weights ``MAKING_ILLUSTRATED`` beside them, which are
   **not** the softmax of those scores (they do not even sum to 1). :func:`temperature_loss` measures how far
   ``softmax(scores / T)`` is from them and :func:`fit_temperature` finds the T that explains them best, with a
-  golden-section search over ``log T`` (no SciPy needed).
+  golden-section search over ``log T`` (no SciPy needed). Lesson 3 meets the example first, so the data and
+  both functions live in :mod:`attnlib.lessons.softmax_demo`; this module re-exports them.
 * :func:`render_temperature` is the pure render function behind the lesson's figure and widget.
 
 Shapes: scores and weights are 1-D (S,) tensors, one per key. Nothing modifies its inputs.
@@ -14,13 +15,12 @@ Shapes: scores and weights are 1-D (S,) tensors, one per key. Nothing modifies i
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import viz
-from .._checks import check_float_tensor, check_positive_float, check_positive_int, shape_str
+from .._checks import check_positive_float
 from ..functional import softmax
+from .softmax_demo import MAKING_ILLUSTRATED, MAKING_SCORES, MAKING_TOKENS, fit_temperature, temperature_loss
 
 __all__ = [
     "MAKING_TOKENS",
@@ -32,71 +32,12 @@ __all__ = [
     "render_temperature",
 ]
 
-MAKING_TOKENS = ("The", "Transformer", "is", "making", "it", "possible", "to", "understand", "language")
-MAKING_SCORES = (0.1, 0.8, 0.2, 0.9, 0.7, 0.3, 0.1, 0.6, 0.4)
-MAKING_ILLUSTRATED = (0.02, 0.25, 0.03, 0.35, 0.20, 0.04, 0.02, 0.15, 0.06)
-
 
 def known_answer(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The known-answer example ``(Q, K, V)``: Q = K (2, 3), V (2, 2). Returns new tensors on each call."""
     q = torch.tensor([[1.0, 0.0, 2.0], [0.0, 4.0, 1.0]], dtype=dtype)
     v = torch.tensor([[0.5, 1.5], [2.5, 0.5]], dtype=dtype)
     return q, q.clone(), v
-
-
-def _check_pair(scores: object, target: object) -> tuple[torch.Tensor, torch.Tensor]:
-    scores = check_float_tensor(scores, "scores")
-    target = check_float_tensor(target, "target")
-    if scores.dim() != 1 or scores.shape != target.shape or scores.numel() < 2:
-        raise ValueError(
-            f"scores and target must be 1-D with the same length >= 2, got scores {shape_str(scores.shape)} and "
-            f"target {shape_str(target.shape)}"
-        )
-    return scores, target
-
-
-def temperature_loss(scores: torch.Tensor, target: torch.Tensor, temperature: float) -> float:
-    r"""Sum of squared differences :math:`\sum_j (\mathrm{softmax}(s / T)_j - t_j)^2` between the softmax of the
-    scores (S,) at ``temperature`` and the target weights (S,)."""
-    scores, target = _check_pair(scores, target)
-    temperature = check_positive_float(temperature, "temperature")
-    p = softmax(scores.double(), temperature=temperature)
-    return float(((p - target.double()) ** 2).sum())
-
-
-def fit_temperature(
-    scores: torch.Tensor, target: torch.Tensor, *, low: float = 0.01, high: float = 100.0, iters: int = 80
-) -> tuple[float, float]:
-    """The temperature T in [low, high] whose ``softmax(scores / T)`` is closest (least squares) to ``target``.
-
-    Golden-section search on ``log T``, which needs the loss to have one minimum in the bracket (true for the
-    lesson's data; the tests check it against a dense grid). Returns ``(T, residual)``, the residual being the
-    minimal sum of squares :func:`temperature_loss`. ``iters`` golden steps shrink the bracket by 0.618 each.
-    """
-    scores, target = _check_pair(scores, target)
-    low, high = check_positive_float(low, "low"), check_positive_float(high, "high")
-    iters = check_positive_int(iters, "iters")
-    if low >= high:
-        raise ValueError(f"need low < high, got low={low} and high={high}")
-    inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
-
-    def f(log_t: float) -> float:
-        return temperature_loss(scores, target, math.exp(log_t))
-
-    a, b = math.log(low), math.log(high)
-    c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
-    fc, fd = f(c), f(d)
-    for _ in range(iters):
-        if fc < fd:  # the minimum lies in [a, d]
-            b, d, fd = d, c, fc
-            c = b - inv_phi * (b - a)
-            fc = f(c)
-        else:  # the minimum lies in [c, b]
-            a, c, fc = c, d, fd
-            d = a + inv_phi * (b - a)
-            fd = f(d)
-    t = math.exp((a + b) / 2.0)
-    return t, temperature_loss(scores, target, t)
 
 
 def render_temperature(

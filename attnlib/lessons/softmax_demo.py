@@ -7,6 +7,9 @@ r"""Lesson 3 (softmax): overflow, stability, temperature, -inf entries and the o
 * :func:`online_softmax` computes the softmax one chunk at a time with a running maximum and a running sum, and
   :func:`streaming_attention` uses the same recurrence to compute attention in one pass over key/value chunks,
   the idea behind memory-efficient ("flash") attention. :func:`online_softmax_trace` records the running state.
+* The source material's "making" example (``MAKING_TOKENS``, ``MAKING_SCORES`` and the weights it illustrates,
+  ``MAKING_ILLUSTRATED``, which sum to 1.12): :func:`temperature_loss` and :func:`fit_temperature` find the
+  temperature whose softmax comes closest to them (lesson 4 returns to it).
 * :func:`render_temperature` (the lesson's widget) and :func:`render_online` are pure render functions.
 
 Everything works along the last dim and over any leading dims; nothing modifies its inputs.
@@ -25,11 +28,12 @@ from ..functional import softmax
 __all__ = [
     "MAKING_TOKENS",
     "MAKING_SCORES",
-    "SOURCE_ILLUSTRATED_WEIGHTS",
+    "MAKING_ILLUSTRATED",
     "naive_softmax",
     "max_shifted_softmax",
     "exp_overflow_point",
     "entropy",
+    "temperature_loss",
     "fit_temperature",
     "online_softmax_trace",
     "online_softmax",
@@ -42,7 +46,7 @@ __all__ = [
 # the weights it illustrates "after softmax" (which are not a softmax of those scores: they sum to 1.12).
 MAKING_TOKENS = ("The", "Transformer", "is", "making", "it", "possible", "to", "understand", "language")
 MAKING_SCORES = (0.1, 0.8, 0.2, 0.9, 0.7, 0.3, 0.1, 0.6, 0.4)
-SOURCE_ILLUSTRATED_WEIGHTS = (0.02, 0.25, 0.03, 0.35, 0.20, 0.04, 0.02, 0.15, 0.06)
+MAKING_ILLUSTRATED = (0.02, 0.25, 0.03, 0.35, 0.20, 0.04, 0.02, 0.15, 0.06)
 
 
 def naive_softmax(x: torch.Tensor) -> torch.Tensor:
@@ -90,22 +94,59 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))).sum(-1)
 
 
-def fit_temperature(scores, target, *, lo: float = 0.01, hi: float = 100.0, n: int = 4001) -> tuple[float, float]:
-    """The temperature T whose softmax(scores / T) is closest to ``target`` in squared error (log-spaced grid).
-
-    Returns ``(T, squared_error)``. Used to ask which temperature, if any, explains illustrated weights.
-    """
-    scores = torch.as_tensor(scores, dtype=torch.float64)
-    target = torch.as_tensor(target, dtype=torch.float64)
-    if scores.shape != target.shape or scores.dim() != 1:
+def _check_pair(scores: object, target: object) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = check_float_tensor(scores, "scores")
+    target = check_float_tensor(target, "target")
+    if scores.dim() != 1 or scores.shape != target.shape or scores.numel() < 2:
         raise ValueError(
-            f"scores and target must be 1-D of the same length, got {shape_str(scores.shape)} and "
-            f"{shape_str(target.shape)}"
+            f"scores and target must be 1-D with the same length >= 2, got scores {shape_str(scores.shape)} and "
+            f"target {shape_str(target.shape)}"
         )
-    temps = torch.logspace(math.log10(lo), math.log10(hi), n, dtype=torch.float64)
-    errors = ((softmax(scores / temps[:, None], dim=-1) - target) ** 2).sum(-1)
-    best = int(errors.argmin())
-    return float(temps[best]), float(errors[best])
+    return scores, target
+
+
+def temperature_loss(scores: torch.Tensor, target: torch.Tensor, temperature: float) -> float:
+    r"""Sum of squared differences :math:`\sum_j (\mathrm{softmax}(s / T)_j - t_j)^2` between the softmax of the
+    scores (S,) at ``temperature`` and the target weights (S,)."""
+    scores, target = _check_pair(scores, target)
+    temperature = check_positive_float(temperature, "temperature")
+    p = softmax(scores.double(), temperature=temperature)
+    return float(((p - target.double()) ** 2).sum())
+
+
+def fit_temperature(
+    scores: torch.Tensor, target: torch.Tensor, *, low: float = 0.01, high: float = 100.0, iters: int = 80
+) -> tuple[float, float]:
+    """The temperature T in [low, high] whose ``softmax(scores / T)`` is closest (least squares) to ``target``.
+
+    Golden-section search on ``log T``, which needs the loss to have one minimum in the bracket (true for the
+    lesson's data; the tests check it against a dense grid). Returns ``(T, residual)``, the residual being the
+    minimal sum of squares :func:`temperature_loss`. ``iters`` golden steps shrink the bracket by 0.618 each.
+    """
+    scores, target = _check_pair(scores, target)
+    low, high = check_positive_float(low, "low"), check_positive_float(high, "high")
+    iters = check_positive_int(iters, "iters")
+    if low >= high:
+        raise ValueError(f"need low < high, got low={low} and high={high}")
+    inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
+
+    def f(log_t: float) -> float:
+        return temperature_loss(scores, target, math.exp(log_t))
+
+    a, b = math.log(low), math.log(high)
+    c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(iters):
+        if fc < fd:  # the minimum lies in [a, d]
+            b, d, fd = d, c, fc
+            c = b - inv_phi * (b - a)
+            fc = f(c)
+        else:  # the minimum lies in [c, b]
+            a, c, fc = c, d, fd
+            d = a + inv_phi * (b - a)
+            fd = f(d)
+    t = math.exp((a + b) / 2.0)
+    return t, temperature_loss(scores, target, t)
 
 
 # ------------------------------------------------------------------------------------------- online softmax
@@ -203,10 +244,10 @@ def render_temperature(temperature: float = 1.0, *, show_source: bool = True):
     if show_source:
         ax_w.plot(
             range(len(MAKING_TOKENS)),
-            SOURCE_ILLUSTRATED_WEIGHTS,
+            MAKING_ILLUSTRATED,
             "o",
             color="tab:red",
-            label=f"source figure (sums to {sum(SOURCE_ILLUSTRATED_WEIGHTS):.2f})",
+            label=f"source figure (sums to {sum(MAKING_ILLUSTRATED):.2f})",
         )
         ax_w.legend(fontsize=8, loc="upper right")
     ax_w.set_xlabel("word (key)")
