@@ -45,15 +45,11 @@ class Lesson:
     level: int
     goal: str  # one line: what a learner can do afterwards
     exercise: str | None  # exercise notebook (relative to the root), or None
+    budget_s: float = 15.0  # run-time budget on a 2-core CPU; 20 s for a lesson that trains or loads a model
 
     @property
     def level_name(self) -> str:
         return LEVELS[self.level]
-
-    @property
-    def budget_s(self) -> float:
-        """The run-time budget on a 2-core CPU: 15 s per lesson, 20 s for the pretrained-model lesson."""
-        return 20.0 if self.number == 10 else 15.0
 
 
 LESSONS: list[Lesson] = [
@@ -122,20 +118,21 @@ LESSONS: list[Lesson] = [
         "exercises/07_multi_head_attention.ipynb",
     ),
     Lesson(
-        9,
-        "notebooks/09_cost_of_attention.ipynb",
+        12,
+        "notebooks/12_cost_of_attention.ipynb",
         "The cost of attention",
         4,
         "Measured O(n²) time and memory, chunked attention with the online softmax, decoding with a KV cache.",
         "exercises/02_softmax.ipynb",
     ),
     Lesson(
-        10,
-        "notebooks/10_inside_a_pretrained_model.ipynb",
+        14,
+        "notebooks/14_inside_a_pretrained_model.ipynb",
         "Inside a pretrained model",
         4,
         "All 6 × 12 heads of all-MiniLM-L6-v2, rebuilt from attnlib: what trained heads do, measured not asserted.",
         "exercises/07_multi_head_attention.ipynb",
+        budget_s=20.0,
     ),
 ]
 
@@ -183,6 +180,14 @@ def _exercise_label(exercise: str | None) -> str:
     return f"[{int(number)} · {rest.replace('_', ' ')}]({exercise})"
 
 
+def _longer_budgets() -> str:
+    longer = [lesson for lesson in LESSONS if lesson.budget_s != 15.0]
+    if not longer:
+        return ""
+    parts = ", ".join(f"{lesson.budget_s:g} s for lesson {lesson.number}" for lesson in longer)
+    return f" ({parts})"
+
+
 def course_map_markdown(timings: dict | None = None) -> str:
     """The course map as a markdown table: level, lesson (linked), goal, measured run time, exercise set."""
     timings = load_timings() if timings is None else timings
@@ -204,7 +209,7 @@ def course_map_markdown(timings: dict | None = None) -> str:
         rows.append(
             f"Run times: each lesson executed top to bottom in a fresh kernel by `attnlib notebooks time --record` "
             f"on a {machine.get('cpus')}-CPU {machine.get('processor')} machine (Python {machine.get('python')}, "
-            f"torch {machine.get('torch')}); the budget is 15 s per lesson (20 s for lesson 10)."
+            f"torch {machine.get('torch')}); the budget is 15 s per lesson{_longer_budgets()}."
         )
     return "\n".join(rows)
 

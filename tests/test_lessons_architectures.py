@@ -300,7 +300,7 @@ def test_render_head_is_labelled_and_follows_its_knobs(trained_heads):
         heads_demo.render_head(model, b, example=3)
 
 
-# ---------------------------------------------------------------- lesson 9: the cost of attention
+# ---------------------------------------------------------------- lesson 12: the cost of attention
 
 
 def test_sizes_come_from_shapes():

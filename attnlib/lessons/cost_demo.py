@@ -1,4 +1,4 @@
-r"""Lesson 9 (the cost of attention): memory from shapes, power-law fits, a readable chunked loop, a KV cache.
+r"""Lesson 12 (the cost of attention): memory from shapes, power-law fits, a readable chunked loop, a KV cache.
 
 * :func:`score_matrix_bytes` / :func:`kv_cache_bytes` compute sizes from shapes (deterministic, no measuring);
 * :func:`peak_extra_memory` measures the peak memory one call adds (Linux), so the lesson can check the

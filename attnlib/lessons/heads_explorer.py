@@ -1,4 +1,4 @@
-"""Lesson 10 (inside a pretrained model): per-head statistics and pure render functions.
+"""Lesson 14 (inside a pretrained model): per-head statistics and pure render functions.
 
 Everything here takes one sentence's attention weights ``attention`` of shape (layers, heads, n, n) (rows are
 queries, columns keys, each real row sums to 1; e.g. :meth:`attnlib.minilm.MiniLMOutput.attention_of`) and its
