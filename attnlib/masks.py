@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 
-from ._checks import check_positive_int, check_tensor, shape_str
+from ._checks import check_device, check_index, check_positive_int, check_tensor, shape_str
 
 Alignment = Literal["top-left", "bottom-right"]
 
@@ -41,6 +42,7 @@ def causal_mask(
     """
     L = check_positive_int(L, "L")
     S = L if S is None else check_positive_int(S, "S")
+    device = check_device(device)
     if alignment not in ("top-left", "bottom-right"):
         raise ValueError(f"alignment must be 'top-left' or 'bottom-right', got {alignment!r}")
     diagonal = 0 if alignment == "top-left" else S - L
@@ -57,8 +59,17 @@ def padding_mask(
 
     Item b may attend to keys ``0 .. lengths[b] - 1``; the rest are padding. A length of 0 masks every key, so
     that item's output rows are zeros (never a uniform average of padding). ``S`` defaults to ``max(lengths)``.
+    ``lengths`` may be a 1-D integer tensor, a 1-D integer NumPy array or a sequence of (Python or NumPy) ints.
     The result broadcasts over heads and queries.
     """
+    device = check_device(device)
+    if isinstance(lengths, np.ndarray):
+        if not np.issubdtype(lengths.dtype, np.integer) or lengths.ndim != 1:
+            raise TypeError(
+                f"lengths must be a 1-D integer array or a list of ints, got a {lengths.dtype} array of shape "
+                f"{shape_str(lengths.shape)}"
+            )
+        lengths = lengths.tolist()
     if isinstance(lengths, torch.Tensor):
         if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.dim() != 1:
             raise TypeError(
@@ -69,8 +80,9 @@ def padding_mask(
         device = lengths.device if device is None else device
     else:
         values = list(lengths)
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-            raise TypeError(f"lengths must hold ints, got {values!r}")
+        for i, v in enumerate(values):
+            check_index(v, f"lengths[{i}]")
+        values = [int(v) for v in values]
     if not values:
         raise ValueError("lengths is empty: need one length per batch item")
     if min(values) < 0:
