@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ._checks import check_device, check_index, check_positive_int, check_tensor, shape_str
+from ._checks import causal_bias_info, check_device, check_index, check_positive_int, check_tensor, shape_str
 
 Alignment = Literal["top-left", "bottom-right"]
 
@@ -99,8 +99,21 @@ def padding_mask(
     return (positions[None, :] < lens[:, None])[:, None, None, :]
 
 
+def _materialize(mask: object, name: str) -> object:
+    """A torch ``CausalBias`` as the boolean (L, S) mask it stands for (its own lengths); anything else as it is."""
+    L, S = getattr(mask, "seq_len_q", None), getattr(mask, "seq_len_kv", None)
+    alignment = causal_bias_info(mask, L, S, name) if isinstance(L, int) and isinstance(S, int) else None
+    if alignment is None:
+        return mask
+    return causal_mask(L, S, alignment=alignment, device=mask.device)
+
+
 def to_additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Boolean mask (True = may attend) -> float mask with 0 where allowed and -inf where blocked."""
+    """Boolean mask (True = may attend) -> float mask with 0 where allowed and -inf where blocked.
+
+    A torch ``CausalBias`` is read as the causal mask it stands for.
+    """
+    mask = _materialize(mask, "mask")
     check_tensor(mask, "mask")
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be torch.bool to convert to an additive mask, got {mask.dtype}")
@@ -116,8 +129,9 @@ def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
     Boolean masks are ANDed. If any mask is a float (additive) mask, boolean ones are first turned into 0/-inf
     masks of that dtype and everything is added. ``None`` entries are skipped; all ``None`` gives ``None``.
     Shapes broadcast, e.g. a causal (L, S) mask with a padding (B, 1, 1, S) mask gives (B, 1, L, S).
+    A torch ``CausalBias`` (``causal_upper_left``/``causal_lower_right``) is read as the causal mask it stands for.
     """
-    present = [m for m in masks if m is not None]
+    present = [_materialize(m, f"masks[{i}]") for i, m in enumerate(m for m in masks if m is not None)]
     for i, m in enumerate(present):
         check_tensor(m, f"masks[{i}]")
         if m.dtype != torch.bool and not m.is_floating_point():
@@ -149,8 +163,10 @@ def to_mha_mask(mask: torch.Tensor) -> torch.Tensor:
     """attnlib/SDPA boolean mask (True = may attend) -> ``nn.MultiheadAttention``'s (True = ignore).
 
     Works for ``attn_mask`` and, after reshaping a (B, 1, 1, S) padding mask to (B, S), for
-    ``key_padding_mask``. Float masks mean the same in both APIs and are returned unchanged.
+    ``key_padding_mask``. Float masks mean the same in both APIs and are returned unchanged. A torch
+    ``CausalBias`` is read as the causal mask it stands for.
     """
+    mask = _materialize(mask, "mask")
     check_tensor(mask, "mask")
     return ~mask if mask.dtype == torch.bool else mask
 

@@ -432,3 +432,36 @@ def test_lse_of_half_inputs_is_float32():
     for got in (lse, lse_c):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, expected)
+
+
+def test_causal_bias_in_the_mask_helpers_is_read_as_its_mask():
+    lower = attnlib.causal_mask(3, 5, alignment="bottom-right")
+    pad = attnlib.padding_mask([5, 4])
+    assert torch.equal(attnlib.combine_masks(causal_lower_right(3, 5), pad), lower & pad)
+    assert torch.equal(attnlib.to_additive(causal_upper_left(3, 5)), attnlib.to_additive(attnlib.causal_mask(3, 5)))
+    assert torch.equal(attnlib.to_mha_mask(causal_lower_right(3, 5)), ~lower)
+
+
+@given(exponent=st.integers(0, 100), seed=st.integers(0, 2**16))
+@example(exponent=63, seed=0)  # q @ k^T overflows float32
+@example(exponent=100, seed=0)
+def test_extreme_inputs_give_the_answer_or_a_named_error(exponent, seed):
+    """Huge q and k: the fp64 answer, or (SDPA, when q @ k^T itself overflows float32) a ValueError; never NaN.
+
+    q and k are small integers times 2**exponent, so q k^T is exact in float32 until it overflows; what is left
+    is float32's rounding of the scaled scores, about 1e-7 of their size."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randint(-3, 4, (1, 2, n, 3), generator=g).float() * 2.0**exponent for n in (4, 5))
+    v = torch.randn(1, 2, 5, 2, generator=g)
+    raw = q.double() @ k.double().transpose(-2, -1)
+    scores = raw / math.sqrt(3)
+    oracle = (torch.softmax(scores, dim=-1) @ v.double()).float()
+    tol = 1e-5 + 1e-6 * float(scores.abs().max())
+    torch.testing.assert_close(chunked_attention(q, k, v, block_k=2), oracle, atol=tol, rtol=1e-5)
+    try:
+        got = sdpa(q, k, v)[0]
+    except ValueError as e:
+        assert "q @ k^T overflows torch.float32" in str(e)
+        assert raw.abs().max() > torch.finfo(torch.float32).max
+    else:
+        torch.testing.assert_close(got, oracle, atol=tol, rtol=1e-5)
