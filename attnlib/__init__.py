@@ -7,6 +7,12 @@ the scores. Fully masked rows give zeros, never NaN. Nothing modifies its inputs
 * :mod:`attnlib.functional` — PyTorch functions with autograd, on CPU, CUDA or MPS.
 * :mod:`attnlib.masks` — causal, padding and combined masks, and conversion to ``nn.MultiheadAttention``'s convention.
 * :mod:`attnlib.modules` — ``SelfAttention``, ``CrossAttention`` and ``MultiHeadAttention``.
+* :mod:`attnlib.efficient` — ``chunked_attention``: the FlashAttention algorithm, memory linear in L and S.
+* :mod:`attnlib.kvcache` — ``KVCache`` and step-by-step decoding.
+
+torch's ``CausalBias`` masks are read as the causal masks they stand for. ``return_lse=True`` (on
+``scaled_dot_product_attention`` and ``chunked_attention``) also returns the natural-log logsumexp of the masked,
+scaled scores per query, (batch, heads, L), ``-inf`` for a query whose keys are all masked.
 """
 
 from .device import available_devices, get_device

@@ -7,9 +7,15 @@ value: shape, length, sign) with a message that names the argument and says what
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
+
+try:  # torch >= 2.3
+    from torch.nn.attention.bias import CausalBias, CausalVariant
+except ImportError:  # pragma: no cover
+    CausalBias = CausalVariant = None
 
 
 def shape_str(shape: Sequence[int]) -> str:
@@ -88,6 +94,11 @@ def check_mask(mask: object, target_shape: Sequence[int], like: torch.Tensor, na
 
     Boolean masks (True = may attend) and floating masks of ``like``'s dtype (added to the scores) are accepted.
     """
+    if CausalBias is not None and isinstance(mask, CausalBias):
+        raise TypeError(
+            f"{name} is a torch CausalBias, which this function does not read; pass "
+            "attnlib.causal_mask(L, S, alignment=...) instead"
+        )
     mask = check_tensor(mask, name)
     if mask.dtype != torch.bool and mask.dtype != like.dtype:
         hint = (
@@ -114,3 +125,59 @@ def check_mask(mask: object, target_shape: Sequence[int], like: torch.Tensor, na
     if mask.is_floating_point() and (torch.isnan(mask).any() or torch.isposinf(mask).any()):
         raise ValueError(f"{name} contains NaN or +inf; an additive mask holds 0 (keep) or -inf (block)")
     return mask
+
+
+def check_bool(value: object, name: str) -> bool:
+    """A real ``bool``: ``is_causal="no"`` or ``is_causal=1`` is a TypeError, not a truthy flag."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_index(value: object, name: str) -> int:
+    """A Python or NumPy integer (not a bool), returned as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def check_device(device: object, name: str = "device") -> torch.device | None:
+    """``None``, a ``torch.device`` or a device string such as ``"cpu"`` or ``"cuda:0"``."""
+    if device is None or isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"{name} must be a torch.device, a device name such as 'cpu', or None, got {device!r}")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"{name}={device!r} is not a device name; use e.g. 'cpu', 'cuda' or 'cuda:0'") from None
+
+
+def check_generator(generator: object, name: str = "generator") -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"{name} must be a torch.Generator or None, got {type(generator).__name__} {generator!r}; "
+            "for a seed use torch.Generator().manual_seed(seed)"
+        )
+    return generator
+
+
+def causal_bias_info(mask: object, L: int, S: int, name: str = "attn_mask") -> str | None:
+    """The alignment of a ``torch.nn.attention.bias.CausalBias`` mask, or None if ``mask`` is not one.
+
+    ``causal_upper_left(L, S)`` is attnlib's ``"top-left"`` causal mask (SDPA's ``is_causal``), and
+    ``causal_lower_right(L, S)`` its ``"bottom-right"`` one. Its storage holds no mask (it is a tensor subclass
+    that only SDPA understands), so it must never be read as a tensor; its lengths must be the call's L and S.
+    """
+    if CausalBias is None or not isinstance(mask, CausalBias):
+        return None
+    if (mask.seq_len_q, mask.seq_len_kv) != (L, S):
+        raise ValueError(
+            f"{name} is a CausalBias for seq_len_q={mask.seq_len_q}, seq_len_kv={mask.seq_len_kv}, but the queries "
+            f"and keys have L={L}, S={S}"
+        )
+    if mask.variant == CausalVariant.UPPER_LEFT:
+        return "top-left"
+    if mask.variant == CausalVariant.LOWER_RIGHT:
+        return "bottom-right"
+    raise ValueError(f"{name} is a CausalBias of unknown variant {mask.variant!r}")  # pragma: no cover

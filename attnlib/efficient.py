@@ -13,8 +13,8 @@ When a new block raises the max from ``m`` to ``m'``, everything accumulated so 
 old max, so ``l`` and ``acc`` are multiplied by ``exp(m - m')`` before the block's terms are added. At the end
 ``out = acc / l`` and ``logsumexp = m + log(l)``. :func:`online_softmax` shows the same update on one vector.
 
-Training stays linear in memory too: the backward pass saves only q, k, v, the output and the per-row logsumexp,
-and recomputes each block of weights as ``exp(score - logsumexp)`` when it needs it.
+Training stays linear in memory too: the backward pass saves only q, k, v, the output and the per-row logsumexp
+(as its two parts, m and log l), and recomputes each block of weights as ``exp(score - m - log l)`` when it needs it.
 
 What makes a Python loop over blocks fast enough (see ``attnlib bench``): the score scale is folded into the
 matmul (``baddbmm_`` with ``alpha``, no scaled copy of q); one score buffer is reused for every block and
@@ -37,12 +37,15 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._checks import (
+    causal_bias_info,
+    check_bool,
     check_float_tensor,
     check_mask,
     check_positive_int,
     shape_str,
 )
 from .functional import _check_qkv, _resolve_scale
+from .masks import causal_mask
 
 __all__ = ["chunked_attention", "online_softmax", "online_softmax_update"]
 
@@ -148,9 +151,14 @@ class _Plan:
     keep their broadcast (size 1) dims; the loops slice them per block and never expand them.
     """
 
-    def __init__(self, batch, L, S, block_q, block_k, offset, blocked, additive, device, alpha):
+    def __init__(self, batch, L, S, block_q, block_k, offset, blocked, additive, device, alpha, base2=True):
         self.batch, self.L, self.S = tuple(batch), L, S
-        self.alpha = alpha  # scale * log2(e): q k^T * alpha is the score in base 2
+        # base2: alpha = scale * log2(e), q k^T * alpha is the score in base 2 and exp2/log2 do the work;
+        # otherwise (scores or masks too large for that) alpha = scale and exp/log work on natural-log scores.
+        self.alpha, self.base2 = alpha, base2
+        self.exp_ = torch.Tensor.exp2_ if base2 else torch.Tensor.exp_
+        self.exp = torch.exp2 if base2 else torch.exp
+        self.log = torch.log2 if base2 else torch.log
         self.block_q, self.block_k, self.offset = block_q, block_k, offset
         self.blocked, self.additive = blocked, additive
         self.device = device
@@ -173,7 +181,7 @@ class _Plan:
             if self.blocked is not None:
                 s4.masked_fill_(_mask_block(self.blocked, i0, i1, j0, j1), -math.inf)
             if self.additive is not None:
-                s4.add_(_mask_block(self.additive, i0, i1, j0, j1), alpha=LOG2E)  # scores are in base 2
+                s4.add_(_mask_block(self.additive, i0, i1, j0, j1), alpha=LOG2E if self.base2 else 1.0)
 
     def piece(self, index: tuple[slice, ...]) -> _Plan:
         """The plan of the batch entries ``index`` (one slice per batch dim); broadcast mask dims stay whole."""
@@ -188,6 +196,7 @@ class _Plan:
             None if self.additive is None else self.additive[_mask_index(self.additive, index)],
             self.device,
             self.alpha,
+            self.base2,
         )
         sub.causal_cache = self.causal_cache
         return sub
@@ -323,11 +332,14 @@ def _schedule(plan: _Plan, t: torch.Tensor) -> tuple[list, int]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _forward(q, k, v, plan: _Plan, out, lse) -> None:
-    """Blocked forward; writes out (N, L, Ev) and lse2 (N, L). Scores are q k^T * scale * log2(e) (base 2).
+def _forward(q, k, v, plan: _Plan, out, stats) -> None:
+    """Blocked forward; writes out (N, L, Ev) and stats (N, L, 2). Scores are q k^T * scale * log2(e) (base 2).
 
-    ``lse2`` is the per-row logsumexp of the scores in base 2 (natural logsumexp / ln 2). Rows whose keys are all
-    masked get out = 0 and lse2 = +inf (so that exp2(score - lse2) = 0 in the backward pass).
+    ``stats[..., 0]`` is each row's largest score m and ``stats[..., 1]`` = log2 of its sum l of exp2(score - m),
+    so that the row's base-2 logsumexp is their sum (natural logsumexp / ln 2). They are kept apart because
+    m + log2(l) rounds log2(l) away when |m| is huge (e.g. finfo.min masks), and the backward pass needs
+    exp2(score - m - log2 l) exactly. Rows whose keys are all masked get out = 0 and m = +inf (so that the
+    recomputed weights are 0). With ``plan.base2`` False the scores and logs are in natural-log units instead.
     """
     N, Ev = q.shape[0], v.shape[-1]
     buffers: dict = {}
@@ -335,7 +347,8 @@ def _forward(q, k, v, plan: _Plan, out, lse) -> None:
         rows = i1 - i0
         if not key_blocks:  # every key of these rows is causally masked
             out[:, i0:i1] = 0
-            lse[:, i0:i1] = math.inf
+            stats[:, i0:i1, 0] = math.inf
+            stats[:, i0:i1, 1] = 0.0
             continue
         q_blk = q[:, i0:i1]
         acc = _scratch(buffers, "acc", (N, rows, Ev), q)
@@ -348,39 +361,42 @@ def _forward(q, k, v, plan: _Plan, out, lse) -> None:
             m_blk = s.amax(dim=-1)
             m_new = m_blk if m is None else torch.maximum(m, m_blk)
             shift = m_new.masked_fill(m_new == -math.inf, 0.0)  # rows with nothing visible yet: exp(-inf - 0) = 0
-            s.sub_(shift.unsqueeze(-1)).exp2_()  # weights relative to the running max, in place
+            plan.exp_(s.sub_(shift.unsqueeze(-1)))  # weights relative to the running max, in place
             if m is None:
                 l = s.sum(dim=-1)
                 torch.bmm(s, v[:, j0:j1], out=acc)
             else:
-                rescale = torch.exp2(m - shift)  # how much the old terms shrink under the new max
+                rescale = plan.exp(m - shift)  # how much the old terms shrink under the new max
                 l.mul_(rescale).add_(s.sum(dim=-1))
                 acc.mul_(rescale.unsqueeze(-1)).baddbmm_(s, v[:, j0:j1])
             m = m_new
         seen = l > 0
         out[:, i0:i1] = acc / torch.where(seen, l, 1.0).unsqueeze(-1)  # fully masked rows: acc = 0 -> 0
-        lse[:, i0:i1] = torch.where(seen, m + torch.log2(torch.where(seen, l, 1.0)), math.inf)
+        stats[:, i0:i1, 0] = torch.where(seen, m, math.inf)
+        stats[:, i0:i1, 1] = plan.log(torch.where(seen, l, 1.0))
 
 
-def _backward(grad_out, q, k, v, out, lse, plan: _Plan, dq, dk, dv, mask_grad) -> None:
-    """Blocked backward (FlashAttention-2 style): recompute the weights P = exp2(S2 - lse2) block by block.
+def _backward(grad_out, grad_lse, q, k, v, out, stats, plan: _Plan, dq, dk, dv, mask_grad) -> None:
+    """Blocked backward (FlashAttention-2 style): recompute the weights P = exp2(S2 - m - log2 l) block by block.
 
     S2 = q k^T * scale * log2(e) is the base-2 score. Accumulates into the zero-initialised dq and dk (both
-    without the final factor ``scale``), dv and, when given, ``mask_grad``.
+    without the final factor ``scale``), dv and, when given, ``mask_grad``. ``grad_lse`` (N, L) is the gradient
+    of the natural-log logsumexp output: d lse_i / d s_ij = P_ij, so it enters as dS += P * grad_lse.
     """
     N = q.shape[0]
-    delta = (grad_out * out).sum(dim=-1)  # D_i = sum_j P_ij dP_ij = dO_i . O_i
+    delta = (grad_out * out).sum(dim=-1) - grad_lse  # D_i = dO_i . O_i (= sum_j P_ij dP_ij), less the lse grad
     buffers: dict = {}
     for i0, i1, key_blocks in plan.blocks():
         rows = i1 - i0
         q_blk, do_blk, dq_blk = q[:, i0:i1], grad_out[:, i0:i1], dq[:, i0:i1]
-        lse_blk, delta_blk = lse[:, i0:i1].unsqueeze(-1), delta[:, i0:i1].unsqueeze(-1)
+        m_blk, log_l_blk = stats[:, i0:i1, 0:1], stats[:, i0:i1, 1:2]
+        delta_blk = delta[:, i0:i1].unsqueeze(-1)
         for j0, j1 in key_blocks:
             cols = j1 - j0
             p = _scratch(buffers, "p", (N, rows, cols), q)
             p.baddbmm_(q_blk, k[:, j0:j1].transpose(1, 2), beta=0.0, alpha=plan.alpha)
             plan.apply_masks(p, i0, i1, j0, j1)
-            p.sub_(lse_blk).exp2_()  # the weights of the forward pass, recomputed
+            plan.exp_(p.sub_(m_blk).sub_(log_l_blk))  # the weights of the forward pass, recomputed
             dv[:, j0:j1].baddbmm_(p.transpose(1, 2), do_blk)
             ds = _scratch(buffers, "ds", (N, rows, cols), q)
             torch.bmm(do_blk, v[:, j0:j1].transpose(1, 2), out=ds)  # dP
@@ -397,42 +413,64 @@ def _forward_pieces(pieces, q, k, v, out, lse) -> None:
         _forward(q[n0:n1], k[n0:n1], v[n0:n1], sub, out[n0:n1], lse[n0:n1])
 
 
-def _backward_pieces(pieces, grad_out, q, k, v, out, lse, dq, dk, dv, mask_grad) -> None:
+def _backward_pieces(pieces, grad_out, grad_lse, q, k, v, out, lse, dq, dk, dv, mask_grad) -> None:
     for n0, n1, index, sub in pieces:
         g = None if mask_grad is None else mask_grad[_mask_index(mask_grad, index)]
-        rows = slice(n0, n1)
-        _backward(grad_out[rows], q[rows], k[rows], v[rows], out[rows], lse[rows], sub, dq[rows], dk[rows], dv[rows], g)
+        r = slice(n0, n1)
+        _backward(grad_out[r], grad_lse[r], q[r], k[r], v[r], out[r], lse[r], sub, dq[r], dk[r], dv[r], g)
 
 
 class _ChunkedAttention(torch.autograd.Function):
-    """Autograd wrapper: saves q, k, v, out and logsumexp; the backward recomputes the weights block by block."""
+    """Autograd wrapper: saves q, k, v, out and two numbers per row (max score, log of the sum of exponentials);
+    the backward recomputes the weights block by block.
+
+    Returns the output and the natural-log logsumexp (N, L), -inf on fully masked rows; both differentiable.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, additive, plan, scale):
         N, L = q.shape[:2]
         out = q.new_empty(N, L, v.shape[-1])
-        lse = q.new_empty(N, L)
+        stats = q.new_empty(N, L, 2)  # per row: max score, log of the sum of exponentials
         q, k, v = q.detach(), k.detach(), v.detach()
         pieces, workers = _schedule(plan, q)
-        _run_parallel([partial(_forward_pieces, pieces[w::workers], q, k, v, out, lse) for w in range(workers)])
+        _run_parallel([partial(_forward_pieces, pieces[w::workers], q, k, v, out, stats) for w in range(workers)])
         ctx.plan, ctx.scale = plan, scale
         ctx.mask_needs_grad = additive is not None and additive.requires_grad
         ctx.mask_shape = None if additive is None else additive.shape
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
+        ctx.save_for_backward(q, k, v, out, stats)
+        lse = stats.sum(dim=-1)
+        if plan.base2:
+            lse.mul_(math.log(2.0))
+        return out, lse.masked_fill_(lse == math.inf, -math.inf)  # internal m = +inf: nothing visible
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, stats = ctx.saved_tensors
         grad_out = grad_out.contiguous()
+        grad_lse = grad_lse.masked_fill(stats[..., 0] == math.inf, 0.0).contiguous()  # fully masked: a constant
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         pieces, workers = _schedule(ctx.plan, q)
         # one mask-gradient buffer per worker: pieces that share broadcast mask entries must not race
         mask_grads = [q.new_zeros(ctx.mask_shape) if ctx.mask_needs_grad else None for _ in range(workers)]
         _run_parallel(
             [
-                partial(_backward_pieces, pieces[w::workers], grad_out, q, k, v, out, lse, dq, dk, dv, mask_grads[w])
+                partial(
+                    _backward_pieces,
+                    pieces[w::workers],
+                    grad_out,
+                    grad_lse,
+                    q,
+                    k,
+                    v,
+                    out,
+                    stats,
+                    dq,
+                    dk,
+                    dv,
+                    mask_grads[w],
+                )
                 for w in range(workers)
             ]
         )
@@ -449,16 +487,50 @@ class _ChunkedAttention(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _validate(q, k, v, attn_mask, is_causal, causal_alignment, block_q, block_k):
+def _validate(q, k, v, attn_mask, is_causal, causal_alignment, block_q, block_k, return_lse):
+    """Check the arguments; returns ``(attn_mask, is_causal, causal_alignment)`` with a CausalBias resolved."""
     _check_qkv(q, k, v)
-    if attn_mask is not None:
-        check_mask(attn_mask, (*q.shape[:-2], q.shape[-2], k.shape[-2]), q)
-    if not isinstance(is_causal, bool):
-        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
+    check_bool(is_causal, "is_causal")
+    check_bool(return_lse, "return_lse")
     if causal_alignment not in _ALIGNMENTS:
         raise ValueError(f"causal_alignment must be 'top-left' or 'bottom-right', got {causal_alignment!r}")
+    L, S = q.shape[-2], k.shape[-2]
+    bias_alignment = causal_bias_info(attn_mask, L, S)
+    if bias_alignment is not None:
+        if not is_causal:  # generated block by block, future key blocks skipped, as with is_causal
+            attn_mask, is_causal, causal_alignment = None, True, bias_alignment
+        else:  # both: a key must pass both causal masks
+            attn_mask = causal_mask(L, S, alignment=bias_alignment, device=q.device)
+    if attn_mask is not None:
+        check_mask(attn_mask, (*q.shape[:-2], L, S), q)
     check_positive_int(block_q, "block_q")
     check_positive_int(block_k, "block_k")
+    return attn_mask, is_causal, causal_alignment
+
+
+def _score_bound(q: torch.Tensor, k: torch.Tensor, scale: float) -> float:
+    """An upper bound on |q_i . k_j| * scale: scale * E * max|q| * max|k| (a Python float, may be inf)."""
+    q_max = float(torch.linalg.vector_norm(q.detach(), ord=math.inf)) if q.numel() else 0.0
+    k_max = float(torch.linalg.vector_norm(k.detach(), ord=math.inf)) if k.numel() else 0.0
+    return scale * q.shape[-1] * q_max * k_max
+
+
+def _units(bound: float, additive: torch.Tensor | None, scale: float, dtype: torch.dtype) -> str | None:
+    """How the kernels can hold the scores in ``dtype`` without overflow: "base2", "natural" or None (cannot).
+
+    Base 2 multiplies scores and additive masks by log2(e) (so ``finfo.min`` masks, the Hugging Face convention,
+    would overflow to -inf there); natural units add the mask as it is, as SDPA does.
+    """
+    limit = torch.finfo(dtype).max / 8  # headroom for score differences and mask additions
+    mask_hi = mask_lo = 0.0
+    if additive is not None and additive.numel():
+        lo, hi = torch.aminmax(additive.detach())
+        mask_hi, mask_lo = max(0.0, float(hi)), max(0.0, -float(lo))
+    if (bound + max(mask_hi, mask_lo)) * LOG2E < limit:
+        return "base2"
+    if bound + mask_hi < limit and scale < limit:
+        return "natural"
+    return None
 
 
 def _pad_dims(mask: torch.Tensor, rank: int) -> torch.Tensor:
@@ -476,8 +548,9 @@ def chunked_attention(
     scale: float | None = None,
     block_q: int = 256,
     block_k: int = 512,
-) -> torch.Tensor:
-    r"""Scaled dot-product attention computed block by block with the online softmax; returns the output only.
+    return_lse: bool = False,
+):
+    r"""Scaled dot-product attention computed block by block with the online softmax; returns the output.
 
     Same result as ``attnlib.scaled_dot_product_attention(q, k, v, attn_mask, ...)[0]`` (within floating-point
     rounding) with memory that grows linearly in L and S: at most one (block_q, block_k) block of scores per
@@ -490,6 +563,8 @@ def chunked_attention(
         v: values (..., S, Ev).
         attn_mask: bool (True = may attend) or additive float mask of q's dtype, broadcastable to (..., L, S),
             e.g. a padding mask (batch, 1, 1, S). It is sliced per block, never expanded to (..., L, S).
+            torch's ``CausalBias`` (``causal_upper_left(L, S)`` / ``causal_lower_right(L, S)``) is read as
+            ``is_causal=True`` with ``causal_alignment="top-left"`` / ``"bottom-right"``.
         is_causal: apply a causal mask generated block by block; key blocks that are entirely in the future are
             skipped, which roughly halves the work when L == S. Unlike ``scaled_dot_product_attention`` it may be
             combined with ``attn_mask`` (a key must then pass both), equal to passing
@@ -498,30 +573,60 @@ def chunked_attention(
             (query i sees keys j <= i + S - L, what decoding with a KV cache needs). Same when L == S.
         scale: multiplier of the scores, default :math:`1/\sqrt{E}`.
         block_q, block_k: block sizes along L and S; any positive ints (they need not divide L or S).
+        return_lse: also return ``lse`` (..., L), the natural-log logsumexp over keys of the masked, scaled
+            scores (what FlashAttention keeps for its backward pass); ``-inf`` for a query whose keys are all
+            masked. Differentiable; float32 for fp16/bf16 inputs, q's dtype otherwise.
 
     Returns:
-        output (..., L, Ev). Rows whose keys are all masked are zeros, with zero gradients, never NaN.
+        output (..., L, Ev), or ``(output, lse)`` with ``return_lse=True``. Rows whose keys are all masked are
+        zeros, with zero gradients, never NaN.
 
     Gradients flow to q, k, v and to a float ``attn_mask`` that requires grad; the backward pass saves only
     q, k, v, the output and one logsumexp per query row, and recomputes the weights block by block.
     fp16/bf16 inputs are computed in fp32 and the output is returned in their dtype. No dropout.
+    Scores too large for base-2 arithmetic (a huge ``scale``, ``finfo.min`` masks) are computed in natural-log
+    units, and, where even those would overflow float32, in float64; a ``ValueError`` naming ``scale`` is raised
+    only where float64 overflows too.
     """
-    _validate(q, k, v, attn_mask, is_causal, causal_alignment, block_q, block_k)
+    attn_mask, is_causal, causal_alignment = _validate(
+        q, k, v, attn_mask, is_causal, causal_alignment, block_q, block_k, return_lse
+    )
     scale = _resolve_scale(scale, q.shape[-1])
     batch, L, S, Ev = q.shape[:-2], q.shape[-2], k.shape[-2], v.shape[-1]
     N = math.prod(batch)
-    if N == 0:
-        return q.new_zeros(*batch, L, Ev)
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    q3, k3, v3 = (t.reshape(N, t.shape[-2], t.shape[-1]).to(compute) for t in (q, k, v))
+    if N == 0:  # nothing to compute, but keep the graph: the output depends on q, k, v (and the mask), as in torch
+        link = (q.sum() + k.sum() + v.sum()) * 0
+        if attn_mask is not None and attn_mask.is_floating_point():
+            link = link + attn_mask.sum() * 0
+        out = q.new_zeros(*batch, L, Ev) + link
+        return (out, torch.full((*batch, L), -math.inf, dtype=compute, device=q.device) + link) if return_lse else out
+    bound = _score_bound(q, k, scale)
+    additive_in = None if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask
+    units = _units(bound, additive_in, scale, compute)
+    kernel_dtype = compute
+    if units is None and compute != torch.float64:
+        kernel_dtype, units = torch.float64, _units(bound, additive_in, scale, torch.float64)
+    if units is None:
+        raise ValueError(
+            f"scale={scale:g} with |q| up to {float(q.detach().abs().max()):.3g} and |k| up to "
+            f"{float(k.detach().abs().max()):.3g} "
+            "makes the scores overflow even float64; use a smaller scale"
+        )
+    q3, k3, v3 = (t.reshape(N, t.shape[-2], t.shape[-1]).to(kernel_dtype) for t in (q, k, v))
     blocked = additive = None
     if attn_mask is not None:
         padded = _pad_dims(attn_mask, len(batch) + 2)
         if attn_mask.dtype == torch.bool:
             blocked = ~padded
         else:
-            additive = padded.to(compute)
+            additive = padded.to(kernel_dtype)
     offset = _causal_offset(is_causal, causal_alignment, L, S)
-    plan = _Plan(batch, L, S, block_q, block_k, offset, blocked, additive, q.device, scale * LOG2E)
-    out = _ChunkedAttention.apply(q3, k3, v3, additive, plan, scale)
-    return out.reshape(*batch, L, Ev).to(q.dtype)
+    base2 = units == "base2"
+    alpha = scale * LOG2E if base2 else scale
+    plan = _Plan(batch, L, S, block_q, block_k, offset, blocked, additive, q.device, alpha, base2)
+    out, lse = _ChunkedAttention.apply(q3, k3, v3, additive, plan, scale)
+    out = out.reshape(*batch, L, Ev).to(q.dtype)
+    if not return_lse:
+        return out
+    return out, lse.reshape(*batch, L).to(compute)

@@ -17,8 +17,12 @@ import math
 import torch
 
 from ._checks import (
+    causal_bias_info,
+    check_bool,
     check_dropout,
     check_float_tensor,
+    check_generator,
+    check_index,
     check_mask,
     check_min_rank,
     check_positive_float,
@@ -42,16 +46,32 @@ def _check_finite(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or inf values; attention needs finite inputs")
 
 
-def _safe_softmax(z: torch.Tensor, dim: int) -> torch.Tensor:
-    """Stable softmax along ``dim``; a slice that is entirely -inf becomes all zeros instead of NaN."""
+def _safe_softmax_lse(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable softmax along ``dim`` and the natural-log logsumexp of ``z`` along it (``dim`` removed).
+
+    A slice that is entirely -inf gets all-zero weights (not NaN) and logsumexp -inf, with finite gradients.
+    """
     compute = torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype
     z = z.to(compute)
     m = z.amax(dim=dim, keepdim=True).detach()
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf: shift by 0, exp gives zeros
     e = torch.exp(z - m)
     total = e.sum(dim=dim, keepdim=True)
-    out = e / torch.where(total > 0, total, torch.ones_like(total))
-    return out
+    seen = total > 0
+    safe_total = torch.where(seen, total, torch.ones_like(total))
+    lse = torch.where(seen, m + torch.log(safe_total), torch.full_like(total, -math.inf)).squeeze(dim)
+    return e / safe_total, lse
+
+
+def _safe_softmax(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """Stable softmax along ``dim``; a slice that is entirely -inf becomes all zeros instead of NaN."""
+    return _safe_softmax_lse(z, dim)[0]
+
+
+def _max_shift(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The (detached) maximum of ``x`` along ``dim``, kept as a dim; 0 where the slice is all -inf."""
+    m = x.amax(dim=dim, keepdim=True).detach()
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
 
 def softmax(x: torch.Tensor, dim: int = -1, temperature: float = 1.0) -> torch.Tensor:
@@ -60,12 +80,15 @@ def softmax(x: torch.Tensor, dim: int = -1, temperature: float = 1.0) -> torch.T
     .. math:: \mathrm{softmax}(x)_i = \frac{e^{x_i/T - m}}{\sum_j e^{x_j/T - m}},\quad m = \max_j x_j/T
 
     Subtracting the maximum changes nothing mathematically but keeps every exponent <= 0, so nothing overflows.
+    For T < 1 the maximum is subtracted *before* dividing by T, so that even ``temperature=1e-40`` (where
+    ``x / T`` alone would overflow to inf) gives the right, one-hot answer instead of NaN.
     ``-inf`` entries get weight 0; a slice that is entirely ``-inf`` gives all zeros (not NaN). Lower
     temperatures sharpen the distribution towards one-hot, higher ones flatten it towards uniform.
     fp16/bf16 inputs are computed in fp32 and returned in their own dtype.
     """
     x = check_float_tensor(x, "x")
     temperature = check_positive_float(temperature, "temperature")
+    dim = check_index(dim, "dim")
     if x.dim() == 0:
         raise ValueError("x must have at least 1 dim to take a softmax over, got a 0-dim tensor")
     if not -x.dim() <= dim < x.dim():
@@ -76,7 +99,10 @@ def softmax(x: torch.Tensor, dim: int = -1, temperature: float = 1.0) -> torch.T
         raise ValueError("x contains NaN or +inf; softmax needs finite values or -inf (blocked) entries")
     # Upcast before dividing: fp16 logits of 1e4 at temperature 0.1 would overflow to inf (and give NaN) otherwise.
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    return _safe_softmax(x.to(compute) / temperature, dim).to(x.dtype)
+    z = x.to(compute)
+    if temperature < 1.0:  # dividing enlarges: shift first, so that every entry is <= 0 before it grows
+        z = z - _max_shift(z, dim)
+    return _safe_softmax(z / temperature, dim).to(x.dtype)
 
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -129,13 +155,49 @@ def _resolve_scale(scale: float | None, E: int) -> float:
     return 1.0 / math.sqrt(E) if scale is None else check_positive_float(scale, "scale")
 
 
+def _raw_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``q @ k^T``, refusing a product that overflows the dtype (it would turn into NaN further on)."""
+    raw = q @ k.transpose(-2, -1)
+    if not torch.isfinite(raw).all():
+        raise ValueError(
+            f"q @ k^T overflows {raw.dtype} (largest |q| {q.abs().max().item():.3g}, |k| {k.abs().max().item():.3g}); "
+            "scale q and k down, or compute in float64"
+        )
+    return raw
+
+
 def attention_scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     r"""Scaled similarity of every query with every key: ``(q @ k^T) * scale``, shape (..., L, S).
 
-    ``scale`` defaults to :math:`1/\sqrt{E}`, E being the (per-head) feature dim of q and k.
+    ``scale`` defaults to :math:`1/\sqrt{E}`, E being the (per-head) feature dim of q and k. Scores too large for
+    the dtype raise ``ValueError`` (naming ``scale`` when it is the scale that makes them overflow).
     """
     _check_qk(q, k)
-    return (q @ k.transpose(-2, -1)) * _resolve_scale(scale, q.shape[-1])
+    scale = _resolve_scale(scale, q.shape[-1])
+    scores = _raw_scores(q, k) * scale
+    if not torch.isfinite(scores).all():
+        raise ValueError(
+            f"scale={scale:g} makes the scores overflow {scores.dtype}; the scores themselves are not "
+            "representable (scaled_dot_product_attention and softmax still work with this scale)"
+        )
+    return scores
+
+
+def _resolve_attn_mask(attn_mask: object, is_causal: bool, L: int, S: int, device: torch.device):
+    """Turn a ``torch.nn.attention.bias.CausalBias`` ``attn_mask`` into attnlib's boolean causal mask.
+
+    ``causal_upper_left(L, S)`` becomes ``causal_mask(L, S, alignment="top-left")`` and ``causal_lower_right(L, S)``
+    ``causal_mask(L, S, alignment="bottom-right")``; any other mask is returned as it is.
+    """
+    alignment = causal_bias_info(attn_mask, L, S)
+    if alignment is None:
+        return attn_mask
+    if is_causal:
+        raise ValueError(
+            "is_causal=True and attn_mask (a CausalBias) were both given; the CausalBias alone says which causal "
+            "mask to use"
+        )
+    return causal_mask(L, S, alignment=alignment, device=device)
 
 
 def scaled_dot_product_attention(
@@ -148,32 +210,46 @@ def scaled_dot_product_attention(
     scale: float | None = None,
     dropout_p: float = 0.0,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Scaled dot-product attention; returns ``(output, weights)``.
+    return_lse: bool = False,
+):
+    r"""Scaled dot-product attention; returns ``(output, weights)``, or ``(output, weights, lse)``.
 
     Args:
         q: queries (..., L, E), typically (batch, heads, L, head_dim).
         k: keys (..., S, E).
         v: values (..., S, Ev).
         attn_mask: bool (True = may attend) or additive float mask of q's dtype, broadcastable to (..., L, S).
+            torch's ``CausalBias`` (``torch.nn.attention.bias.causal_upper_left(L, S)`` /
+            ``causal_lower_right(L, S)``) is read as the top-left / bottom-right causal mask, as SDPA reads it.
         is_causal: apply a top-left-aligned causal mask (query i sees keys j <= i), as SDPA's ``is_causal``.
-            Cannot be combined with ``attn_mask``: build ``combine_masks(causal_mask(L, S), attn_mask)`` instead.
-        scale: multiplier of the scores, default :math:`1/\sqrt{E}`.
+            Must be a bool. Cannot be combined with ``attn_mask``: build
+            ``combine_masks(causal_mask(L, S), attn_mask)`` instead.
+        scale: multiplier of the scores, default :math:`1/\sqrt{E}`; any positive finite number (a scale > 1 is
+            applied after subtracting each row's largest score, so even ``scale=1e38`` cannot overflow).
         dropout_p: dropout on the weights, applied whenever > 0 (as SDPA does); the returned weights are the
             ones actually used.
-        generator: random generator for dropout.
+        generator: ``torch.Generator`` for dropout, or None.
+        return_lse: also return ``lse`` (..., L): the natural-log logsumexp over keys of the masked, scaled
+            scores, ``logsumexp(q k^T * scale + mask)`` (before dropout); ``-inf`` for a query whose keys are all
+            masked. Differentiable; float32 for fp16/bf16 inputs, q's dtype otherwise. It overflows to +inf only
+            when the scores themselves exceed the dtype's range.
 
     Returns:
-        output (..., L, Ev) and weights (..., L, S); every row of weights sums to 1, or to 0 where all of that
-        query's keys are masked (its output row is then 0).
+        output (..., L, Ev) and weights (..., L, S) (and lse (..., L)); every row of weights sums to 1, or to 0
+        where all of that query's keys are masked (its output row is then 0).
 
     Equals ``torch.nn.functional.scaled_dot_product_attention`` (which returns only the output) within
-    floating-point tolerance.
+    floating-point tolerance. fp16/bf16 inputs are computed in fp32 throughout (scores, softmax and
+    ``weights @ v``, forward and backward) and the output and weights are returned in their dtype, as SDPA does.
     """
     _check_qkv(q, k, v)
+    is_causal = check_bool(is_causal, "is_causal")
+    return_lse = check_bool(return_lse, "return_lse")
     dropout_p = check_dropout(dropout_p)
+    generator = check_generator(generator)
     L, S = q.shape[-2], k.shape[-2]
     score_shape = (*q.shape[:-2], L, S)
+    attn_mask = _resolve_attn_mask(attn_mask, is_causal, L, S, q.device)
     if attn_mask is not None:
         if is_causal:
             raise ValueError(
@@ -183,20 +259,32 @@ def scaled_dot_product_attention(
         check_mask(attn_mask, score_shape, q)
     elif is_causal:
         attn_mask = causal_mask(L, S, device=q.device)
+    scale = _resolve_scale(scale, q.shape[-1])
 
-    # fp16/bf16: scores and softmax in fp32, as torch's kernels do; q @ k^T alone can overflow fp16 (max 65504).
+    # fp16/bf16: everything in fp32, as torch's kernels do; q @ k^T alone can overflow fp16 (max 65504), and
+    # weights rounded to bf16 before weights @ v would lose two decimal digits of the gradient.
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    scores = attention_scores(q.to(compute), k.to(compute), scale)
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        else:
-            scores = scores + attn_mask
-    weights = _safe_softmax(scores, dim=-1).to(q.dtype)
+    raw = _raw_scores(q.to(compute), k.to(compute))
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        raw = raw.masked_fill(~attn_mask, float("-inf"))
+    shift = None
+    if scale > 1.0:  # multiplying enlarges: subtract each row's max first, so that nothing can overflow
+        shift = _max_shift(raw, -1)
+        raw = raw - shift
+    scores = raw * scale
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        scores = scores + attn_mask
+    weights, lse = _safe_softmax_lse(scores, dim=-1)
     if dropout_p > 0:
         keep = torch.rand(weights.shape, generator=generator, device=weights.device) >= dropout_p
         weights = weights * keep / (1.0 - dropout_p)
-    return weights @ v, weights
+    out = (weights @ v.to(compute)).to(q.dtype)
+    weights = weights.to(q.dtype)
+    if not return_lse:
+        return out, weights
+    if shift is not None:
+        lse = lse + shift.squeeze(-1) * scale
+    return out, weights, lse
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -28,9 +28,12 @@ _LAYOUT = "(batch, heads, t, head_dim)"
 class KVCache:
     """Keys and values of every token seen so far, shapes (batch, heads, length, head_dim) and (..., v_dim).
 
-    Storage grows by doubling, so appending T tokens one at a time copies O(T) elements in total rather than the
-    O(T^2) of ``torch.cat`` at every step. Appended tensors are copied, never modified; :attr:`keys` and
-    :attr:`values` are views of what is cached so far.
+    Under ``torch.no_grad()`` / ``torch.inference_mode()`` (fast decoding) storage grows by doubling and new
+    positions are written into it in place, so appending T tokens one at a time copies O(T) elements in total
+    rather than the O(T^2) of ``torch.cat`` at every step. With autograd enabled every append is a
+    ``torch.cat`` instead: nothing saved for the backward pass is ever overwritten, so gradients flow through
+    decoding to the appended keys and values (and to what produced them). Appended tensors are copied, never
+    modified; :attr:`keys` and :attr:`values` are views of what is cached so far.
 
     Example::
 
@@ -93,6 +96,14 @@ class KVCache:
             check_same_dtype_device({"cached keys": self._k, "k": k})
         t = k.shape[2]
         needed = self._length + t
+        if torch.is_grad_enabled():  # out of place: earlier keys/values may be saved for backward
+            if self._k is None:
+                self._k, self._v = k.clone(), v.clone()
+            else:
+                self._k = torch.cat([self.keys, k], dim=2)
+                self._v = torch.cat([self.values, v], dim=2)
+            self._length = needed
+            return
         if self._k is None or needed > self._k.shape[2]:
             self._grow(k, v, needed)
         self._k[:, :, self._length : needed] = k
@@ -140,7 +151,8 @@ def decode_step_by_step(mha: MultiHeadAttention, x: torch.Tensor, *, step: int =
 
     Each step projects only the new tokens, appends their keys and values to a :class:`KVCache` and attends from
     their queries to everything cached. The result (batch, T, embed_dim) equals
-    ``mha(x, is_causal=True)[0]`` in eval mode (no dropout is applied here).
+    ``mha(x, is_causal=True)[0]`` in eval mode (no dropout is applied here), and is differentiable like it
+    (run it under ``torch.no_grad()`` for the fast, in-place cache).
     """
     if not isinstance(mha, MultiHeadAttention):
         raise TypeError(f"mha must be an attnlib.MultiHeadAttention, got {type(mha).__name__}")
@@ -150,6 +162,11 @@ def decode_step_by_step(mha: MultiHeadAttention, x: torch.Tensor, *, step: int =
     check_rank(x, "x", (3,), f"(batch, T, {mha.embed_dim})")
     if x.shape[-1] != mha.embed_dim:
         raise ValueError(f"x has {x.shape[-1]} features (shape {shape_str(x.shape)}); mha expects {mha.embed_dim}")
+    weight = mha.w_q.weight
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but mha's weights are {weight.dtype}; convert one of them")
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but mha's weights are on {weight.device}; move one of them")
     step = check_positive_int(step, "step")
     cache = KVCache(capacity=max(step, 16))
     outputs = []

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 
-from ._checks import check_positive_int, check_tensor, shape_str
+from ._checks import causal_bias_info, check_device, check_index, check_positive_int, check_tensor, shape_str
 
 Alignment = Literal["top-left", "bottom-right"]
 
@@ -41,6 +42,7 @@ def causal_mask(
     """
     L = check_positive_int(L, "L")
     S = L if S is None else check_positive_int(S, "S")
+    device = check_device(device)
     if alignment not in ("top-left", "bottom-right"):
         raise ValueError(f"alignment must be 'top-left' or 'bottom-right', got {alignment!r}")
     diagonal = 0 if alignment == "top-left" else S - L
@@ -57,8 +59,17 @@ def padding_mask(
 
     Item b may attend to keys ``0 .. lengths[b] - 1``; the rest are padding. A length of 0 masks every key, so
     that item's output rows are zeros (never a uniform average of padding). ``S`` defaults to ``max(lengths)``.
+    ``lengths`` may be a 1-D integer tensor, a 1-D integer NumPy array or a sequence of (Python or NumPy) ints.
     The result broadcasts over heads and queries.
     """
+    device = check_device(device)
+    if isinstance(lengths, np.ndarray):
+        if not np.issubdtype(lengths.dtype, np.integer) or lengths.ndim != 1:
+            raise TypeError(
+                f"lengths must be a 1-D integer array or a list of ints, got a {lengths.dtype} array of shape "
+                f"{shape_str(lengths.shape)}"
+            )
+        lengths = lengths.tolist()
     if isinstance(lengths, torch.Tensor):
         if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.dim() != 1:
             raise TypeError(
@@ -69,8 +80,9 @@ def padding_mask(
         device = lengths.device if device is None else device
     else:
         values = list(lengths)
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-            raise TypeError(f"lengths must hold ints, got {values!r}")
+        for i, v in enumerate(values):
+            check_index(v, f"lengths[{i}]")
+        values = [int(v) for v in values]
     if not values:
         raise ValueError("lengths is empty: need one length per batch item")
     if min(values) < 0:
@@ -87,8 +99,21 @@ def padding_mask(
     return (positions[None, :] < lens[:, None])[:, None, None, :]
 
 
+def _materialize(mask: object, name: str) -> object:
+    """A torch ``CausalBias`` as the boolean (L, S) mask it stands for (its own lengths); anything else as it is."""
+    L, S = getattr(mask, "seq_len_q", None), getattr(mask, "seq_len_kv", None)
+    alignment = causal_bias_info(mask, L, S, name) if isinstance(L, int) and isinstance(S, int) else None
+    if alignment is None:
+        return mask
+    return causal_mask(L, S, alignment=alignment, device=mask.device)
+
+
 def to_additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Boolean mask (True = may attend) -> float mask with 0 where allowed and -inf where blocked."""
+    """Boolean mask (True = may attend) -> float mask with 0 where allowed and -inf where blocked.
+
+    A torch ``CausalBias`` is read as the causal mask it stands for.
+    """
+    mask = _materialize(mask, "mask")
     check_tensor(mask, "mask")
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be torch.bool to convert to an additive mask, got {mask.dtype}")
@@ -104,8 +129,9 @@ def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
     Boolean masks are ANDed. If any mask is a float (additive) mask, boolean ones are first turned into 0/-inf
     masks of that dtype and everything is added. ``None`` entries are skipped; all ``None`` gives ``None``.
     Shapes broadcast, e.g. a causal (L, S) mask with a padding (B, 1, 1, S) mask gives (B, 1, L, S).
+    A torch ``CausalBias`` (``causal_upper_left``/``causal_lower_right``) is read as the causal mask it stands for.
     """
-    present = [m for m in masks if m is not None]
+    present = [_materialize(m, f"masks[{i}]") for i, m in enumerate(m for m in masks if m is not None)]
     for i, m in enumerate(present):
         check_tensor(m, f"masks[{i}]")
         if m.dtype != torch.bool and not m.is_floating_point():
@@ -137,8 +163,10 @@ def to_mha_mask(mask: torch.Tensor) -> torch.Tensor:
     """attnlib/SDPA boolean mask (True = may attend) -> ``nn.MultiheadAttention``'s (True = ignore).
 
     Works for ``attn_mask`` and, after reshaping a (B, 1, 1, S) padding mask to (B, S), for
-    ``key_padding_mask``. Float masks mean the same in both APIs and are returned unchanged.
+    ``key_padding_mask``. Float masks mean the same in both APIs and are returned unchanged. A torch
+    ``CausalBias`` is read as the causal mask it stands for.
     """
+    mask = _materialize(mask, "mask")
     check_tensor(mask, "mask")
     return ~mask if mask.dtype == torch.bool else mask
 

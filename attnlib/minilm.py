@@ -411,15 +411,23 @@ class MiniLMOutput:
     attentions: tuple[torch.Tensor, ...]
     sentence_embedding: torch.Tensor
 
+    def _item(self, item: object) -> int:
+        if isinstance(item, bool) or not isinstance(item, int) or not -len(self.tokens) <= item < len(self.tokens):
+            raise ValueError(
+                f"item must be an int index into the {len(self.tokens)} items (-{len(self.tokens)} .. "
+                f"{len(self.tokens) - 1}), got {item!r}"
+            )
+        return item
+
     def attention_of(self, item: int = 0) -> torch.Tensor:
         """Every head's weights for one item, padding cut off: (layers, heads, n, n) with n = its length."""
-        if not isinstance(item, int) or not -len(self.tokens) <= item < len(self.tokens):
-            raise ValueError(f"item must be an int index into the {len(self.tokens)} items, got {item!r}")
+        item = self._item(item)
         n = int(self.lengths[item])
         return torch.stack([a[item, :, :n, :n] for a in self.attentions])
 
     def hidden_of(self, item: int = 0) -> torch.Tensor:
         """One item's hidden states, padding cut off: (layers + 1, n, d)."""
+        item = self._item(item)
         n = int(self.lengths[item])
         return torch.stack([h[item, :n] for h in self.hidden_states])
 

@@ -1,7 +1,8 @@
 r"""Attention layers as thin ``nn.Module`` s over :mod:`attnlib.functional`.
 
 Inputs are batch-first: (batch, seq, features), or (seq, features) for one unbatched sequence. Masks use
-attnlib's convention (bool True = may attend, float added) and broadcast to the scores' (batch, heads, L, S).
+attnlib's convention (bool True = may attend, float added) and broadcast to the scores' (batch, heads, L, S);
+torch's ``CausalBias`` (``causal_upper_left``/``causal_lower_right``) is read as its causal mask.
 Every ``forward`` returns ``(output, weights)``.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_dropout, check_float_tensor, check_positive_int, check_rank, shape_str
+from ._checks import check_bool, check_dropout, check_float_tensor, check_positive_int, check_rank, shape_str
 from .functional import merge_heads, scaled_dot_product_attention, split_heads
 
 
@@ -25,6 +26,10 @@ def _check_input(x: object, name: str, features: int, like: torch.Tensor) -> tor
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's weights are {like.dtype}; convert one of them")
     if x.device != like.device:
         raise ValueError(f"{name} is on {x.device} but the layer's weights are on {like.device}")
+    if not torch.isfinite(x).all():
+        raise ValueError(
+            f"{name} contains NaN or inf values (shape {shape_str(x.shape)}); attention needs finite inputs"
+        )
     return x
 
 
@@ -137,6 +142,7 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         need_weights: bool = True,
     ):
+        check_bool(need_weights, "need_weights")
         key = query if key is None else key
         value = key if value is None else value
         _check_input(query, "query", self.embed_dim, self.w_q.weight)

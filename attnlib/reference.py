@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from ._checks import causal_bias_info
+
 __all__ = ["softmax", "attention_loops", "attention"]
 
 
@@ -36,14 +38,44 @@ def softmax(x: object, axis: int = -1, temperature: float = 1.0) -> np.ndarray:
     """Stable softmax of ``x / temperature`` along ``axis``; an all ``-inf`` slice gives zeros, not NaN."""
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive, finite number, got {temperature}")
-    z = _as_float_array(x, "x") / temperature
+    z = _as_float_array(x, "x")
     if z.ndim == 0 or z.shape[axis] == 0:
         raise ValueError(f"x must have at least one entry along axis={axis}, got shape {z.shape}")
     m = np.max(z, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    e = np.exp(z - m)
+    with np.errstate(over="ignore"):  # shift first: x / T alone overflows for tiny T; here only -inf can appear
+        e = np.exp((z - m) / temperature)
     total = np.sum(e, axis=axis, keepdims=True)
     return e / np.where(total > 0, total, 1.0)
+
+
+def _mask_array(mask: object, score_shape: tuple[int, ...]) -> np.ndarray:
+    """``mask`` as an array that broadcasts to the scores' ``score_shape`` (..., L, S); torch's CausalBias too."""
+    L, S = score_shape[-2:]
+    alignment = causal_bias_info(mask, L, S, name="mask")
+    if alignment is not None:
+        return np.tril(np.ones((L, S), dtype=bool), k=0 if alignment == "top-left" else S - L)
+    arr = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask)
+    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"mask must be boolean (True = may attend) or an additive float mask, got dtype {arr.dtype}")
+    try:
+        np.broadcast_shapes(arr.shape, score_shape)
+        ok = arr.ndim <= len(score_shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"mask has shape {arr.shape}, which does not broadcast to the scores' shape {score_shape} (..., L, S)"
+        )
+    return arr
+
+
+def _check_scale(scale: object, E: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(E)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive, finite number, got {scale!r}")
+    return float(scale)
 
 
 def _check(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
@@ -66,8 +98,8 @@ def attention_loops(q: object, k: object, v: object, mask: object = None, scale:
         raise ValueError(f"attention_loops takes one sequence: q must be (L, E), got {q.shape}")
     L, E = q.shape
     S, Ev = v.shape
-    scale = 1.0 / math.sqrt(E) if scale is None else scale
-    mask = None if mask is None else np.broadcast_to(np.asarray(mask), (L, S))
+    scale = _check_scale(scale, E)
+    mask = None if mask is None else np.broadcast_to(_mask_array(mask, (L, S)), (L, S))
     weights = np.zeros((L, S))
     output = np.zeros((L, Ev))
     for i in range(L):  # one query at a time
@@ -99,10 +131,17 @@ def attention(q: object, k: object, v: object, mask: object = None, scale: float
     """
     q, k, v = (_as_float_array(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
     _check(q, k, v)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ np.swapaxes(k, -1, -2)) * scale
-    if mask is not None:
-        mask = np.asarray(mask)
-        scores = np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + mask
+    scale = _check_scale(scale, q.shape[-1])
+    raw = q @ np.swapaxes(k, -1, -2)
+    mask = None if mask is None else _mask_array(mask, raw.shape)
+    if mask is not None and mask.dtype == bool:
+        raw = np.where(mask, raw, -np.inf)
+    if scale > 1.0:  # multiplying enlarges: subtract each row's max first, so that nothing can overflow
+        m = np.max(raw, axis=-1, keepdims=True)
+        raw = raw - np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(over="ignore"):  # after the shift only -inf (weight 0) can appear
+        scores = raw * scale
+    if mask is not None and mask.dtype != bool:
+        scores = scores + mask
     weights = softmax(scores, axis=-1)
     return weights @ v, weights
