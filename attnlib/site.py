@@ -8,7 +8,8 @@ notebook). Its configuration is ``docs/sphinx/conf.py``; this module stages the 
   :data:`attnlib.course.LESSONS` in their order, then every exercise set found in ``exercises/``;
 * ``notebooks/NN_*.ipynb`` and ``exercises/NN_*.ipynb``: copies in which each ipywidgets explorer is replaced by
   the figure it showed when the notebook was executed and a note naming its controls (a static page has no
-  kernel to drive it, and the widget manager would be fetched from a CDN);
+  kernel to drive it, and the widget manager would be fetched from a CDN); the download button still offers
+  the notebook as committed;
 * ``_static/mathjax``: MathJax 2.7 from the pinned ``jupyter-server-mathjax`` package, so math is typeset with
   nothing fetched from the network.
 
@@ -248,6 +249,9 @@ def build_site(out: str | Path, root: str | Path = ROOT, *, quiet: bool = True) 
             app.build()
         if app.statuscode:
             raise RuntimeError(f"sphinx-build failed with status {app.statuscode}")
+        # The download button offers the notebook as committed (explorers and all), not the staged copy.
+        for page in all_pages:
+            shutil.copyfile(root / page.source, Path(tmp) / "html" / "_sources" / page.source)
         _replace_folder(out, Path(tmp) / "html")
     return [out / "index.html", *(out / p.target for p in all_pages)]
 
