@@ -87,6 +87,15 @@ def test_no_page_fetches_anything_from_elsewhere_and_math_is_local():
     assert (out / "_static" / "mathjax" / "MathJax.js").is_file()
 
 
+def test_each_explorer_is_shown_as_its_saved_figure_under_a_note():
+    out, _ = built_site()
+    for page in site.pages():
+        nb = nbformat.read(ROOT / page.source, as_version=4)
+        explorers = sum(site.WIDGET_VIEW in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+        html = (out / page.target).read_text()
+        assert html.count('class="static-widget-note"') == explorers, page.target
+
+
 def test_previous_and_next_follow_the_reading_order():
     out, _ = built_site()
     pages = site.pages()
