@@ -26,9 +26,6 @@ myst_heading_anchors = 4
 myst_dmath_double_inline = True
 # MyST's MathJax settings are MathJax 3's (they mark every section "ignore" for MathJax 2): keep MathJax 2's own.
 myst_update_mathjax = False
-# Outputs a static page cannot show (a widget's view without its state) are dropped by attnlib.site first.
-nb_mime_priority_overrides = []
-suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 
 # Math: a local MathJax 2.7 (the jupyter-server-mathjax copy), nothing from a CDN.
 mathjax_path = f"mathjax/MathJax.js?config={MATHJAX_CONFIG}"
