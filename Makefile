@@ -15,7 +15,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install lab test test-browser site lint format lock clean
 
-install: $(STAMP)
+# JupyterLab as a course: the environment's own defaults (no news or update prompts, no extension manager, the
+# course's kernel for new notebooks), copied from jupyter/ into the venv; a learner's settings still win.
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+SERVER_CONFIG := $(VENV)/etc/jupyter/jupyter_server_config.json
+
+install: $(STAMP) $(LAB_OVERRIDES) $(SERVER_CONFIG)
+
+$(LAB_OVERRIDES): jupyter/overrides.json | $(STAMP)
+	mkdir -p $(@D) && cp $< $@
+
+$(SERVER_CONFIG): jupyter/jupyter_server_config.json | $(STAMP)
+	mkdir -p $(@D) && cp $< $@
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
@@ -28,17 +39,17 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml | $(PY)
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Attention course (attnlib)" >/dev/null
 	touch $(STAMP)
 
-lab: $(STAMP)
+lab: install
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=. $(AS_ROOT) $(LAB_ARGS) $(FIRST_LESSON)
 
-test: $(STAMP)
+test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The real-browser tests alone (headless Chromium; see docs/site-and-browser-tests.md). A missing browser fails.
-test-browser: $(STAMP)
+test-browser: install
 	ATTNLIB_REQUIRE_BROWSER=1 $(PY) -m pytest tests/browser $(PYTEST_ARGS)
 
-# The course as a static web site in site/ (home page with the course map, lessons, exercise sets).
+# The course as a static web site in site/ (Sphinx + MyST-NB + sphinx-book-theme; docs/sphinx/conf.py).
 site: $(STAMP)
 	$(PY) -m attnlib site --out site
 

@@ -18,7 +18,8 @@ COMMANDS = {
     "bench": ("attnlib.bench", "time and memory of attention implementations (NumPy, math, chunked, SDPA)"),
     "grade": ("attnlib.grader.cli", "grade exercise notebooks in a sandbox (default exercises/); writes reports"),
     "course": ("attnlib.course", "the course map (map: print it; readme: rewrite it in README.md)"),
-    "site": ("attnlib.site", "render the course (course map, lessons, exercise sets) into a static web site"),
+    "site": ("attnlib.site", "build the course's web site with Sphinx (course map, lessons, exercise sets, search)"),
+    "gradescope": ("attnlib.gradescope", "build Gradescope's autograder zip (setup.sh, run_autograder, the course)"),
     "exercises": ("attnlib.grader.build", "build exercises/ from solutions/ (build: write; check: fail if stale)"),
 }
 

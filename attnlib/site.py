@@ -1,187 +1,85 @@
-"""Render the course into a static web site: ``attnlib site --out site`` (what ``make site`` runs).
+"""Build the course's web site with Sphinx: ``attnlib site --out site`` (what ``make site`` runs).
 
-The site is what a learner can read before installing anything:
+The engine is Sphinx with MyST-NB (notebooks as pages, with their committed outputs; nothing is executed) and
+sphinx-book-theme (full-text search, a sidebar table of contents, previous/next links, a download button for each
+notebook). Its configuration is ``docs/sphinx/conf.py``; this module stages the sources it reads:
 
-* ``index.html``: the course map (levels, lessons, goals, run times, exercise sets) from :mod:`attnlib.course`;
-* ``notebooks/NN_*.html``: every lesson with its committed outputs and figures (nothing is executed);
-* ``exercises/NN_*.html``: every exercise set as a learner receives it;
-* previous / home / next links on every page, and links between a lesson and its exercise set.
+* ``index.md``: the course map from :mod:`attnlib.course` and the table of contents, one section per level of
+  :data:`attnlib.course.LESSONS` in their order, then every exercise set found in ``exercises/``;
+* ``notebooks/NN_*.ipynb`` and ``exercises/NN_*.ipynb``: copies in which each ipywidgets explorer is replaced by
+  the figure it showed when the notebook was executed and a note naming its controls (a static page has no
+  kernel to drive it, and the widget manager would be fetched from a CDN); the download button still offers
+  the notebook as committed;
+* ``_static/mathjax``: MathJax 2.7 from the pinned ``jupyter-server-mathjax`` package, so math is typeset with
+  nothing fetched from the network.
 
-Pages are rendered with nbconvert's ``lab`` template. Nothing on a page is fetched from the network: MathJax is
-copied into ``static/mathjax`` from the pinned ``jupyter-server-mathjax`` package, figures are embedded as data
-URIs, and the scripts the template would load from CDNs (require.js, the widget manager) are left out. An
-ipywidgets explorer cannot run without a kernel, so each one is replaced by the figure it showed when the
-notebook was executed and a note naming its controls.
+The site makes no request that leaves it (``tests/browser/test_site.py`` blocks and reports any).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import html
-import re
 import shutil
+import sys
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
-from .course import LESSONS
+from .course import LESSONS, LEVELS
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "docs" / "sphinx"
 SITE_TITLE = "Attention, from the ground up"
-MATHJAX_DIR = "static/mathjax"
 MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
-# The page template: nbconvert's lab page, with the course's navigation, local MathJax and no CDN scripts.
-PAGE_TEMPLATE = r"""{%- extends 'index.html.j2' -%}
-
-{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
-{% block jupyter_widgets %}{% endblock jupyter_widgets %}
-{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-
-{%- block html_head_js_mathjax -%}
-<script type="text/x-mathjax-config">
-MathJax.Hub.Config({
-  tex2jax: {
-    inlineMath: [["$", "$"], ["\\(", "\\)"]],
-    displayMath: [["$$", "$$"], ["\\[", "\\]"]],
-    processEscapes: true,
-    processEnvironments: true
-  },
-  "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null},
-  messageStyle: "none",
-  menuSettings: {zoom: "None"}
-});
-// Tests (and curious readers) can tell when typesetting has finished.
-MathJax.Hub.Queue(function () { document.documentElement.setAttribute("data-math-typeset", "done"); });
-</script>
-<script src="{{ resources.site.mathjax_url }}"></script>
-{%- endblock html_head_js_mathjax -%}
-
-{%- block html_head_css -%}
-<link rel="icon" href="data:,">
-<link rel="stylesheet" href="{{ resources.site.prefix }}static/site.css">
-{%- endblock html_head_css -%}
-
-{%- block body_header -%}
-{{ super() }}
-{{ resources.site.nav }}
-{%- endblock body_header -%}
-
-{% block body_footer %}
-{{ resources.site.nav_bottom }}
-{{ super() }}
-{% endblock body_footer %}
-"""
-
-SITE_CSS = """\
-.course-nav { display: flex; flex-wrap: wrap; gap: 0.4em 1.5em; align-items: baseline; margin: 0.5em 0 1.2em;
-  padding: 0.6em 1em; border: 1px solid #d0d7de; border-radius: 6px; background: #f6f8fa;
-  font-family: system-ui, sans-serif; font-size: 14px; }
-.course-nav a { text-decoration: none; color: #0969da; }
-.course-nav a:hover { text-decoration: underline; }
-.course-nav .here { font-weight: 600; }
-.course-nav .spacer { flex: 1; }
-.course-home { max-width: 1100px; margin: 0 auto; padding: 1em 2em; font-family: system-ui, sans-serif;
-  line-height: 1.5; color: #1f2328; }
-.course-home table { border-collapse: collapse; margin: 1em 0; }
-.course-home th, .course-home td { border: 1px solid #d0d7de; padding: 0.35em 0.7em; vertical-align: top; }
-.course-home th { background: #f6f8fa; text-align: left; }
-.course-home code, .course-home pre { background: #f6f8fa; border-radius: 4px; padding: 0.1em 0.3em; }
-.course-home pre { padding: 0.8em; }
-.course-home pre code { padding: 0; }
+COURSE_CSS = """\
 /* MathJax hides a MathML copy of each formula for screen readers; Chromium styles it with TeX fonts this copy
    of MathJax does not ship, so the hidden copy inherits the page's font instead of requesting them. */
 .MJX_Assistive_MathML, .MJX_Assistive_MathML * { font-family: inherit !important; }
 .static-widget-note { margin: 0.3em 0; padding: 0.4em 0.8em; border-left: 4px solid #8250df; background: #fbefff;
-  font-family: system-ui, sans-serif; font-size: 13px; }
+  font-size: 0.9em; }
+"""
+
+# Marks the page once MathJax has typeset it (or at load, on a page without math), for tests and curious readers.
+COURSE_JS = """\
+(function () {
+  function mark(state) { document.documentElement.setAttribute("data-math-typeset", state); }
+  function wait(tries) {
+    if (window.MathJax && window.MathJax.Hub && window.MathJax.Hub.Queue) {
+      window.MathJax.Hub.Queue(function () { mark("done"); });
+    } else if (!document.querySelector('script[src*="mathjax/MathJax.js"]')) {
+      mark("none");
+    } else if (tries > 0) {
+      setTimeout(function () { wait(tries - 1); }, 50);
+    }
+  }
+  window.addEventListener("load", function () { wait(400); });
+})();
 """
 
 
 @dataclass(frozen=True)
 class Page:
-    """One page of the site: ``source`` notebook (relative to the root) -> ``target`` html (relative to the site)."""
+    """One notebook page: ``source`` (relative to the repository root) -> ``target`` html (relative to the site)."""
 
     source: str
     target: str
-    title: str
     kind: str  # "lesson" or "exercises"
-
-
-def _exercise_title(path: Path) -> str:
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return path.stem.replace("_", " ")
 
 
 def pages(root: Path = ROOT) -> list[Page]:
     """The site's notebook pages in reading order: every lesson of the course map, then every exercise set."""
-    found = []
-    for lesson in LESSONS:
-        source = Path(lesson.path)
-        title = f"{lesson.number} · {lesson.title}"
-        found.append(Page(lesson.path, source.with_suffix(".html").as_posix(), title, "lesson"))
+    found = [Page(x.path, Path(x.path).with_suffix(".html").as_posix(), "lesson") for x in LESSONS]
     for path in sorted((root / "exercises").glob("[0-9]*.ipynb")):
         source = path.relative_to(root)
-        target = source.with_suffix(".html").as_posix()
-        found.append(Page(source.as_posix(), target, _exercise_title(path), "exercises"))
+        found.append(Page(source.as_posix(), source.with_suffix(".html").as_posix(), "exercises"))
     return found
-
-
-# --- link handling -------------------------------------------------------------------------------------------
-
-_HREF = re.compile(r'(href=")([^"#:]+?)\.ipynb((?:#[^"]*)?")')
-
-
-def rewrite_notebook_links(text: str) -> str:
-    """Point relative links to notebooks (``../exercises/02_softmax.ipynb#x``) at the site's ``.html`` pages."""
-    return _HREF.sub(lambda m: f"{m[1]}{m[2]}.html{m[3]}", text)
-
-
-def _rel(target: str, frm: str) -> str:
-    """The relative URL of site path ``target`` as seen from the page at site path ``frm``."""
-    depth = frm.count("/")
-    return "../" * depth + target
-
-
-# --- navigation ----------------------------------------------------------------------------------------------
-
-
-def _nav(all_pages: list[Page], index: int, *, bottom: bool = False) -> str:
-    page = all_pages[index]
-
-    def link(target: str, text: str) -> str:
-        return f'<a href="{html.escape(_rel(target, page.target))}">{html.escape(text)}</a>'
-
-    parts = [link("index.html", "⌂ Course map")]
-    if index > 0:
-        prev = all_pages[index - 1]
-        parts.append(f'<span class="prev">← {link(prev.target, prev.title)}</span>')
-    parts.append(f'<span class="here">{html.escape(page.title)}</span>')
-    if index + 1 < len(all_pages):
-        nxt = all_pages[index + 1]
-        parts.append(f'<span class="next">{link(nxt.target, nxt.title)} →</span>')
-    parts.append('<span class="spacer"></span>')
-    if page.kind == "lesson":
-        lesson = next(x for x in LESSONS if x.path == page.source)
-        if lesson.exercise:
-            target = Path(lesson.exercise).with_suffix(".html").as_posix()
-            title = next((p.title for p in all_pages if p.target == target), target)
-            parts.append(f"Exercises: {link(target, title)}")
-    else:
-        companions = [next(p for p in all_pages if p.source == x.path) for x in LESSONS if x.exercise == page.source]
-        if companions:
-            parts.append("Lessons: " + ", ".join(link(p.target, p.title) for p in companions))
-    where = "course-nav bottom" if bottom else "course-nav top"
-    return f'<nav class="{where}" aria-label="course navigation">{" ".join(parts)}</nav>'
 
 
 # --- widgets -------------------------------------------------------------------------------------------------
@@ -242,113 +140,48 @@ def freeze_widgets(nb) -> int:
     return replaced
 
 
-# --- rendering -----------------------------------------------------------------------------------------------
+# --- the sources Sphinx reads ---------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _exporter():
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(
-        template_name="lab",
-        extra_loaders=[DictLoader({"course_page.html.j2": PAGE_TEMPLATE})],
-        theme="light",
-        embed_images=True,
-    )
-    exporter.template_file = "course_page.html.j2"
-    # nbconvert warns about every image without alt text and gives each a placeholder; render_notebook names them.
-    exporter.log.addFilter(lambda record: "Alternative text is missing" not in record.getMessage())
-    return exporter
-
-
-def render_notebook(path: Path, all_pages: list[Page], index: int) -> str:
-    """The html of ``all_pages[index]``, read from ``path``, with its committed outputs."""
-    import nbformat
-
-    page = all_pages[index]
-    nb = nbformat.read(path, as_version=4)
-    freeze_widgets(nb)
-    nb.metadata["title"] = f"{page.title} — {SITE_TITLE}"
-    prefix = _rel("", page.target)
-    resources = {
-        "metadata": {"name": page.title, "path": str(path.parent)},
-        "site": {
-            "prefix": prefix,
-            "mathjax_url": f"{prefix}{MATHJAX_DIR}/MathJax.js?config={MATHJAX_CONFIG}",
-            "nav": _nav(all_pages, index),
-            "nav_bottom": _nav(all_pages, index, bottom=True),
-        },
-    }
-    body, _ = _exporter().from_notebook_node(nb, resources=resources)
-    count = iter(range(1, 10_000))
-    body = re.sub(
-        r'alt="No description has been provided for this image"',
-        lambda _: f'alt="{html.escape(page.title)}: figure {next(count)}"',
-        body,
-    )
-    return rewrite_notebook_links(body)
-
-
-def course_map_html() -> str:
-    """The README's course-map table (from :func:`attnlib.course.course_map_markdown`) as html for the site."""
-    from markdown_it import MarkdownIt
-
+def index_markdown(root: Path = ROOT) -> str:
+    """The home page: the course map, how to run it, and the table of contents (one section per level)."""
     from .course import course_map_markdown
 
-    md = MarkdownIt("commonmark", {"html": False}).enable("table")
-    return rewrite_notebook_links(md.render(course_map_markdown()))
+    parts = [
+        f"# {SITE_TITLE}",
+        "",
+        "An open course on the attention mechanism. Each lesson is a Jupyter notebook, shown here with the outputs",
+        "and figures it produced when it was last run; the exercise sets are the notebooks learners fill in. Use",
+        "the download button at the top of a page for its notebook; to run the lessons and use their interactive",
+        "figures, clone the course and type `make lab`.",
+        "",
+        "## Course map",
+        "",
+        course_map_markdown(),
+        "",
+        "## Run it yourself",
+        "",
+        "```bash",
+        "make lab     # set up once, then open JupyterLab on the first lesson",
+        "make test    # run every test of the course",
+        "```",
+        "",
+    ]
+    for level, lessons in groupby(LESSONS, key=lambda x: x.level):
+        entries = [Path(x.path).with_suffix("").as_posix() for x in lessons]
+        parts += ["```{toctree}", f":caption: {LEVELS[level]}", ":hidden:", "", *entries, "```", ""]
+    sets = [Path(p.source).with_suffix("").as_posix() for p in pages(root) if p.kind == "exercises"]
+    if sets:
+        parts += ["```{toctree}", ":caption: Exercise sets", ":hidden:", "", *sets, "```", ""]
+    return "\n".join(parts)
 
 
-def render_home(all_pages: list[Page]) -> str:
-    exercise_items = "\n".join(
-        f'<li><a href="{html.escape(p.target)}">{html.escape(p.title)}</a></li>'
-        for p in all_pages
-        if p.kind == "exercises"
-    )
-    first = next(p for p in all_pages if p.kind == "lesson")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1.0">
-<title>{html.escape(SITE_TITLE)}</title>
-<link rel="icon" href="data:,">
-<link rel="stylesheet" href="static/site.css">
-</head>
-<body>
-<main class="course-home">
-<nav class="course-nav top" aria-label="course navigation"><span class="here">⌂ Course map</span>
-<span class="next"><a href="{html.escape(first.target)}">{html.escape(first.title)}</a> →</span></nav>
-<h1>{html.escape(SITE_TITLE)}</h1>
-<p>An open course on the attention mechanism. Each lesson below is a Jupyter notebook, shown here with the
-outputs and figures it produced when it was last run; the exercise sets are the notebooks learners fill in.
-To run them and use their interactive figures, clone the course and type <code>make lab</code>.</p>
-<h2 id="course-map">Course map</h2>
-{course_map_html()}
-<h2 id="exercise-sets">Exercise sets</h2>
-<p>Each set has self-check cells that give feedback as you go; <code>attnlib grade</code> scores them.</p>
-<ul>
-{exercise_items}
-</ul>
-<h2 id="run-it">Run it yourself</h2>
-<pre><code>make lab     # set up once, then open JupyterLab on the first lesson
-make test    # run every test of the course</code></pre>
-</main>
-</body>
-</html>
-"""
-
-
-def _copy_mathjax(out: Path) -> None:
+def _copy_mathjax(static: Path) -> None:
     import jupyter_server_mathjax
 
     source = Path(jupyter_server_mathjax.__file__).parent / "static"
     if not (source / "MathJax.js").exists():
         raise FileNotFoundError(f"MathJax is missing from {source}; reinstall jupyter-server-mathjax")
-    target = out / MATHJAX_DIR
-    if target.exists():
-        shutil.rmtree(target)
 
     def skip(folder: str, names: list[str]) -> list[str]:
         # Translations other than English are only fetched by browsers set to another language.
@@ -356,34 +189,81 @@ def _copy_mathjax(out: Path) -> None:
             return [name for name in names if name != "en"]
         return [name for name in names if name.endswith(".py") or name == "__pycache__"]
 
-    shutil.copytree(source, target, ignore=skip)
+    shutil.copytree(source, static / "mathjax", ignore=skip, dirs_exist_ok=True)
 
 
-def build_site(out: str | Path, root: str | Path = ROOT) -> list[Path]:
-    """Render the course into ``out`` (created or refreshed); return the html files written, home page first."""
-    out, root = Path(out), Path(root)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "static").mkdir(exist_ok=True)
-    (out / "static" / "site.css").write_text(SITE_CSS)
-    _copy_mathjax(out)
+def stage_sources(src: Path, root: Path = ROOT) -> list[Page]:
+    """Write what Sphinx reads into ``src``: index.md, frozen copies of the notebooks, _static. Returns the pages."""
+    import nbformat
+
     all_pages = pages(root)
-    written = [out / "index.html"]
-    written[0].write_text(render_home(all_pages))
-    for index, page in enumerate(all_pages):
-        target = out / page.target
+    for page in all_pages:
+        nb = nbformat.read(root / page.source, as_version=4)
+        freeze_widgets(nb)
+        target = src / page.source
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(render_notebook(root / page.source, all_pages, index))
-        written.append(target)
-    return written
+        nbformat.write(nb, target)
+    (src / "index.md").write_text(index_markdown(root))
+    static = src / "_static"
+    static.mkdir(parents=True, exist_ok=True)
+    (static / "course.css").write_text(COURSE_CSS)
+    (static / "course.js").write_text(COURSE_JS)
+    _copy_mathjax(static)
+    return all_pages
+
+
+def _replace_folder(out: Path, built: Path) -> None:
+    """Put the site ``built`` at ``out``, removing a site built there before (and nothing else)."""
+    if out.exists():
+        if any(out.iterdir()) and not (out / ".buildinfo").exists():
+            raise FileExistsError(f"{out} exists and is not a site built by attnlib site; choose another --out")
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(built, out)
+
+
+def build_site(out: str | Path, root: str | Path = ROOT, *, quiet: bool = True) -> list[Path]:
+    """Build the site into ``out`` with Sphinx (warnings are errors); return the html pages, home page first."""
+    from sphinx.application import Sphinx
+
+    out, root = Path(out).resolve(), Path(root)
+    with tempfile.TemporaryDirectory(prefix="attnlib-site-") as tmp:
+        src = Path(tmp) / "src"
+        all_pages = stage_sources(src, root)
+        app = Sphinx(
+            srcdir=src,
+            confdir=CONF_DIR,
+            # MyST-NB writes the outputs' image files next to the output folder (its ../jupyter_execute), so
+            # Sphinx writes into the staging folder too and the finished site is moved to ``out``.
+            outdir=Path(tmp) / "html",
+            doctreedir=Path(tmp) / "doctrees",
+            buildername="html",
+            status=None if quiet else sys.stdout,
+            warningiserror=True,
+            freshenv=True,
+            confoverrides={"html_static_path": [str(src / "_static")]},
+        )
+        with warnings.catch_warnings():  # the theme and MyST use Sphinx APIs that Sphinx 11 will remove
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            app.build()
+        if app.statuscode:
+            raise RuntimeError(f"sphinx-build failed with status {app.statuscode}")
+        # The download button offers the notebook as committed (explorers and all), not the staged copy.
+        for page in all_pages:
+            shutil.copyfile(root / page.source, Path(tmp) / "html" / "_sources" / page.source)
+        _replace_folder(out, Path(tmp) / "html")
+    return [out / "index.html", *(out / p.target for p in all_pages)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="site", help="folder to write the site to (default: site)")
+    parser.add_argument("--verbose", action="store_true", help="print Sphinx's progress")
 
 
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    written = build_site(args.out)
+    written = build_site(args.out, quiet=not args.verbose)
     seconds = time.perf_counter() - start
     print(f"wrote {len(written)} pages to {args.out}/ in {seconds:.1f} s; open {Path(args.out) / 'index.html'}")
     return 0

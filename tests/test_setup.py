@@ -89,6 +89,8 @@ def test_make_lab_serves_the_course_headless_on_loopback(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}", timeout=30) as resp:
             specs = json.load(resp)
         assert "attention-course" in specs["kernelspecs"], specs["kernelspecs"].keys()
+        # jupyter/jupyter_server_config.json, installed with the environment: new notebooks get the course kernel.
+        assert specs["default"] == "attention-course", f"the default kernel is {specs['default']!r}"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/notebooks?token={token}", timeout=30) as r:
             names = [item["name"] for item in json.load(r)["content"]]
         lessons = sorted(n for n in names if n.endswith(".ipynb"))

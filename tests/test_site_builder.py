@@ -1,36 +1,53 @@
-"""The static-site builder's parts that need no browser (tests/browser/test_site.py opens the pages for real)."""
+"""The course site's build (Sphinx + MyST-NB, staged by attnlib.site), checked on its files without a browser.
+
+tests/browser/test_site.py opens the same build's pages in Chromium.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import nbformat
+import pytest
+from site_build import built_site
 
 from attnlib import site
+from attnlib.course import LESSONS, LEVELS, Lesson
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_links_to_notebooks_point_at_the_pages():
-    text = (
-        '<a href="../exercises/02_softmax.ipynb">x</a> <a href="03_softmax.ipynb#the-max-trick">y</a> '
-        '<a href="https://example.org/a.ipynb">z</a> <a href="#top">t</a>'
-    )
-    assert site.rewrite_notebook_links(text) == (
-        '<a href="../exercises/02_softmax.html">x</a> <a href="03_softmax.html#the-max-trick">y</a> '
-        '<a href="https://example.org/a.ipynb">z</a> <a href="#top">t</a>'
-    )
+FETCHED = re.compile(r'<(?:script|link|img|iframe|source)\b[^>]*?\b(?:src|href)="((?:https?:)?//[^"]+)"')
 
 
 def test_every_lesson_and_exercise_set_gets_a_page_in_reading_order():
     pages = site.pages()
     lessons = [p for p in pages if p.kind == "lesson"]
     sets = [p for p in pages if p.kind == "exercises"]
-    assert [p.source for p in lessons] == [x.path for x in site.LESSONS]
-    assert len(sets) == len(list((ROOT / "exercises").glob("[0-9]*.ipynb")))
+    assert [p.source for p in lessons] == [x.path for x in LESSONS]
+    on_disk = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("exercises/[0-9]*.ipynb"))
+    assert [p.source for p in sets] == on_disk
     assert pages == lessons + sets
     assert all(p.target == str(Path(p.source).with_suffix(".html")) for p in pages)
+
+
+def _toctrees(markdown: str) -> list[tuple[str, list[str]]]:
+    found = re.findall(r"```\{toctree\}\n:caption: ([^\n]+)\n:hidden:\n\n(.*?)```", markdown, flags=re.S)
+    return [(caption, body.split()) for caption, body in found]
+
+
+def test_table_of_contents_follows_the_course_map(monkeypatch):
+    trees = _toctrees(site.index_markdown())
+    lessons = [entry for caption, entries in trees if caption != "Exercise sets" for entry in entries]
+    assert lessons == [str(Path(x.path).with_suffix("")) for x in LESSONS]
+    assert [c for c, _ in trees][:-1] == list(dict.fromkeys(LEVELS[x.level] for x in LESSONS))
+    sets = [str(Path(p.source).with_suffix("")) for p in site.pages() if p.kind == "exercises"]
+    assert trees[-1] == ("Exercise sets", sets)
+    # A lesson added (or renumbered) in attnlib.course shows up in its level, in the map's order: nothing is typed.
+    extra = Lesson(99, "notebooks/99_new.ipynb", "A new lesson", 1, "goal", None)
+    monkeypatch.setattr(site, "LESSONS", [LESSONS[0], extra, *LESSONS[1:]])
+    first_level = _toctrees(site.index_markdown())[0]
+    assert first_level[1][:2] == [str(Path(LESSONS[0].path).with_suffix("")), "notebooks/99_new"]
 
 
 def test_widgets_become_their_saved_figure_and_a_note():
@@ -45,12 +62,53 @@ def test_widgets_become_their_saved_figure_and_a_note():
     assert notes and "temperature" in notes[0]
 
 
-def test_a_page_has_navigation_local_mathjax_and_nothing_from_the_network():
+def test_the_build_writes_every_page_with_search_and_downloads():
+    out, _ = built_site()
+    assert (out / "index.html").is_file() and (out / "search.html").is_file()
+    index = (out / "searchindex.js").read_text()
+    for page in site.pages():
+        html = (out / page.target).read_text()
+        assert (out / page.target).is_file(), page.target
+        # The download button offers the notebook itself, as committed (its explorers included).
+        assert f'href="../_sources/{page.source}"' in html, f"{page.target} offers no download of its notebook"
+        assert (out / "_sources" / page.source).read_bytes() == (ROOT / page.source).read_bytes()
+        assert Path(page.target).with_suffix("").as_posix() in index, f"{page.target} is not in the search index"
+
+
+def test_no_page_fetches_anything_from_elsewhere_and_math_is_local():
+    out, _ = built_site()
+    for path in out.rglob("*.html"):
+        html = path.read_text()
+        fetched = FETCHED.findall(html)
+        assert not fetched, f"{path.relative_to(out)} would fetch {fetched}"
+        assert "require.js" not in html and "html-manager" not in html and "widget-state+json" not in html
+    lesson = (out / Path(LESSONS[0].path).with_suffix(".html")).read_text()
+    assert 'src="../_static/mathjax/MathJax.js?config=' in lesson
+    assert (out / "_static" / "mathjax" / "MathJax.js").is_file()
+
+
+def test_each_explorer_is_shown_as_its_saved_figure_under_a_note():
+    out, _ = built_site()
+    for page in site.pages():
+        nb = nbformat.read(ROOT / page.source, as_version=4)
+        explorers = sum(site.WIDGET_VIEW in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+        html = (out / page.target).read_text()
+        assert html.count('class="static-widget-note"') == explorers, page.target
+
+
+def test_previous_and_next_follow_the_reading_order():
+    out, _ = built_site()
     pages = site.pages()
-    index = next(i for i, p in enumerate(pages) if p.source == "exercises/02_softmax.ipynb")
-    html = site.render_notebook(ROOT / pages[index].source, pages, index)
-    assert html.count('class="course-nav') == 2
-    assert 'src="../static/mathjax/MathJax.js?config=' in html
-    fetched = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?:[^"]+)"', html)
-    assert not fetched, f"the page would fetch {fetched}"
-    assert f'href="../{pages[index - 1].target}"' in html and f'href="../{pages[index + 1].target}"' in html
+    for before, page, after in zip(pages, pages[1:], pages[2:], strict=False):
+        html = (out / page.target).read_text()
+        here = Path(page.target).parent
+        for rel, neighbour in (("prev", before), ("next", after)):
+            href = re.escape(os.path.relpath(neighbour.target, here))
+            assert re.search(rf'<link rel="{rel}"[^>]*href="{href}"', html), f"{page.target}: {rel} is not {href}"
+
+
+def test_build_refuses_to_replace_a_folder_that_is_not_a_site(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a site"):
+        site._replace_folder(tmp_path, tmp_path / "nowhere")
+    assert (tmp_path / "notes.txt").read_text() == "mine"

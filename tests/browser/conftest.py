@@ -10,9 +10,12 @@ Screenshots go to ``test-artifacts/browser/`` at the repository root (``ATTNLIB_
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,28 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"report_{report.when}", report)
     return report
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture(scope="session")
+def served_site():
+    """The course site (built once per session, tests/site_build.py) served on 127.0.0.1.
+
+    Yields (base url ending in /, the folder, build seconds).
+    """
+    from site_build import built_site
+
+    out, seconds = built_site()
+    handler = functools.partial(_QuietHandler, directory=str(out))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", out, seconds
+    finally:
+        server.shutdown()
+        server.server_close()
