@@ -154,4 +154,4 @@ def alibi_bias(
     slopes = alibi_slopes(num_heads, dtype=torch.float64, device=device)
     pos_q = torch.arange(L, dtype=torch.float64, device=device)[:, None] + (S - L)
     pos_k = torch.arange(S, dtype=torch.float64, device=device)[None, :]
-    return (-slopes[:, None, None] * (pos_q - pos_k).abs()).to(dtype)
+    return (-slopes[:, None, None] * (pos_q - pos_k).abs() + 0.0).to(dtype)  # + 0.0: no negative zeros
