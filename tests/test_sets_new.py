@@ -51,7 +51,7 @@ def _solution_namespace(name: str, *, buggy: bool = False) -> dict:
     namespace: dict = {}
     for cell in cells:
         src = "".join(cell["source"])
-        if cell["cell_type"] != "code" or "selfcheck.check(" in src:
+        if cell["cell_type"] != "code" or "selfcheck.check_" in src:
             continue
         if buggy:
             lines, out, skip = src.split("\n"), [], False
