@@ -149,3 +149,24 @@ def test_linear_attention_validates():
         attnlib.linear_attention(q, q, q, feature_map=3)
     with pytest.raises(ValueError, match="expected q"):
         attnlib.linear_attention(q, torch.randn(1, 1, 4, 3), q)
+
+
+def test_new_functions_agree_on_every_device(device):
+    """positions, variants and the block give the CPU's answer on CUDA/MPS too (skipped where absent)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    on = [t.to(device) for t in (q, k, v)]
+    torch.testing.assert_close(
+        attnlib.grouped_query_attention(*on)[0].cpu(), attnlib.grouped_query_attention(q, k, v)[0]
+    )
+    torch.testing.assert_close(attnlib.apply_rope(on[0]).cpu(), attnlib.apply_rope(q), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attnlib.linear_attention(on[1], on[1], on[2]).cpu(), attnlib.linear_attention(k, k, v))
+    assert torch.equal(
+        attnlib.sliding_window_mask(6, window=2, device=device).cpu(), attnlib.sliding_window_mask(6, window=2)
+    )
+    torch.testing.assert_close(attnlib.alibi_bias(4, 6, device=device).cpu(), attnlib.alibi_bias(4, 6))
+    block = attnlib.TransformerBlock(8, 2).eval()
+    x = torch.randn(2, 5, 8)
+    expected, _ = block(x, is_causal=True)
+    got, _ = block.to(device)(x.to(device), is_causal=True)
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-5, rtol=1e-5)
