@@ -9,6 +9,9 @@ the scores. Fully masked rows give zeros, never NaN. Nothing modifies its inputs
 * :mod:`attnlib.modules` — ``SelfAttention``, ``CrossAttention`` and ``MultiHeadAttention``.
 * :mod:`attnlib.efficient` — ``chunked_attention``: the FlashAttention algorithm, memory linear in L and S.
 * :mod:`attnlib.kvcache` — ``KVCache`` and step-by-step decoding.
+* :mod:`attnlib.positions` — sinusoidal tables, RoPE and ALiBi.
+* :mod:`attnlib.variants` — grouped-query, sliding-window and linear attention.
+* :mod:`attnlib.transformer` — the pre-norm block, a tiny decoder, its loss and generation with a KV cache.
 
 torch's ``CausalBias`` masks are read as the causal masks they stand for. ``return_lse=True`` (on
 ``scaled_dot_product_attention`` and ``chunked_attention``) also returns the natural-log logsumexp of the masked,
@@ -19,6 +22,9 @@ from .device import available_devices, get_device
 from .functional import attention_scores, merge_heads, scaled_dot_product_attention, softmax, split_heads
 from .masks import causal_mask, combine_masks, from_mha_mask, padding_mask, to_additive, to_mha_mask
 from .modules import CrossAttention, MultiHeadAttention, SelfAttention
+from .positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal_positions
+from .transformer import TinyDecoder, TransformerBlock, causal_lm_loss, generate
+from .variants import grouped_query_attention, linear_attention, repeat_kv, sliding_window_mask
 
 __version__ = "0.1.0"
 
@@ -39,4 +45,16 @@ __all__ = [
     "CrossAttention",
     "MultiHeadAttention",
     "SelfAttention",
+    "alibi_bias",
+    "alibi_slopes",
+    "apply_rope",
+    "sinusoidal_positions",
+    "TinyDecoder",
+    "TransformerBlock",
+    "causal_lm_loss",
+    "generate",
+    "grouped_query_attention",
+    "linear_attention",
+    "repeat_kv",
+    "sliding_window_mask",
 ]

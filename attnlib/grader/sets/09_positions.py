@@ -1,0 +1,221 @@
+"""Set 09 (lesson 9, where positions come from): the sinusoidal table, the RoPE rotation, a find-the-bug on RoPE.
+
+References come from :mod:`attnlib.positions` in float64; each mistake is what a classic wrong implementation
+returns for the same inputs, with the hint that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..exercises import Case, Exercise
+
+SET = "09_positions"
+TITLE = "Lesson 9: the sinusoidal table, RoPE, rotating the right pairs"
+
+ATTNLIB = ("attnlib",)
+
+
+def _optional(**fields):
+    """Fields that newer versions of :class:`Exercise` have (``arg_names``, ``style``), passed only where known."""
+    known = {f.name for f in dataclasses.fields(Exercise)}
+    return {k: v for k, v in fields.items() if k in known}
+
+
+def _f32(*shape, rng):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _omega(d, *, base=10000.0, per_feature=False):
+    idx = np.arange(d) if per_feature else np.arange(0, d, 2)
+    return base ** (-idx / d)
+
+
+# ---------------------------------------------------------------------------------------------- 09.1 table
+
+
+def table_cases(rng):
+    del rng  # the inputs are sizes only
+    return [Case(f"n={n}, d={d}", (n, d)) for n, d in ((4, 6), (10, 16), (1, 2), (7, 8), (50, 32))]
+
+
+def table_expect(case):
+    import torch
+
+    from ...positions import sinusoidal_positions
+
+    n, d = case.args
+    return {"out": sinusoidal_positions(n, d, dtype=torch.float64).numpy()}
+
+
+def _interleave(a, b):
+    return np.stack([a, b], axis=-1).reshape(a.shape[0], -1)
+
+
+def table_mistakes(case):
+    n, d = case.args
+    p = np.arange(n, dtype=np.float64)[:, None]
+    w = _omega(d)
+    found = [
+        (
+            "sines and cosines are swapped: even features 2i hold sin(p·ω_i), odd features cos",
+            _interleave(np.cos(p * w), np.sin(p * w)),
+        ),
+        (
+            "the sines fill the first half and the cosines the second; the table interleaves them: "
+            "feature 2i is sin(p·ω_i), feature 2i+1 is cos(p·ω_i)",
+            np.concatenate([np.sin(p * w), np.cos(p * w)], axis=-1),
+        ),
+        (
+            "the frequencies grow instead of shrinking: ω_i = 10000^(-2i/d), with a minus sign",
+            _interleave(np.sin(p / w), np.cos(p / w)),
+        ),
+    ]
+    if d > 2:
+        wf = _omega(d, per_feature=True)  # each feature its own frequency: pairs no longer share one
+        wrong = np.where(np.arange(d) % 2 == 0, np.sin(p * wf), np.cos(p * wf))
+        found.append(
+            (
+                "each feature j gets its own frequency 10000^(-j/d); both features of pair i share ω_i = "
+                "10000^(-2i/d) (use i = j // 2)",
+                wrong,
+            )
+        )
+    return [(hint, {"out": out}) for hint, out in found]
+
+
+# ---------------------------------------------------------------------------------------------- 09.2 RoPE
+
+
+def rope_cases(rng):
+    cases = []
+    for B, H, L, D, start in ((1, 1, 5, 4, 0), (2, 3, 6, 8, 0), (1, 2, 4, 16, 10), (2, 1, 1, 6, 7), (1, 4, 9, 32, 0)):
+        x = _f32(B, H, L, D, rng=rng)
+        positions = np.arange(start, start + L, dtype=np.int64)
+        cases.append(Case(f"x ({B}, {H}, {L}, {D}), positions {start}..{start + L - 1}", (x, positions)))
+    return cases
+
+
+def rope_expect(case):
+    import torch
+
+    from ...positions import apply_rope
+
+    x, positions = case.args
+    return {"out": apply_rope(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(positions)).numpy()}
+
+
+def _rope_np(x, positions, *, sign=1.0, pairs="half", angles="half", scale_positions=1.0):
+    x = np.asarray(x, dtype=np.float64)
+    d = x.shape[-1]
+    theta = _omega(d)
+    angle = positions.astype(np.float64)[:, None] * scale_positions * theta  # (L, d/2)
+    if angles == "half":
+        angle = np.concatenate([angle, angle], axis=-1)
+    else:
+        angle = np.repeat(angle, 2, axis=-1)  # pairs of neighbours share an angle
+    if pairs == "half":
+        x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+        turned = np.concatenate([-x2, x1], axis=-1)
+    else:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        turned = np.stack([-x2, x1], axis=-1).reshape(x.shape)
+    return x * np.cos(angle) + sign * turned * np.sin(angle)
+
+
+def rope_mistakes(case):
+    x, positions = case.args
+    found = [
+        (
+            "the rotation goes the wrong way: rotate_half([x1, x2]) is [-x2, x1] (the minus on the second half)",
+            _rope_np(x, positions, sign=-1.0),
+        ),
+        (
+            "neighbouring features (2i, 2i+1) are paired but the angles are laid out for halves (i, i + d/2): the "
+            "two members of a pair turn by different angles. Pair feature i with feature i + d/2",
+            _rope_np(x, positions, pairs="neighbours"),
+        ),
+        (
+            "that is RoPE with neighbouring pairs (2i, 2i+1), a different convention: this course pairs feature i "
+            "with feature i + d/2 (rotate-half)",
+            _rope_np(x, positions, pairs="neighbours", angles="neighbours"),
+        ),
+    ]
+    if positions.max() > 0:
+        found.append(("the positions are ignored: rotate token p by the angle p·θ_i", np.asarray(x, np.float64)))
+    return [(hint, {"out": out}) for hint, out in found]
+
+
+# ---------------------------------------------------------------------------------------------- 09.3 fix
+
+
+def _fix_cases(rng):
+    # the bug is invisible when every position is 0 or the head is one pair wide
+    return [c for c in rope_cases(rng) if c.args[1].max() > 0 and c.args[0].shape[-1] > 2]
+
+
+def _fix_mistakes(case):
+    x, positions = case.args
+    still = (
+        "the bug is still there: the features are paired as neighbours (2i, 2i+1) while the angles are laid out for "
+        "halves. Which two features does rotate_half turn together, and which angle does each get?",
+        {"out": _rope_np(x, positions, pairs="neighbours")},
+    )
+    return [still, *[m for m in rope_mistakes(case) if "neighbouring features" not in m[0]]]
+
+
+EXERCISES = [
+    Exercise(
+        key="09.1",
+        set=SET,
+        entry="sinusoidal_positions",
+        title="The sinusoidal position table",
+        points=3,
+        difficulty="easy",
+        minutes=15,
+        kind="function",
+        returns=("out",),
+        forbidden=ATTNLIB,
+        cases=table_cases,
+        expect=table_expect,
+        mistakes=table_mistakes,
+        distribution=None,
+        **_optional(arg_names=("n", "d")),
+    ),
+    Exercise(
+        key="09.2",
+        set=SET,
+        entry="apply_rope",
+        title="Rotate queries and keys by their positions (RoPE)",
+        points=4,
+        difficulty="medium",
+        minutes=20,
+        kind="function",
+        returns=("out",),
+        forbidden=ATTNLIB,
+        cases=rope_cases,
+        expect=rope_expect,
+        mistakes=rope_mistakes,
+        distribution=None,
+        **_optional(arg_names=("x", "positions")),
+    ),
+    Exercise(
+        key="09.3",
+        set=SET,
+        entry="fixed_apply_rope",
+        title="Find the bug: a RoPE whose scores depend on more than the offset",
+        points=2,
+        difficulty="medium",
+        minutes=10,
+        kind="function",
+        returns=("out",),
+        forbidden=ATTNLIB,
+        cases=_fix_cases,
+        expect=rope_expect,
+        mistakes=_fix_mistakes,
+        distribution=None,
+        **_optional(arg_names=("x", "positions"), style="fix"),
+    ),
+]

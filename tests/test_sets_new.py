@@ -1,0 +1,212 @@
+"""Exercise sets 09-11: the solutions notebooks pass every check, every known mistake is distinguishable from the
+reference on some check, and a wrong implementation gets the hint that names its mistake.
+
+The set modules live in attnlib/grader/sets/NN_slug.py and are imported here with importlib, as the registry
+does; their checks are called directly (cases, expect, mistakes), through the same ``run_case`` and ``judge``
+the grader and the self-check use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlib.grader import diagnose
+from attnlib.grader.invoke import run_case
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = ("09_positions", "10_transformer_block", "11_attention_variants")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _module(name: str):
+    return importlib.import_module(f"attnlib.grader.sets.{name}")
+
+
+def _as_dict(case) -> dict:
+    return {
+        "args": list(case.args),
+        "kwargs": dict(case.kwargs),
+        "init": list(case.init),
+        "weights": dict(case.weights),
+        "grad_output": case.grad_output,
+    }
+
+
+def _solution_namespace(name: str, *, buggy: bool = False) -> dict:
+    """Execute the code cells of solutions/<name>.ipynb (not the self-checks) and return their namespace.
+
+    With ``buggy``, each ``### BEGIN FIX`` region is dropped and each ``### BUGGY:`` line becomes code, as the
+    exercise notebook shows it to the learner.
+    """
+    cells = json.loads((ROOT / "solutions" / f"{name}.ipynb").read_text())["cells"]
+    namespace: dict = {}
+    for cell in cells:
+        src = "".join(cell["source"])
+        if cell["cell_type"] != "code" or "selfcheck.check_" in src:
+            continue
+        if buggy:
+            lines, out, skip = src.split("\n"), [], False
+            for line in lines:
+                stripped = line.strip()
+                if stripped == "### BEGIN FIX":
+                    skip = True
+                elif stripped == "### END FIX":
+                    skip = False
+                elif stripped.startswith("### BUGGY:"):
+                    indent = line[: len(line) - len(line.lstrip())]
+                    out.append(indent + stripped[len("### BUGGY:") :].strip())
+                elif not skip:
+                    out.append(line)
+            src = "\n".join(out)
+        exec(compile(src, f"{name}.ipynb", "exec"), namespace)  # noqa: S102 - our own committed notebook
+    return namespace
+
+
+def _judge(ex, target, case):
+    outputs = run_case(target, ex.kind, list(ex.returns), _as_dict(case))
+    names = getattr(ex, "arg_names", ())
+    return diagnose.judge(case.args, names, outputs, ex.expect(case), ex.mistakes(case), distribution=ex.distribution)
+
+
+def _all_exercises():
+    return [(name, ex) for name in SETS for ex in _module(name).EXERCISES]
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_set_modules_declare_their_set(name):
+    mod = _module(name)
+    assert mod.SET == name and mod.TITLE
+    keys = [ex.key for ex in mod.EXERCISES]
+    assert keys == [f"{name[:2]}.{i}" for i in range(1, len(keys) + 1)]
+    for ex in mod.EXERCISES:
+        assert ex.set == name and ex.points > 0 and ex.minutes > 0 and ex.difficulty in ("easy", "medium", "hard")
+
+
+@pytest.mark.parametrize(("name", "ex"), _all_exercises(), ids=lambda x: getattr(x, "key", x))
+def test_the_solution_passes_every_check(name, ex):
+    target = _solution_namespace(name)[ex.entry]
+    for case in ex.cases(np.random.default_rng(7)):
+        ok, message = _judge(ex, target, case)
+        assert ok, f"{ex.key} {case.name}: {message}"
+
+
+@pytest.mark.parametrize(("name", "ex"), _all_exercises(), ids=lambda x: getattr(x, "key", x))
+def test_every_mistake_differs_from_the_reference_somewhere(name, ex):
+    cases = ex.cases(np.random.default_rng(11))
+    hints: dict[str, bool] = {}
+    for case in cases:
+        expected = ex.expect(case)
+        for hint, wrong in ex.mistakes(case):
+            differs = not all(
+                diagnose.close(np.asarray(wrong[n]), np.asarray(expected[n])) for n in wrong if n in expected
+            )
+            hints[hint] = hints.get(hint, False) or differs
+    assert hints, f"{ex.key} lists no mistakes"
+    same = [h for h, d in hints.items() if not d]
+    assert not same, f"{ex.key}: these mistakes equal the reference on every check: {same}"
+
+
+def test_the_notebooks_headings_state_the_points():
+    for name in SETS:
+        text = (ROOT / "solutions" / f"{name}.ipynb").read_text()
+        for ex in _module(name).EXERCISES:
+            assert ex.header in text.replace("\\n", "\n"), f"{name} does not state {ex.key}'s header {ex.header!r}"
+            assert f"`{ex.entry}`" in text
+
+
+def _first_failure(ex, target):
+    for case in ex.cases(np.random.default_rng(3)):
+        ok, message = _judge(ex, target, case)
+        if not ok:
+            return message
+    return None
+
+
+def _ex(key):
+    return next(ex for _, ex in _all_exercises() if ex.key == key)
+
+
+def test_the_rope_bug_to_find_fails_with_its_hint():
+    buggy = _solution_namespace("09_positions", buggy=True)["fixed_apply_rope"]
+    assert "the bug is still there" in _first_failure(_ex("09.3"), buggy)
+
+
+def test_swapped_sin_cos_table_gets_its_hint():
+    def swapped(n, d):
+        p = torch.arange(n, dtype=torch.float64)[:, None]
+        w = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        pe = torch.zeros(n, d, dtype=torch.float64)
+        pe[:, 0::2], pe[:, 1::2] = torch.cos(p * w), torch.sin(p * w)
+        return pe
+
+    assert "swapped" in _first_failure(_ex("09.1"), swapped)
+
+
+def test_post_norm_block_gets_its_hint():
+    ns = _solution_namespace("10_transformer_block")
+
+    class PostNorm(ns["TransformerBlock"]):
+        def forward(self, x, attn_mask=None):
+            a, w = self.attn(x, attn_mask)
+            x = self.ln1(x + a)
+            return self.ln2(x + self.mlp(x)), w
+
+    assert "post-norm" in _first_failure(_ex("10.1"), PostNorm)
+
+
+def test_unshifted_loss_gets_its_hint():
+    def unshifted(logits, tokens):
+        return -torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).mean()
+
+    assert "no shift" in _first_failure(_ex("10.2"), unshifted)
+
+
+def test_top_left_causal_decode_step_gets_its_hint():
+    def top_left(q, k, v, k_cache, v_cache):
+        keys, values = torch.cat([k_cache, k], 2), torch.cat([v_cache, v], 2)
+        return F.scaled_dot_product_attention(q, keys, values, is_causal=True), keys, values
+
+    assert "only key 0" in _first_failure(_ex("10.3"), top_left)
+
+
+def test_decode_step_without_the_new_key_gets_its_hint():
+    def stale(q, k, v, k_cache, v_cache):
+        keys, values = torch.cat([k_cache, k], 2), torch.cat([v_cache, v], 2)
+        w = torch.softmax(q @ k_cache.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1)
+        return w @ v_cache, keys, values
+
+    assert "BEFORE attending" in _first_failure(_ex("10.3"), stale)
+
+
+def test_tiled_gqa_gets_its_hint():
+    def tiled(q, k, v):
+        n = q.shape[1] // k.shape[1]
+        k, v = k.repeat(1, n, 1, 1), v.repeat(1, n, 1, 1)
+        w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1)
+        return w @ v, w
+
+    assert "tiled" in _first_failure(_ex("11.1"), tiled)
+
+
+def test_off_by_one_window_gets_its_hint():
+    def off_by_one(L, window):
+        d = torch.arange(L)[:, None] - torch.arange(L)[None, :]
+        return (d >= 0) & (d <= window)
+
+    assert "off by one" in _first_failure(_ex("11.2"), off_by_one)
+
+
+def test_unnormalised_linear_attention_gets_its_hint():
+    def unnormalised(q, k, v):
+        return (F.elu(q) + 1) @ ((F.elu(k) + 1).transpose(-2, -1) @ v)
+
+    assert "not normalised" in _first_failure(_ex("11.3"), unnormalised)
