@@ -19,8 +19,6 @@ import os
 import secrets
 import selectors
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -310,8 +308,8 @@ def _forbidden(calls: list[str], forbidden: tuple[str, ...]) -> list[str]:
 
 def _shortcut_message(uses: list[str], how: str) -> str:
     return (
-        f"uses {', '.join(uses[:3])} ({how}): this exercise asks you to write it yourself, so calling a library "
-        "implementation scores zero here"
+        f"uses {', '.join(uses[:3])} ({how}): this exercise asks you to write it yourself, so a library "
+        "implementation, or code that hides which functions it calls, scores zero here"
     )
 
 

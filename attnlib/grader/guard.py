@@ -50,6 +50,7 @@ def family_of(canonical: str) -> str | None:
             return fam
     return None
 
+
 CALLS: list[str] = []
 _state = {"recording": False}
 

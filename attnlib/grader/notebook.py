@@ -223,8 +223,51 @@ _TRICK_MODULES = {
     "_operator",
 }
 _TRICK_CHAINS = ("torch.ops", "torch.library", "torch.jit", "torch.hub", "torch.fx", "torch.utils.cpp_extension")
-_SYS_TRICKS = {"modules", "_getframe", "meta_path", "path_hooks", "path", "path_importer_cache", "settrace", "setprofile"}
-_DUNDERS_OK = {"__init__", "__name__", "__class__", "__qualname__", "__doc__"}
+_SYS_TRICKS = {
+    "modules",
+    "_getframe",
+    "meta_path",
+    "path_hooks",
+    "path",
+    "path_importer_cache",
+    "settrace",
+    "setprofile",
+}
+# Attributes that reach code, frames, namespaces or originals behind a wrapper
+_ESCAPES = {
+    "__dict__",
+    "__globals__",
+    "__builtins__",
+    "__subclasses__",
+    "__bases__",
+    "__base__",
+    "__mro__",
+    "__code__",
+    "__closure__",
+    "__wrapped__",
+    "__getattribute__",
+    "__getattr__",
+    "__setattr__",
+    "__delattr__",
+    "__import__",
+    "__loader__",
+    "__spec__",
+    "__self__",
+    "__func__",
+    "__reduce__",
+    "__reduce_ex__",
+    "__defaults__",
+    "__kwdefaults__",
+    "__objclass__",
+    "f_globals",
+    "f_locals",
+    "f_back",
+    "f_builtins",
+    "tb_frame",
+    "gi_frame",
+    "cr_frame",
+    "ag_frame",
+}
 # Other libraries' softmax or attention: not torch, not numpy (for "from scratch" exercises)
 _OTHER_LIBRARIES = ("scipy", "jax", "flax", "tensorflow", "keras", "sklearn", "xformers", "flash_attn", "transformers")
 
@@ -345,7 +388,7 @@ def forbidden_uses(tree: ast.Module, entry: str, forbidden: tuple[str, ...]) -> 
                     modules = [a.name for a in sub.names]
                 else:
                     base = sub.module or ""
-                    modules = [base] + [f"{base}.{a.name}" for a in sub.names]
+                    modules = [base] if module_hit(base) else [f"{base}.{a.name}" for a in sub.names]
                 for m in modules:
                     hit = module_hit(m)
                     if hit:
@@ -363,7 +406,7 @@ def forbidden_uses(tree: ast.Module, entry: str, forbidden: tuple[str, ...]) -> 
                     elif _name_hit(resolved[-1], fams) and resolved[0] != "__main__":
                         found.append(sub.id)
             elif isinstance(sub, ast.Attribute):
-                if sub.attr.startswith("__") and sub.attr not in _DUNDERS_OK:
+                if sub.attr in _ESCAPES:
                     found.append(f".{sub.attr} (dynamic code or attribute tricks)")
                 if _name_hit(sub.attr, fams):
                     chain = _chain(sub)

@@ -301,6 +301,7 @@ def stop(plan: Plan, started: Started) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
+    time.sleep(0.005)
     if started.info_r is not None:
         os.close(started.info_r)
         started.info_r = None
@@ -313,7 +314,7 @@ def kill_survivors(plan: Plan, rounds: int = 100) -> int:
     """Kill whatever of the plan's sandboxes is still running; returns how many processes were found."""
     total = 0
     for _ in range(rounds):
-        left = _processes_of(plan)
+        left = survivors(plan)  # zombies are already dead: their parent (or the kernel) reaps them
         if not left:
             break
         total += len(left)

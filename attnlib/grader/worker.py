@@ -154,6 +154,13 @@ def _describe(err: BaseException) -> str:
     return f"{name}: {text}"[:400]
 
 
+def send_raw(fd: int, obj: dict) -> None:
+    data = (json.dumps(obj) + "\n").encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _prctl(option: int, value: int) -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
@@ -209,9 +216,8 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
         if job["level"] == "uid":
             _limit(resource.RLIMIT_NPROC, 64)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        import torch
-
         import guard
+        import torch
         from invoke import run_case, value_output
 
         torch.set_num_threads(1)
@@ -262,7 +268,13 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
         patched = guard.changed(before, guard.snapshot(), set())
         send({"event": "finished", "patched": patched[:10], "calls": sorted(set(HITS))[:10]})
         os._exit(0)
-    except BaseException:  # noqa: BLE001
+    except BaseException as err:  # noqa: BLE001
+        try:
+            import traceback
+
+            send_raw(pipe_w, {"event": "worker-error", "error": _describe(err), "tb": traceback.format_exc()[-1500:]})
+        except BaseException:  # noqa: BLE001
+            pass
         os._exit(70)
 
 
@@ -390,10 +402,18 @@ def main(jobdir: str) -> int:
     with open(os.path.join(jobdir, "job.json"), encoding="utf-8") as fh:
         job = json.load(fh)
     arrays = {name: np.load(os.path.join(jobdir, "inputs", name), allow_pickle=False) for name in job["arrays"]}
-    import torch  # noqa: F401 - imported once here, shared by every forked worker
+    # Everything a worker needs is imported now: after dropping to the sandbox uid it may not read the
+    # interpreter's files any more (the uid level), and nothing is imported from a place it could have changed.
+    import math  # noqa: F401
+    import traceback  # noqa: F401
 
-    import guard  # noqa: F401
+    import guard
     import invoke  # noqa: F401
+    import torch  # noqa: F401 - imported once here, shared by every forked worker
+    import torch.nn.functional  # noqa: F401
+
+    guard.snapshot()
+    _prctl(0, 0)  # loads libc for ctypes now
 
     workroot = job["workroot"]
     emit({"event": "ready", "level": job["level"], "uid": os.getuid()})

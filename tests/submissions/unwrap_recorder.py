@@ -1,4 +1,4 @@
-# expect: monkeypatching
+# expect: dynamic
 import torch
 
 
