@@ -54,13 +54,25 @@ class ForbiddenCall(Exception):
 HITS: list[str] = []
 
 
-def _poison(label: str):
-    def forbidden(*args, **kwargs):
-        HITS.append(label)
-        raise ForbiddenCall(f"{label} may not be used in this exercise")
+class _Poison:
+    """Stands in for a forbidden entry point: calling it (or an overload, ``torch.ops.aten.softmax.int``) raises."""
 
-    forbidden.__attnlib_poison__ = label
-    return forbidden
+    __slots__ = ("label",)
+    __attnlib_poison__ = True
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def __call__(self, *args, **kwargs):
+        HITS.append(self.label)
+        raise ForbiddenCall(f"{self.label} may not be used in this exercise")
+
+    def __getattr__(self, name: str):
+        return self
+
+
+def _poison(label: str) -> _Poison:
+    return _Poison(label)
 
 
 def poison(families: set[str], done: set[int]) -> int:
@@ -101,7 +113,7 @@ def poison(families: set[str], done: set[int]) -> int:
         import torch
 
         for owner in (torch.Tensor, torch.nn.Module):
-            for name in list(vars(owner)):
+            for name in dir(owner):  # inherited ones too (Tensor.softmax comes from the C base class)
                 if hit(name):
                     setattr(owner, name, _poison(f"torch.Tensor.{name}"))
                     count += 1
