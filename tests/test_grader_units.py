@@ -252,7 +252,8 @@ def test_the_scan_finds_hidden_shortcuts(body, shown):
         'def stable_softmax(x, dim=-1, temperature=1.0):\n    """softmax(x / temperature) along dim"""\n'
         "    e = (_shift(x / temperature, dim)).exp()\n    return e / (e.sum(dim, keepdim=True) + EPS)",
         "import numpy as np\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    a = x.numpy() / temperature\n"
-        "    e = np.exp(a - a.max(axis=dim, keepdims=True))\n    return torch.from_numpy(e / e.sum(axis=dim, keepdims=True))",
+        "    e = np.exp(a - a.max(axis=dim, keepdims=True))\n"
+        "    return torch.from_numpy(e / e.sum(axis=dim, keepdims=True))",
         "class Helper:\n    def __init__(self, t):\n        self.t = t\n    def __call__(self, x, dim):\n"
         "        z = x / self.t\n        return torch.exp(z - torch.logsumexp(z, dim, keepdim=True))\n"
         "def stable_softmax(x, dim=-1, temperature=1.0):\n    return Helper(temperature)(x, dim)",
@@ -390,7 +391,7 @@ def test_poisoned_entry_points_raise_inside_a_worker():
     import sys
 
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        "import sys; sys.path.insert(0, GRADER)\n"
         "import torch, worker\n"
         "n = worker.poison({'softmax'}, set())\n"
         "x = torch.randn(3)\n"
@@ -404,7 +405,7 @@ def test_poisoned_entry_points_raise_inside_a_worker():
         "    except worker.ForbiddenCall:\n"
         "        pass\n"
         "print('ok', n, float(torch.exp(x).sum() > 0))\n"
-    ) % str(ROOT / "attnlib" / "grader")
+    ).replace("GRADER", repr(str(ROOT / "attnlib" / "grader")))
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "NOT POISONED" not in proc.stdout and proc.stdout.startswith("ok"), proc.stdout
