@@ -114,7 +114,7 @@ def poison(families: set[str], done: set[int]) -> int:
 
         for owner in (torch.Tensor, torch.nn.Module):
             for name in dir(owner):  # inherited ones too (Tensor.softmax comes from the C base class)
-                if hit(name):
+                if hit(name) and not isinstance(vars(owner).get(name), _Poison):
                     setattr(owner, name, _poison(f"torch.Tensor.{name}"))
                     count += 1
         try:
@@ -124,7 +124,11 @@ def poison(families: set[str], done: set[int]) -> int:
         for op in ops:
             ns, _, rest = op.partition("::")
             base = rest.split(".")[0]
-            if ns in ("aten", "quantized") and hit(base):
+            if (
+                ns in ("aten", "quantized")
+                and hit(base)
+                and not isinstance(vars(getattr(torch.ops, ns)).get(base), _Poison)
+            ):
                 try:
                     setattr(getattr(torch.ops, ns), base, _poison(f"torch.ops.{ns}.{base}"))
                     count += 1
