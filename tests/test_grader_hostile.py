@@ -51,7 +51,7 @@ UID_LEVEL = [
     "shortcut_distributions",
 ]
 # at the uid level these attacks are refused outright (the runner is root): the check fails for that reason
-UID_EXPECT = {"kill_parent": "expected a torch.Tensor", "proc_kill_everything": "PermissionError"}
+UID_EXPECT = {"kill_parent": "PermissionError", "proc_kill_everything": "expected a torch.Tensor"}
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 LINUX = sys.platform.startswith("linux")
 

@@ -1,11 +1,13 @@
-"""The grading process: build the checks, run the submission in a sandboxed child, validate and score.
+"""The grading process: build the checks, run the submission in a sandbox, validate and score.
 
-This process never imports or executes submitted code. It reads notebooks as JSON and their code as ASTs
-(:mod:`attnlib.grader.notebook`), computes the reference answers itself with attnlib
-(:mod:`attnlib.grader.exercises`), sends only the checks' inputs to :mod:`attnlib.grader.sandbox` as ``.npy``
-files and JSON, and decodes what comes back with ``np.load(..., allow_pickle=False)`` before judging it with
-:mod:`attnlib.grader.diagnose`. If the child dies, the exercise it was running scores zero and a new child
-grades the rest.
+This process never imports or executes submitted code, and decides every verdict itself. It imports its own
+modules first, reads each notebook once (:mod:`attnlib.grader.notebook`: JSON, then ASTs; the statements each
+exercise needs; the static scan), computes the reference answers with attnlib (:mod:`attnlib.grader.exercises`),
+and sends only the checks' inputs (``.npy`` files and JSON) into the sandbox chosen by
+:mod:`attnlib.grader.sandbox`, where :mod:`attnlib.grader.worker` runs one fresh worker per exercise. It keeps
+its own deadline per exercise (a runner that dies or hangs costs only the exercise it was running: a new sandbox
+grades the rest), validates every output (:func:`_decode`) before :mod:`attnlib.grader.diagnose` judges it, and
+treats what the worker says about itself as something that can only take points away.
 """
 
 from __future__ import annotations
