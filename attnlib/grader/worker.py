@@ -71,16 +71,11 @@ class _Poison:
         return self
 
 
-def _poison(label: str) -> _Poison:
-    return _Poison(label)
-
-
-def poison(families: set[str], done: set[int]) -> int:
-    """Replace every forbidden entry point reachable from the imported library modules; returns how many."""
-    if not families:
-        return 0
+def find_targets(families: set[str], done: set[int], torch_too: bool = True) -> list[tuple[object, str, str]]:
+    """(owner, attribute, label) of every forbidden entry point of the families among the imported library
+    modules not in ``done`` (their ids are added), and of ``torch.Tensor`` and ``torch.ops``."""
     patterns = [FAMILIES[f] for f in families if f in FAMILIES]
-    count = 0
+    out: list[tuple[object, str, str]] = []
 
     def hit(name: str) -> bool:
         return any(p.search(name) for p in patterns)
@@ -89,34 +84,29 @@ def poison(families: set[str], done: set[int]) -> int:
         if module is None or id(module) in done:
             continue
         top = modname.split(".")[0]
-        if top == "attnlib" and "attnlib" in families:
-            done.add(id(module))
-            for name, value in list(vars(module).items()):
-                if callable(value) and not name.startswith("__"):
-                    try:
-                        setattr(module, name, _poison(f"{modname}.{name}"))
-                        count += 1
-                    except (AttributeError, TypeError):
-                        pass
+        if top == "attnlib":
+            if "attnlib" in families:
+                done.add(id(module))
+                out += [
+                    (module, name, f"{modname}.{name}")
+                    for name, value in list(vars(module).items())
+                    if callable(value) and not name.startswith("__")
+                ]
             continue
         if top not in LIBRARIES or not patterns:
             continue
         done.add(id(module))
-        for name, value in list(vars(module).items()):
-            if hit(name) and callable(value) and not getattr(value, "__attnlib_poison__", None):
-                try:
-                    setattr(module, name, _poison(f"{modname}.{name}"))
-                    count += 1
-                except (AttributeError, TypeError):
-                    pass
-    if "torch" in sys.modules and patterns:
+        out += [
+            (module, name, f"{modname}.{name}")
+            for name, value in list(vars(module).items())
+            if hit(name) and callable(value) and not isinstance(value, _Poison)
+        ]
+    if torch_too and patterns and "torch" in sys.modules:
         import torch
 
-        for owner in (torch.Tensor, torch.nn.Module):
-            for name in dir(owner):  # inherited ones too (Tensor.softmax comes from the C base class)
-                if hit(name) and not isinstance(vars(owner).get(name), _Poison):
-                    setattr(owner, name, _poison(f"torch.Tensor.{name}"))
-                    count += 1
+        for owner, label in ((torch.Tensor, "torch.Tensor"), (torch.nn.Module, "torch.nn.Module")):
+            # inherited names too: Tensor.softmax comes from the C base class, which cannot be changed itself
+            out += [(owner, name, f"{label}.{name}") for name in dir(owner) if hit(name)]
         try:
             ops = torch._C._dispatch_get_all_op_names()
         except Exception:  # noqa: BLE001 - an older torch: the module attributes above still apply
@@ -124,17 +114,40 @@ def poison(families: set[str], done: set[int]) -> int:
         for op in ops:
             ns, _, rest = op.partition("::")
             base = rest.split(".")[0]
-            if (
-                ns in ("aten", "quantized")
-                and hit(base)
-                and not isinstance(vars(getattr(torch.ops, ns)).get(base), _Poison)
-            ):
-                try:
-                    setattr(getattr(torch.ops, ns), base, _poison(f"torch.ops.{ns}.{base}"))
-                    count += 1
-                except Exception:  # noqa: BLE001
-                    pass
+            if ns in ("aten", "quantized") and hit(base):
+                out.append((getattr(torch.ops, ns), base, f"torch.ops.{ns}.{base}"))
+    return out
+
+
+def apply_poison(targets: list[tuple[object, str, str]]) -> int:
+    count = 0
+    for owner, name, label in targets:
+        try:
+            if not isinstance(vars(owner).get(name), _Poison):
+                setattr(owner, name, _Poison(label))
+                count += 1
+        except Exception:  # noqa: BLE001 - an attribute that cannot be set: the static scan still applies
+            pass
     return count
+
+
+def poison(families: set[str], done: set[int]) -> int:
+    """Replace every forbidden entry point reachable from the imported library modules; returns how many."""
+    if not families:
+        return 0
+    return apply_poison(find_targets(families, done))
+
+
+# The runner finds the targets once for every family (before forking), so that each worker only applies them.
+PRECOMPUTED: dict[str, list[tuple[object, str, str]]] = {}
+SCANNED: set[int] = set()
+
+
+def precompute() -> None:
+    for fam in (*FAMILIES, "attnlib"):
+        done: set[int] = set()
+        PRECOMPUTED[fam] = find_targets({fam}, done)
+        SCANNED.update(done)
 
 
 def _encode(arr: np.ndarray) -> str:
@@ -247,8 +260,9 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
                 view = view[write(pipe_w, view) :]
 
         families = {f for f in (family_of(c) for c in exercise.get("forbidden", [])) if f}
-        done: set[int] = set()
-        poison(families, done)
+        done = set(SCANNED)
+        if families:
+            apply_poison([t for f in sorted(families) for t in PRECOMPUTED.get(f) or find_targets({f}, set())])
         before = guard.snapshot()
         namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}
         problems = []
@@ -257,7 +271,8 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
                 exec(compile(code, f"<{label}>", "exec"), namespace)  # noqa: S102 - this is the sandbox
             except BaseException as err:  # noqa: BLE001 - SystemExit, KeyboardInterrupt and custom ones too
                 problems.append(f"{label}: {_describe(err)}")
-        poison(families, done)
+        if families:
+            apply_poison(find_targets(families, done, torch_too=False))  # what the definitions imported
         target = namespace.get(exercise["entry"])
         send({"event": "loaded", "problems": problems[:5], "found": target is not None})
         if target is not None:
@@ -272,8 +287,8 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
                         outputs = run_case(target, exercise["kind"], exercise["returns"], case)
                 except BaseException as err:  # noqa: BLE001
                     error = _describe(err)
-                if len(sys.modules) != modules:
-                    poison(families, done)
+                if len(sys.modules) != modules and families:
+                    apply_poison(find_targets(families, done, torch_too=False))
                     modules = len(sys.modules)
                 encoded = {}
                 for k, v in outputs.items():
@@ -430,6 +445,7 @@ def main(jobdir: str) -> int:
 
     guard.snapshot()
     _prctl(0, 0)  # loads libc for ctypes now
+    precompute()
 
     workroot = job["workroot"]
     emit({"event": "ready", "level": job["level"], "uid": os.getuid()})
