@@ -409,3 +409,60 @@ def test_poisoned_entry_points_raise_inside_a_worker():
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "NOT POISONED" not in proc.stdout and proc.stdout.startswith("ok"), proc.stdout
+
+
+def test_a_value_answer_is_scanned_and_run_with_what_it_needs():
+    src = notebook.definitions(["import torch", "import scipy.special as sp\nanswer = float(sp.softmax([1.0])[0])"])
+    assert [c for _, c in notebook.needed_statements(src, "answer")] == [
+        "import scipy.special as sp",
+        "answer = float(sp.softmax([1.0])[0])",
+    ]
+    assert any("scipy" in u for u in notebook.forbidden_uses(src.tree, "answer", SOFTMAX_FORBIDDEN))
+    src = notebook.definitions(['answer = "B"'])
+    assert notebook.forbidden_uses(src.tree, "answer", SOFTMAX_FORBIDDEN) == []
+
+
+def test_value_answers_travel_back_from_the_sandbox(tmp_path, monkeypatch):
+    """A conceptual question answered as a value (``answer = 42``, ``"B"``) comes back from the sandbox as
+    validated JSON, as a NumPy scalar the judge receives (judging non-float values is the registry's part)."""
+    import nbformat
+
+    from attnlib.grader import engine
+    from attnlib.grader.exercises import Case, Exercise
+
+    answers = [("42", 42), ('"B"', "B"), ("0.25", 0.25)]
+    ex = Exercise(
+        "02.9",
+        "02_softmax",
+        "answer",
+        "a conceptual question",
+        1,
+        "easy",
+        1,
+        "value",
+        ("out",),
+        (),
+        lambda rng: [Case("the answer")],
+        lambda case: {"out": np.asarray(0.0)},
+        lambda case: [],
+    )
+    monkeypatch.setattr(engine, "exercises_of", lambda name: [ex])
+    monkeypatch.setattr(engine, "EXERCISES", [ex])
+    seen = []
+
+    def judge(ex, case, reference, outputs):
+        seen.append(outputs["out"])
+        return True, "correct"
+
+    monkeypatch.setattr(engine, "_judge", judge)
+    subs = []
+    for n, (answer, _) in enumerate(answers):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(f"answer = {answer}"), nbformat.v4.new_code_cell("print(answer)")]
+        (tmp_path / str(n)).mkdir()
+        nbformat.write(nb, tmp_path / str(n) / "02_softmax.ipynb")
+        subs.append([tmp_path / str(n) / "02_softmax.ipynb"])
+    reports = engine.grade_many(subs, engine.Options(seed=1))
+    assert [r.results[0].score for r in reports] == [1, 1, 1]
+    assert all(type(v) is np.ndarray and v.shape == () for v in seen)
+    assert [v.item() for v in seen] == [a for _, a in answers]

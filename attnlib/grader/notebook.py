@@ -334,8 +334,7 @@ def forbidden_uses(tree: ast.Module, entry: str, forbidden: tuple[str, ...]) -> 
     attributes).
     """
     body = tree.body
-    defined = {n.name for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    if entry not in defined:
+    if not any(entry in _bound(n) for n in body):  # not defined: the run says so
         return []
     nodes = [body[i] for i in _closure(body, entry)]
     fams = _families(forbidden)
