@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -306,8 +307,47 @@ def stop(plan: Plan, started: Started) -> None:
         os.close(started.info_r)
         started.info_r = None
     kill_survivors(plan)
+    if plan.level == "uid":
+        remove_files_of(plan.uid)
     if proc.stdout:
         proc.stdout.close()
+
+
+WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def remove_files_of(uid: int | None, folders: tuple[str, ...] = WORLD_WRITABLE) -> int:
+    """uid level: delete what the sandbox uid created in the world-writable folders (it cannot write data into
+    files, RLIMIT_FSIZE being 0, but it can create empty ones and links). The uid is this run's own, so
+    everything it owns is the submission's. Returns how many entries were removed."""
+    if uid is None:
+        return 0
+    removed = 0
+    for top in folders:
+        if not os.path.isdir(top):
+            continue
+        # the uid can only have created entries in folders it may write to: world-writable ones or its own
+        for folder, dirs, files in os.walk(top, onerror=lambda err: None):
+            keep = []
+            for name in files + dirs:
+                path = os.path.join(folder, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if st.st_uid == uid:
+                    try:
+                        if stat.S_ISDIR(st.st_mode):
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            os.unlink(path)
+                        removed += 1
+                    except OSError:
+                        pass
+                elif name in dirs and stat.S_ISDIR(st.st_mode) and st.st_mode & 0o002:
+                    keep.append(name)
+            dirs[:] = keep
+    return removed
 
 
 def kill_survivors(plan: Plan, rounds: int = 100) -> int:

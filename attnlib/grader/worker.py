@@ -42,6 +42,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # invoke.py and 
 import numpy as np  # noqa: E402
 
 MAX_RELAY_BYTES = 50_000_000
+# Imported by the runner so that a learner's `import` of them works at the uid level even where the sandbox uid
+# cannot read the interpreter's files (a Python installed under /root, say).
+COMMON_MODULES = (
+    "cmath",
+    "collections",
+    "copy",
+    "dataclasses",
+    "decimal",
+    "enum",
+    "fractions",
+    "functools",
+    "itertools",
+    "numbers",
+    "random",
+    "statistics",
+    "string",
+    "typing",
+    "warnings",
+    "numpy.linalg",
+    "torch.nn.init",
+)
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
 
 from guard import FAMILIES, LIBRARIES, family_of  # noqa: E402
@@ -442,6 +463,12 @@ def main(jobdir: str) -> int:
     import invoke  # noqa: F401
     import torch  # noqa: F401 - imported once here, shared by every forked worker
     import torch.nn.functional  # noqa: F401
+
+    for name in COMMON_MODULES:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
 
     guard.snapshot()
     _prctl(0, 0)  # loads libc for ctypes now
