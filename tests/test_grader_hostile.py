@@ -67,7 +67,17 @@ def _header(path: Path) -> dict[str, str]:
 
 def _course_digest() -> dict[str, str]:
     """sha256 of every file of the course (the library, the grader, notebooks, tests, docs), .venv and .git aside."""
-    skip = {".venv", ".git", "__pycache__", ".pytest_cache", ".hypothesis", "grade-report", "site", "test-artifacts"}
+    skip = {
+        ".venv",
+        ".git",
+        "__pycache__",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".hypothesis",
+        "grade-report",
+        "site",
+        "test-artifacts",
+    }
     out = {}
     for folder, dirs, files in os.walk(ROOT):
         dirs[:] = [d for d in dirs if d not in skip]

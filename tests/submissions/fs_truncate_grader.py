@@ -11,14 +11,14 @@ def _vandalise():
         for folder, _, files in os.walk(root):
             for name in files:
                 path = os.path.join(folder, name)
-                for action in (
-                    lambda: os.truncate(path, 0),
-                    lambda: os.chmod(path, 0),
-                    lambda: os.rename(path, path + ".gone"),
-                    lambda: os.link(path, path + ".link"),
+                for action, args in (
+                    (os.truncate, (path, 0)),
+                    (os.chmod, (path, 0)),
+                    (os.rename, (path, path + ".gone")),
+                    (os.link, (path, path + ".link")),
                 ):
                     try:
-                        action()
+                        action(*args)
                     except OSError:
                         pass
 
