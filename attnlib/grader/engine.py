@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import attnlib  # noqa: F401 - the library the references use, imported before anything is run
+import attnlib.reference  # noqa: F401 - the mistakes' NumPy softmax (imported lazily by the registry)
 
 from . import diagnose, sandbox
 from .exercises import ARG_NAMES, EXERCISE_SETS, EXERCISES, Case, Exercise, exercises_of, set_of_path
