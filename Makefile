@@ -13,20 +13,42 @@ FIRST_LESSON := $(firstword $(sort $(wildcard notebooks/[0-9]*.ipynb)))
 AS_ROOT   := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lab test test-browser site lint format lock clean
+.PHONY: install sandbox lab test test-browser site lint format lock clean
 
 # JupyterLab as a course: the environment's own defaults (no news or update prompts, no extension manager, the
 # course's kernel for new notebooks), copied from jupyter/ into the venv; a learner's settings still win.
 LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
 SERVER_CONFIG := $(VENV)/etc/jupyter/jupyter_server_config.json
 
-install: $(STAMP) $(LAB_OVERRIDES) $(SERVER_CONFIG)
+install: $(STAMP) $(LAB_OVERRIDES) $(SERVER_CONFIG) sandbox
 
 $(LAB_OVERRIDES): jupyter/overrides.json | $(STAMP)
 	mkdir -p $(@D) && cp $< $@
 
 $(SERVER_CONFIG): jupyter/jupyter_server_config.json | $(STAMP)
 	mkdir -p $(@D) && cp $< $@
+
+# The grader's sandbox, bubblewrap (Debian's package `bubblewrap`): installed when missing, as root or through
+# sudo, where apt-get exists. Never fails: without it (macOS, no root) `attnlib grade` uses a fallback level
+# and says so in its report (docs/grading.md, "Sandbox levels").
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  apt="env DEBIAN_FRONTEND=noninteractive apt-get"; \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "note: no apt-get here: bubblewrap not installed; the grader will use a fallback sandbox level"; \
+	  else \
+	    if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	    else sudo=none; fi; \
+	    if [ "$$sudo" = none ]; then \
+	      echo "note: bubblewrap is missing and needs root to install: sudo apt-get install bubblewrap"; \
+	    else \
+	      echo "installing bubblewrap (the grader's sandbox)"; \
+	      $$sudo $$apt install -y -q bubblewrap >/dev/null 2>&1 || \
+	        { $$sudo $$apt update -q >/dev/null && $$sudo $$apt install -y -q bubblewrap; } || \
+	        echo "note: bubblewrap could not be installed; the grader will use a fallback sandbox level"; \
+	    fi; \
+	  fi; }
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'

@@ -72,7 +72,7 @@ BROKEN = [
         "02.1",
         "return e / e.sum(dim=dim, keepdim=True)",
         'return getattr(torch, "soft" + "max")(x / temperature, dim)',
-        "called while grading",
+        "computed name",
     ),
     (
         "scores-no-scale",

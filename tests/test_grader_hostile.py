@@ -1,32 +1,91 @@
-"""Hostile and broken submissions never break the grader.
+"""Hostile and broken submissions never break the grader, inside the real sandbox and at the fallback levels.
 
 Every file in tests/submissions/ redefines ``stable_softmax`` (exercise 02.1) in a copy of
-solutions/02_softmax.ipynb. All of them, and a few broken notebooks, are graded by the ``attnlib grade`` command
-in one run; 02.1 must score zero with the reason on the file's ``# expect:`` line, 02.2 must keep its full
-marks, a complete report must be written, and no submission file may change.
+solutions/02_softmax.ipynb; its first lines give the reason 02.1 must fail with (``# expect:``), the class of
+attack and what it attempts. The whole corpus and a few broken notebooks are graded in one run under
+bubblewrap; for each submission the grader finishes in bounded time, writes a report, 02.1 scores zero with
+that reason while 02.2 (graded in its own worker) keeps its full marks, the submissions and every course file
+are byte-identical afterwards, and no process of the sandbox survives. The file-system and process attacks are
+graded again at the ``uid`` level (bubblewrap hidden), and the grader is run as an unprivileged user, where it
+grades without isolation and says so.
+
+On CI (``ATTNLIB_REQUIRE_BWRAP=1``, set by .ci/run) a bubblewrap that cannot run is a failure, not a skip.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from attnlib.grader import report
+from attnlib.grader import report, sandbox
 from attnlib.grader.engine import Options, grade_many
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted((ROOT / "tests" / "submissions").glob("*.py"))
 SOLUTION = ROOT / "solutions" / "02_softmax.ipynb"
-OPTS = Options(seed=3, timeout=6, memory_gib=3)
+OPTS = dict(seed=3, timeout=3, memory_gib=3)
+# graded again at the uid level: every attack on files, processes, the report and the runner's channel
+UID_LEVEL = [
+    "fs_truncate_grader",
+    "fs_empty_notebooks",
+    "fs_plant_report_links",
+    "fs_plant_modules",
+    "proc_kill_grader",
+    "proc_kill_everything",
+    "proc_setsid_survivor",
+    "proc_inject_runner",
+    "kill_parent",
+    "forge_result_lines",
+    "write_files",
+    "shortcut_distributions",
+]
+# at the uid level these attacks are refused outright (the runner is root): the check fails for that reason
+UID_EXPECT = {"kill_parent": "PermissionError", "proc_kill_everything": "expected a torch.Tensor"}
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+LINUX = sys.platform.startswith("linux")
 
 
-def _expect(path: Path) -> str:
-    first = path.read_text().splitlines()[0]
-    assert first.startswith("# expect: "), path
-    return first[len("# expect: ") :]
+def _header(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines()[:3]:
+        key, _, value = line.lstrip("# ").partition(": ")
+        out[key] = value
+    assert set(out) == {"expect", "class", "attempts"}, path
+    return out
+
+
+def _course_digest() -> dict[str, str]:
+    """sha256 of every file of the course (the library, the grader, notebooks, tests, docs), .venv and .git aside."""
+    skip = {
+        ".venv",
+        ".git",
+        "__pycache__",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".hypothesis",
+        "grade-report",
+        "site",
+        "test-artifacts",
+    }
+    out = {}
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for name in files:
+            p = Path(folder) / name
+            if p.is_file() and not p.is_symlink():
+                out[str(p.relative_to(ROOT))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
 
 
 def _with_cell(folder: Path, source: str) -> Path:
@@ -47,15 +106,68 @@ def _replaced(folder: Path, old: str, new: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hostile")
+def _build(tmp: Path, names: list[str] | None = None) -> tuple[dict[str, list[Path]], Path]:
     report_dir = tmp / "report"
     report_dir.mkdir()
     subs = {}
     for path in SUBMISSIONS:
-        source = path.read_text().replace("{REPORT_DIR}", str(report_dir))
-        subs[path.stem] = [_with_cell(tmp / path.stem, source)]
+        if names is not None and path.stem not in names:
+            continue
+        folder = tmp / path.stem
+        source = (
+            path.read_text()
+            .replace("{REPORT_DIR}", str(report_dir))
+            .replace("{COURSE_DIR}", str(ROOT))
+            .replace("{SUBMISSION_DIR}", str(folder))
+        )
+        subs[path.stem] = [_with_cell(folder, source)]
+    return subs, report_dir
+
+
+def _grade(subs: dict[str, list[Path]], report_dir: Path, level: str) -> dict:
+    files = [p for paths in subs.values() for p in paths]
+    before = {p: p.read_bytes() for p in files}
+    course = _course_digest()
+    plan = sandbox.choose(level)
+    start = time.monotonic()
+    reports = grade_many(list(subs.values()), Options(**OPTS, sandbox=level), plan=plan)
+    seconds = time.monotonic() - start
+    by_name = dict(zip(subs, reports, strict=True))
+    # the real report is written after grading, into a fresh folder over anything planted there
+    written = report.write(
+        by_name["write_files"],
+        out=report_dir,
+        results=report_dir / "results.json",
+        junit_path=report_dir / "junit.xml",
+        classroom_path=report_dir / "classroom.json",
+        summary=report_dir / "summary.md",
+    )
+    time.sleep(3)  # longer than proc_setsid_survivor's grandchild waits before it strikes
+    return {
+        "reports": by_name,
+        "plan": plan,
+        "seconds": seconds,
+        "written": written,
+        "unchanged": before == {p: p.read_bytes() for p in files},
+        "course_changed": sorted(k for k, v in _course_digest().items() if course.get(k) != v),
+        "report_dir": report_dir,
+        "survivors": sandbox.survivors(plan),
+    }
+
+
+def _require_bwrap() -> None:
+    ok, why = sandbox.bwrap_works(sandbox.bwrap_binary()) if LINUX else (False, "not Linux")
+    if not ok:
+        if os.environ.get("ATTNLIB_REQUIRE_BWRAP") == "1":
+            pytest.fail(f"bubblewrap is required here (ATTNLIB_REQUIRE_BWRAP=1) but cannot run: {why}")
+        pytest.skip(f"bubblewrap cannot run here ({why}); `make install` installs it on Debian as root")
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    _require_bwrap()
+    tmp = tmp_path_factory.mktemp("hostile")
+    subs, report_dir = _build(tmp)
     subs["syntax_error"] = [_replaced(tmp / "syntax", "temperature=1.0):\\n", "temperature=1.0)\\n")]
     subs["missing_function"] = [_replaced(tmp / "missing", "def stable_softmax(", "def my_softmax(")]
     bad_json = tmp / "bad_json"
@@ -69,19 +181,11 @@ def graded(tmp_path_factory):
     not_nb.mkdir()
     (not_nb / "02_softmax.ipynb").write_text("[1, 2, 3]")
     subs["not_a_notebook"] = [not_nb / "02_softmax.ipynb"]
-    files = [p for paths in subs.values() for p in paths]
-    before = {p: p.read_bytes() for p in files}
-    reports = grade_many(list(subs.values()), OPTS)
-    by_name = dict(zip(subs, reports, strict=True))
-    # the real report is written after grading, over anything a submission wrote there
-    report.write(
-        by_name["write_files"],
-        results=report_dir / "results.json",
-        junit_path=report_dir / "junit.xml",
-        classroom_path=report_dir / "classroom.json",
-        summary=report_dir / "summary.md",
-    )
-    return {"reports": by_name, "unchanged": before == {p: p.read_bytes() for p in files}, "report_dir": report_dir}
+    linked = tmp / "linked"
+    linked.mkdir()
+    (linked / "02_softmax.ipynb").symlink_to(SOLUTION)
+    subs["symlinked_notebook"] = [linked / "02_softmax.ipynb"]
+    return _grade(subs, report_dir, "bwrap")
 
 
 def _results(rep):
@@ -89,11 +193,27 @@ def _results(rep):
 
 
 @pytest.mark.parametrize("path", SUBMISSIONS, ids=[p.stem for p in SUBMISSIONS])
-def test_hostile_submission_scores_zero_with_a_reason_and_the_rest_is_graded(graded, path):
+def test_hostile_submission_loses_only_the_attacked_exercise(graded, path):
     res = _results(graded["reports"][path.stem])
     assert res["02.1"].score == 0, res["02.1"].message
-    assert _expect(path) in res["02.1"].message
+    assert _header(path)["expect"] in res["02.1"].message
     assert res["02.2"].score == res["02.2"].max_score, res["02.2"].message
+
+
+def test_the_corpus_covers_every_class_of_attack():
+    classes = [_header(p)["class"] for p in SUBMISSIONS]
+    assert len(SUBMISSIONS) >= 25
+    for kind in ("classic", "file-system", "processes", "self-report", "shortcut", "reports"):
+        assert classes.count(kind) >= 1, kind
+
+
+def test_grading_the_corpus_is_bounded_and_ran_in_bubblewrap(graded):
+    # a bound, not a benchmark: every exercise within its timeout plus the grace, and a few sandbox restarts
+    n = sum(len(r.results) for r in graded["reports"].values())
+    assert graded["seconds"] < 60 + n * 1.0, graded["seconds"]
+    rep = graded["reports"]["write_files"]
+    assert rep.level == "bwrap" and "bubblewrap" in rep.notes[0]
+    assert graded["plan"].pidns, "the sandboxes' PID namespaces were not recorded: the survivor check would be empty"
 
 
 def test_syntax_error_and_missing_function(graded):
@@ -111,19 +231,140 @@ def test_invalid_notebooks_score_zero_and_other_notebooks_are_still_graded(grade
     assert res["03.1"].score == res["03.1"].max_score and res["03.2"].score == res["03.2"].max_score
     odd = _results(graded["reports"]["not_a_notebook"])["02.1"]
     assert odd.score == 0 and "not a notebook" in odd.message
+    link = _results(graded["reports"]["symlinked_notebook"])["02.1"]
+    assert link.score == 0 and "not a regular file" in link.message
 
 
-def test_submissions_are_never_modified(graded):
+def test_submissions_and_course_files_are_never_modified(graded):
     assert graded["unchanged"]
+    assert graded["course_changed"] == []
 
 
-def test_files_written_by_a_submission_do_not_replace_the_report(graded):
-    results = json.loads((graded["report_dir"] / "results.json").read_text())
-    assert results["score"] == 2.0  # 02.2 only: the fake {"score": 100} was not kept
+def test_no_sandbox_process_survives(graded):
+    assert graded["survivors"] == []
+    assert all(r.survivors == 0 for r in graded["reports"].values())
+
+
+def test_planted_links_and_files_do_not_replace_the_report(graded):
+    folder = graded["report_dir"]
+    assert sorted(p.name for p in folder.iterdir()) == ["classroom.json", "junit.xml", "results.json", "summary.md"]
+    for p in folder.iterdir():
+        st = os.lstat(p)
+        assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1, p
+    results = json.loads((folder / "results.json").read_text())
+    assert results["score"] == 2.0  # 02.2 only: no forged {"score": 49} or 100 was kept
     assert [t["status"] for t in results["tests"]] == ["failed", "passed"]
+    assert results["extra_data"]["sandbox"] == "bwrap"
 
 
 def test_printed_fake_scores_do_not_reach_the_report(graded):
     rep = graded["reports"]["print_fake_score"]
     text = report.table(rep) + json.dumps(report.gradescope(rep))
     assert "all checks passed" not in text and '"score": 100' not in text
+
+
+def test_the_notebook_is_read_once_and_its_digest_reported(graded):
+    rep = graded["reports"]["fs_empty_notebooks"]
+    (path,) = rep.digests
+    assert rep.digests[path] == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fallback levels
+
+
+@pytest.fixture(scope="module")
+def graded_uid(tmp_path_factory):
+    if not (IS_ROOT and LINUX):
+        pytest.skip("the uid level needs root on Linux (it drops each worker to an unprivileged uid)")
+    tmp = tmp_path_factory.mktemp("hostile-uid")
+    subs, report_dir = _build(tmp, UID_LEVEL)
+    old = os.environ.get("ATTNLIB_BWRAP")
+    os.environ["ATTNLIB_BWRAP"] = ""  # bubblewrap absent: auto must fall back to the uid level
+    try:
+        out = _grade(subs, report_dir, "auto")
+    finally:
+        if old is None:
+            del os.environ["ATTNLIB_BWRAP"]
+        else:
+            os.environ["ATTNLIB_BWRAP"] = old
+    # what the workers could create at all, empty files and links in world-writable folders, was removed
+    out["planted"] = [
+        p
+        for folder in sandbox.WORLD_WRITABLE
+        if os.path.isdir(folder)
+        for p in Path(folder).rglob("*")
+        if _owner(p) == out["plan"].uid
+    ]
+    return out
+
+
+@pytest.mark.parametrize("name", UID_LEVEL)
+def test_uid_level_contains_file_and_process_attacks(graded_uid, name):
+    rep = graded_uid["reports"][name]
+    res = _results(rep)
+    assert rep.level == "uid" and "bubblewrap was not available" in rep.notes[0]
+    expect = UID_EXPECT.get(name) or _header(ROOT / "tests" / "submissions" / f"{name}.py")["expect"]
+    assert res["02.1"].score == 0 and expect in res["02.1"].message, res["02.1"].message
+    assert res["02.2"].score == res["02.2"].max_score, res["02.2"].message
+
+
+def test_uid_level_leaves_course_report_and_processes_intact(graded_uid):
+    assert graded_uid["unchanged"] and graded_uid["course_changed"] == []
+    assert graded_uid["survivors"] == []
+    results = json.loads((graded_uid["report_dir"] / "results.json").read_text())
+    assert results["score"] == 2.0 and results["extra_data"]["sandbox"] == "uid"
+    assert graded_uid["planted"] == []  # fs_plant_modules' empty torch.py etc. in /tmp were removed
+
+
+def _owner(p: Path) -> int | None:
+    try:
+        return p.lstat().st_uid
+    except OSError:
+        return None
+
+
+def _as_unprivileged(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    setpriv = shutil.which("setpriv")
+    if not (IS_ROOT and LINUX and setpriv):
+        pytest.skip("running the grader as another user needs root and util-linux's setpriv")
+    os.chown(tmp, 65534, 65534)
+    # nobody, with only the capability to read the interpreter (here it lives under /root, mode 0700)
+    cmd = [
+        setpriv,
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+dac_read_search",
+        "--ambient-caps=+dac_read_search",
+        "--",
+        str(ROOT / ".venv" / "bin" / "attnlib") if (ROOT / ".venv" / "bin" / "attnlib").exists() else "attnlib",
+        "grade",
+        str(SOLUTION),
+        "--out",
+        str(tmp / "report"),
+        "--seed",
+        "1",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp)
+
+
+def test_not_root_without_bwrap_grades_anyway_and_says_it_was_not_isolated(tmp_path):
+    tmp = Path(tempfile.mkdtemp(prefix="attnlib-nonroot-"))
+    try:
+        proc = _as_unprivileged(tmp)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        results = json.loads((tmp / "report" / "results.json").read_text())
+        assert results["score"] == 6.0
+        if results["extra_data"]["sandbox"] == "none":
+            assert "NOT isolated" in results["output"] and "NOT isolated" in proc.stdout
+        else:  # an unprivileged bubblewrap (user namespaces) also counts
+            assert results["extra_data"]["sandbox"] == "bwrap"
+        proc = _as_unprivileged(tmp, "--sandbox", "uid")
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        results = json.loads((tmp / "report" / "results.json").read_text())
+        assert results["extra_data"]["status"] == "sandbox unavailable" and results["score"] == 0
+        assert "not root" in results["output"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -4,6 +4,8 @@ the exercise builder and the self-check (in-process, no sandbox)."""
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ import torch
 
 from attnlib.grader import build, diagnose, notebook, selfcheck
 from attnlib.grader.exercises import BY_ENTRY, EXERCISES, set_of_path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_row_sums_message_names_the_sum():
@@ -118,7 +122,7 @@ def test_forbidden_uses_resolve_aliases_and_follow_helpers():
     tree = notebook.definitions(cells).tree
     forbidden = ("torch.nn.functional.softmax", "torch.Tensor.softmax", "attnlib")
     assert notebook.forbidden_uses(tree, "ok", forbidden) == []
-    assert set(notebook.forbidden_uses(tree, "bad", forbidden)) == {"F.softmax", "x.softmax", "sdpa"}
+    assert set(notebook.forbidden_uses(tree, "bad", forbidden)) == {"F.softmax", "x.softmax", "sdpa", "import attnlib"}
 
 
 def test_read_cells_reports_broken_files(tmp_path):
@@ -171,3 +175,294 @@ def test_selfcheck_gives_specific_feedback(capsys):
     selfcheck.check_stable_softmax(shortcut)
     assert "calls torch.softmax" in capsys.readouterr().out
     assert not getattr(torch.softmax, "__attnlib_recorded__", None)  # the wrappers were removed again
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The static scan, the statements an exercise runs, output validation, reports, exit statuses
+
+SOFTMAX_FORBIDDEN = BY_ENTRY["stable_softmax"].forbidden
+
+
+def _uses(body: str, forbidden=SOFTMAX_FORBIDDEN, header: str = "import torch\nimport math") -> list[str]:
+    tree = notebook.definitions([header, body]).tree
+    return notebook.forbidden_uses(tree, "stable_softmax", forbidden)
+
+
+@pytest.mark.parametrize(
+    "body, shown",
+    [
+        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch._softmax(x, dim, False)", "private"),
+        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.ops.aten.softmax.int(x, dim)", "operators"),
+        (
+            'def stable_softmax(x, dim=-1, temperature=1.0):\n    return getattr(torch, "soft" + "max")(x, dim)',
+            "computed",
+        ),
+        ('def stable_softmax(x, dim=-1, temperature=1.0):\n    return getattr(x, "softmax")(dim)', '"softmax"'),
+        (
+            "import importlib\nF = importlib.import_module('torch.nn.functional')\n"
+            "def stable_softmax(x, dim=-1, temperature=1.0):\n    return F.softmax(x, dim)",
+            "importlib",
+        ),
+        (
+            "def stable_softmax(x, dim=-1, temperature=1.0):\n    return __import__('torch').softmax(x, dim)",
+            "__import__",
+        ),
+        (
+            "from scipy.special import softmax as s\n"
+            "def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.from_numpy(s(x.numpy()))",
+            "scipy",
+        ),
+        ("import jax\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    return jax.nn.softmax(x)", "jax"),
+        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.nn.functional.softmin(-x, dim)", "softmin"),
+        (
+            "def stable_softmax(x, dim=-1, temperature=1.0):\n    import sys\n    return sys.modules['torch'].exp(x)",
+            "module table",
+        ),
+        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return vars(torch)['exp'](x)", "vars"),
+        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.exp.__wrapped__(x)", "__wrapped__"),
+        (
+            "torch.exp = torch.sigmoid\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.exp(x)",
+            "monkeypatching",
+        ),
+        ("f = torch.special\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    return f.softmax(x, dim)", "softmax"),
+        (
+            "import attnlib.reference as r\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    return r.softmax(x)",
+            "attnlib",
+        ),
+        (
+            "def stable_softmax(x, dim=-1, temperature=1.0):\n    import operator\n"
+            "    return operator.methodcaller('exp')(x)",
+            "operator",
+        ),
+        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return eval('x.softmax(dim)')", "eval"),
+    ],
+)
+def test_the_scan_finds_hidden_shortcuts(body, shown):
+    uses = _uses(body)
+    assert any(shown in u for u in uses), uses
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # correct code written in several ways a learner might: none of it may be flagged
+        "def stable_softmax(x, dim=-1, temperature=1.0):\n    z = x / temperature\n"
+        "    e = torch.exp(z - z.amax(dim=dim, keepdim=True))\n    return e / e.sum(dim=dim, keepdim=True)",
+        "EPS = 1e-12\nNEG = float('-inf')\ndef _shift(z, dim):\n    return z - z.max(dim=dim, keepdim=True).values\n"
+        'def stable_softmax(x, dim=-1, temperature=1.0):\n    """softmax(x / temperature) along dim"""\n'
+        "    e = (_shift(x / temperature, dim)).exp()\n    return e / (e.sum(dim, keepdim=True) + EPS)",
+        "import numpy as np\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    a = x.numpy() / temperature\n"
+        "    e = np.exp(a - a.max(axis=dim, keepdims=True))\n"
+        "    return torch.from_numpy(e / e.sum(axis=dim, keepdims=True))",
+        "class Helper:\n    def __init__(self, t):\n        self.t = t\n    def __call__(self, x, dim):\n"
+        "        z = x / self.t\n        return torch.exp(z - torch.logsumexp(z, dim, keepdim=True))\n"
+        "def stable_softmax(x, dim=-1, temperature=1.0):\n    return Helper(temperature)(x, dim)",
+    ],
+)
+def test_the_scan_accepts_correct_code(body):
+    assert _uses(body) == []
+
+
+def test_the_scan_and_the_run_cover_only_what_the_entry_needs():
+    cells = [
+        "import torch\nfrom torch import nn\nfrom attnlib.grader import selfcheck",
+        "def helper(s):\n    return s - s.amax(-1, keepdim=True)",
+        "def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.exp(helper(x))",
+        "demo = nn.MultiheadAttention(8, 2)\nx = torch.randn(3)",  # a demo cell: not needed, not scanned
+    ]
+    src = notebook.definitions(cells)
+    kept = [code.splitlines()[0] for _, code in notebook.needed_statements(src, "stable_softmax")]
+    assert kept == ["import torch", "def helper(s):", "def stable_softmax(x, dim=-1, temperature=1.0):"]
+    mha = BY_ENTRY["MultiHeadAttention"].forbidden
+    assert notebook.forbidden_uses(src.tree, "stable_softmax", mha) == []
+
+
+def _npy(arr) -> dict:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)
+    return {"npy": base64.b64encode(buf.getvalue()).decode()}
+
+
+def test_outputs_are_validated_before_they_are_judged():
+    from attnlib.grader import engine
+
+    ok = engine._decode(_npy(np.arange(6.0).reshape(2, 3)))
+    assert type(ok) is np.ndarray and ok.shape == (2, 3)
+    assert engine._decode({"json": 42}) == 42 and engine._decode({"json": "B"}) == "B"  # value answers
+    bad = [
+        _npy(np.array([object()], dtype=object)),  # a pickle inside
+        _npy(np.zeros(3, dtype=[("a", "f4")])),  # structured
+        _npy(np.array(["text"])),  # strings as arrays
+        {"npy": _npy(np.zeros(3))["npy"][:-8]},  # truncated
+        {"npy": "not base64!"},
+        {"json": [1, 2]},
+        {"json": "x" * 5000},
+        {"json": 10**30},
+        {"npy": _npy(np.zeros(3))["npy"], "extra": 1},
+        "raw",
+    ]
+    import base64
+
+    header = (
+        b"\x93NUMPY\x01\x00"
+        + b"{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }".ljust(118)
+        + b"\n"
+    )
+    bad.append({"npy": base64.b64encode(header).decode()})  # a header that claims 10^10 elements
+    for spec in bad:
+        with pytest.raises((ValueError, TypeError)):
+            engine._decode(spec)
+
+
+def test_value_answers_come_back_as_plain_values():
+    from attnlib.grader.invoke import SubmissionError, value_output
+
+    assert value_output(42) == 42 and value_output("B") == "B" and value_output(0.5) == 0.5
+    assert value_output(torch.tensor([1.0, 2.0])).tolist() == [1.0, 2.0]
+
+    class Sneaky(str):
+        def __eq__(self, other):
+            return True
+
+    for bad in (Sneaky("B"), [1, 2], {"a": 1}, "x" * 5000, np.array([object()], dtype=object)):
+        with pytest.raises(SubmissionError):
+            value_output(bad)
+
+
+def test_reports_are_written_atomically_and_never_through_links(tmp_path):
+    from attnlib.grader import report
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").symlink_to(victim)
+    os.link(victim, out / "junit.xml")
+    (out / "stale.txt").write_text("old")
+    path = report.write_file(tmp_path / "gs" / "results.json", "{}")
+    assert path.read_text() == "{}"
+    (tmp_path / "gs" / "other.json").write_text("x")
+    os.replace(tmp_path / "gs" / "other.json", tmp_path / "gs" / "linked.json")
+    os.symlink(victim, tmp_path / "gs" / "results2.json")
+    report.write_file(tmp_path / "gs" / "results2.json", "{}")
+    files = report.write_folder(out, {"results.json": "{}", "junit.xml": "<x/>"})
+    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "results.json"]  # a fresh folder
+    assert victim.read_text() == "precious" and os.stat(victim).st_nlink == 1
+    assert all(not p.is_symlink() and os.stat(p).st_nlink == 1 for p in files)
+    assert not (tmp_path / "gs" / "results2.json").is_symlink()
+
+
+def test_exit_status_says_what_happened(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    from attnlib import cli
+    from attnlib.grader import engine
+
+    nb = tmp_path / "02_softmax.ipynb"
+    nb.write_bytes((ROOT / "exercises" / "02_softmax.ipynb").read_bytes())
+    out = tmp_path / "report"
+
+    def status():
+        return json.loads((out / "results.json").read_text())["extra_data"]["status"]
+
+    monkeypatch.setenv("ATTNLIB_BWRAP", "")  # bubblewrap absent
+    assert cli.run(["grade", str(nb), "--out", str(out), "--sandbox", "bwrap"]) == 3
+    assert status() == "sandbox unavailable" and "bwrap is not installed" in (out / "summary.md").read_text()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a grader bug")
+
+    monkeypatch.setattr(engine, "grade", broken)
+    assert cli.run(["grade", str(nb), "--out", str(out)]) == 2
+    assert status() == "grader failed" and "a grader bug" in (out / "results.json").read_text()
+    monkeypatch.setitem(sys.modules, "attnlib.grader.engine", None)  # the grader's own modules cannot be imported
+    assert cli.run(["grade", str(nb), "--out", str(out)]) == 4
+    assert status() == "error"
+    capsys.readouterr()
+
+
+def test_poisoned_entry_points_raise_inside_a_worker():
+    """The worker's poison, in a separate interpreter (it cannot be undone in this one)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, GRADER)\n"
+        "import torch, worker\n"
+        "n = worker.poison({'softmax'}, set())\n"
+        "x = torch.randn(3)\n"
+        "for f in (lambda: torch.softmax(x, 0), lambda: x.softmax(0), lambda: torch.nn.functional.softmax(x, 0),\n"
+        "          lambda: torch._softmax(x, 0, False), lambda: torch.ops.aten.softmax.int(x, 0),\n"
+        "          lambda: torch.special.softmax(x, 0), lambda: torch.nn.Softmax(0)(x),\n"
+        "          lambda: torch.distributions.Categorical(logits=x).probs,\n"
+        "          lambda: torch.nn.functional.softmin(x, 0), lambda: torch.nn.functional.gumbel_softmax(x)):\n"
+        "    try:\n"
+        "        f(); print('NOT POISONED')\n"
+        "    except worker.ForbiddenCall:\n"
+        "        pass\n"
+        "print('ok', n, float(torch.exp(x).sum() > 0))\n"
+    ).replace("GRADER", repr(str(ROOT / "attnlib" / "grader")))
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "NOT POISONED" not in proc.stdout and proc.stdout.startswith("ok"), proc.stdout
+
+
+def test_a_value_answer_is_scanned_and_run_with_what_it_needs():
+    src = notebook.definitions(["import torch", "import scipy.special as sp\nanswer = float(sp.softmax([1.0])[0])"])
+    assert [c for _, c in notebook.needed_statements(src, "answer")] == [
+        "import scipy.special as sp",
+        "answer = float(sp.softmax([1.0])[0])",
+    ]
+    assert any("scipy" in u for u in notebook.forbidden_uses(src.tree, "answer", SOFTMAX_FORBIDDEN))
+    src = notebook.definitions(['answer = "B"'])
+    assert notebook.forbidden_uses(src.tree, "answer", SOFTMAX_FORBIDDEN) == []
+
+
+def test_value_answers_travel_back_from_the_sandbox(tmp_path, monkeypatch):
+    """A conceptual question answered as a value (``answer = 42``, ``"B"``) comes back from the sandbox as
+    validated JSON, as a NumPy scalar the judge receives (judging non-float values is the registry's part)."""
+    import nbformat
+
+    from attnlib.grader import engine
+    from attnlib.grader.exercises import Case, Exercise
+
+    answers = [("42", 42), ('"B"', "B"), ("0.25", 0.25)]
+    ex = Exercise(
+        "02.9",
+        "02_softmax",
+        "answer",
+        "a conceptual question",
+        1,
+        "easy",
+        1,
+        "value",
+        ("out",),
+        (),
+        lambda rng: [Case("the answer")],
+        lambda case: {"out": np.asarray(0.0)},
+        lambda case: [],
+    )
+    monkeypatch.setattr(engine, "exercises_of", lambda name: [ex])
+    monkeypatch.setattr(engine, "EXERCISES", [ex])
+    seen = []
+
+    def judge(ex, case, reference, outputs):
+        seen.append(outputs["out"])
+        return True, "correct"
+
+    monkeypatch.setattr(engine, "_judge", judge)
+    subs = []
+    for n, (answer, _) in enumerate(answers):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(f"answer = {answer}"), nbformat.v4.new_code_cell("print(answer)")]
+        (tmp_path / str(n)).mkdir()
+        nbformat.write(nb, tmp_path / str(n) / "02_softmax.ipynb")
+        subs.append([tmp_path / str(n) / "02_softmax.ipynb"])
+    reports = engine.grade_many(subs, engine.Options(seed=1))
+    assert [r.results[0].score for r in reports] == [1, 1, 1]
+    assert all(type(v) is np.ndarray and v.shape == () for v in seen)
+    assert [v.item() for v in seen] == [a for _, a in answers]

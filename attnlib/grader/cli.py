@@ -1,17 +1,27 @@
-"""``attnlib grade [PATH ...]``: grade exercise notebooks and write the reports.
+"""``attnlib grade [PATH ...]``: grade exercise notebooks in a sandbox and write the reports.
 
 PATHs are notebooks or folders of NN_*.ipynb (default ``exercises/``). Prints a table, and writes into
-``--out`` (default ``grade-report/``): ``results.json`` (Gradescope), ``junit.xml``, ``classroom.json`` (GitHub
-Classroom) and ``summary.md``. The exit status is 0, unless ``--fail-under PCT`` is given and the total is below
-it (1), or the grader itself failed (2; a report is still written).
+``--out`` (default ``grade-report/``, created fresh on every run): ``results.json`` (Gradescope),
+``junit.xml``, ``classroom.json`` (GitHub Classroom) and ``summary.md``. A report is written whatever happens;
+the exit status says what happened:
+
+* 0 — graded (and at or above ``--fail-under`` if given);
+* 1 — graded, total below ``--fail-under``;
+* 2 — the grader itself failed (a bug; every exercise scores zero in the report);
+* 3 — the sandbox could not run (the ``--sandbox`` level asked for is not available here, or it failed to
+  start); nothing was graded;
+* 4 — the grader's own modules could not be imported (a broken installation).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import traceback
 from pathlib import Path
+
+EXIT_OK, EXIT_BELOW, EXIT_GRADER, EXIT_SANDBOX, EXIT_IMPORT = 0, 1, 2, 3, 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,12 +42,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fail-under", type=float, metavar="PCT", help="exit with 1 when the total is below PCT percent"
     )
+    parser.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "uid", "none"),
+        default=os.environ.get("ATTNLIB_SANDBOX", "auto"),
+        help="isolation of the submitted code: bwrap (bubblewrap), uid (unprivileged user; needs root), none "
+        "(not isolated; said in the report), auto (default: the first of these that works here)",
+    )
+
+
+def _last_resort(paths: dict[str, Path], message: str) -> None:
+    """Write minimal reports with the standard library only (the grader's modules may be what is broken)."""
+    texts = {
+        "results": json.dumps(
+            {"score": 0, "output": message, "visibility": "visible", "tests": [], "extra_data": {"status": "error"}}
+        ),
+        "junit_path": '<?xml version="1.0" encoding="utf-8"?>\n<testsuites name="attnlib grade" tests="1" '
+        'failures="1"><testsuite name="attnlib grade" tests="1" failures="1"><testcase name="grader">'
+        '<failure message="grader error" /></testcase></testsuite></testsuites>\n',
+        "classroom_path": json.dumps({"version": 1, "status": "error", "max_score": 0, "tests": []}),
+        "summary": f"## Autograder: error\n\n{message}\n",
+    }
+    for key, path in paths.items():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(texts[key])
+            os.replace(tmp, path)
+        except OSError:
+            traceback.print_exc()
 
 
 def main(args: argparse.Namespace) -> int:
-    from . import report as rep
-    from .engine import Options, Report, grade
-
     out = Path(args.out)
     paths = {
         "results": Path(args.results) if args.results else out / "results.json",
@@ -45,18 +83,57 @@ def main(args: argparse.Namespace) -> int:
         "classroom_path": Path(args.classroom) if args.classroom else out / "classroom.json",
         "summary": Path(args.summary) if args.summary else out / "summary.md",
     }
-    try:
-        result = grade(args.paths, Options(timeout=args.timeout, memory_gib=args.memory_gib, seed=args.seed))
-    except Exception as err:  # noqa: BLE001 - a grader bug must still leave a report behind
-        failed = Report(notes=[f"the grader failed: {type(err).__name__}: {err}"])
-        rep.write(failed, **paths)
+    try:  # every grader module is imported here, before any submitted code runs
+        from . import diagnose, exercises, invoke, notebook, sandbox  # noqa: F401
+        from . import report as rep
+        from .engine import Options, Report, Result, grade
+    except Exception as err:  # noqa: BLE001 - a broken installation must still leave a report behind
         traceback.print_exc()
-        print(json.dumps(rep.gradescope(failed)))
-        return 2
+        _last_resort(paths, f"the grader could not be imported: {type(err).__name__}: {err}")
+        return EXIT_IMPORT
+
+    def failed(status: str, note: str) -> Report:
+        results = [
+            Result(ex, None, message=f"not graded: {note}")
+            for ex in exercises.EXERCISES
+            if ex.set in {s for s, _ in _sets(args.paths)}
+        ]
+        return Report(results=results, notes=[note], status=status, level=args.sandbox)
+
+    code = EXIT_OK
+    try:
+        result = grade(
+            args.paths,
+            Options(timeout=args.timeout, memory_gib=args.memory_gib, seed=args.seed, sandbox=args.sandbox),
+        )
+        if result.status == "sandbox failed":
+            code = EXIT_SANDBOX
+    except sandbox.SandboxUnavailable as err:
+        result, code = failed("sandbox unavailable", str(err)), EXIT_SANDBOX
+    except Exception as err:  # noqa: BLE001 - a grader bug must still leave a report behind
+        traceback.print_exc()
+        result, code = failed("grader failed", f"the grader failed: {type(err).__name__}: {err}"), EXIT_GRADER
     print(rep.table(result))
-    for path in rep.write(result, **paths):
-        print(f"wrote {path}")
+    try:
+        for path in rep.write(result, out=out, **paths):
+            print(f"wrote {path}")
+    except Exception as err:  # noqa: BLE001
+        traceback.print_exc()
+        _last_resort(paths, f"the report could not be written: {err}")
+        return EXIT_GRADER
+    if code:
+        print(f"exit status {code}: {result.status}")
+        return code
     if args.fail_under is not None and result.percent < args.fail_under:
         print(f"total {result.percent:.1f}% is below --fail-under {args.fail_under:g}%")
-        return 1
-    return 0
+        return EXIT_BELOW
+    return EXIT_OK
+
+
+def _sets(paths):
+    from .engine import collect
+
+    try:
+        return collect(paths)[0]
+    except Exception:  # noqa: BLE001
+        return []

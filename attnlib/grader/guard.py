@@ -12,8 +12,44 @@ replaces one (``torch.allclose = lambda *a: True``) is noticed when the snapshot
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# The families of forbidden library entry points, matched against attribute and function names: the sandbox
+# poisons every match in the library modules (attnlib.grader.worker) and the static scan flags every spelling
+# (attnlib.grader.notebook). A canonical forbidden name (attnlib.grader.exercises) maps to its family.
+FAMILIES = {
+    "softmax": re.compile(
+        r"^_*(log_?|safe_|masked_|special_|special_log_|gumbel_|sparse_|sparse_log_|fused_)?soft(max|min)"
+        r"(2d|_backward_data|_backward|_out|_with_shape)?$",
+        re.IGNORECASE,
+    ),
+    "sdpa": re.compile(
+        r"scaled_dot_product|dot_product_attention|scaled_dot_attention|flash_attention|efficient_attention"
+        r"|flex_attention|cudnn_attention|fused_sdp",
+        re.IGNORECASE,
+    ),
+    "mha": re.compile(
+        r"multi_?head_?attention|^Transformer(Encoder|Decoder)?(Layer)?$|transformer_encoder_layer",
+        re.IGNORECASE,
+    ),
+}
+# Libraries whose modules are poisoned in the sandbox (and, for "from scratch" exercises, may not be imported
+# apart from torch and numpy).
+LIBRARIES = ("torch", "numpy", "scipy", "jax", "flax", "tensorflow", "keras", "sklearn", "xformers", "flash_attn")
+
+
+def family_of(canonical: str) -> str | None:
+    """The family of a canonical forbidden name (``torch.nn.functional.softmax`` -> ``"softmax"``)."""
+    if canonical == "attnlib" or canonical.startswith("attnlib."):
+        return "attnlib"
+    last = canonical.rsplit(".", 1)[-1]
+    for fam, pattern in FAMILIES.items():
+        if pattern.search(last):
+            return fam
+    return None
+
 
 CALLS: list[str] = []
 _state = {"recording": False}

@@ -112,3 +112,29 @@ def run_case(target: Any, kind: str, returns: list[str], case: dict[str, Any]) -
         if isinstance(a, _Tensor):
             out[f"input:{i}"] = to_array(a, f"argument {i}")
     return out
+
+
+MAX_TEXT = 1000
+
+
+def value_output(value: Any) -> Any:
+    """A learner's answer variable (``answer = 42``, ``"B"``, a tensor) as something the grader can validate.
+
+    Plain ``bool``/``int``/``float``/``str`` values (exact types, not subclasses) pass through and travel as JSON;
+    tensors and NumPy arrays become plain arrays; anything else is refused.
+    """
+    kind = type(value)
+    if kind in (bool, int, float):
+        return value
+    if kind is str:
+        if len(value) > MAX_TEXT:
+            raise SubmissionError(f"the answer is {len(value)} characters long, far longer than the question needs")
+        return value
+    if kind is _ndarray:
+        arr = _np_array(value, copy=True)
+        if arr.dtype.kind not in "biuf" or arr.size > MAX_ELEMENTS:
+            raise SubmissionError("the answer is an array the grader cannot read (numbers only)")
+        return arr
+    if kind in (_Tensor, _Parameter):
+        return to_array(value, "the answer")
+    raise SubmissionError(f"the answer is a {kind.__module__}.{kind.__qualname__}; give a number, text or tensor")

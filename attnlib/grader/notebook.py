@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import ast
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .guard import FAMILIES, LIBRARIES, family_of
+
 MAX_BYTES = 20_000_000
 _KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
-_TRICKS = {"eval", "exec", "__import__", "compile", "importlib", "globals", "__builtins__", "setattr"}
 
 
 @dataclass
@@ -35,23 +37,42 @@ class NotebookError(Exception):
     """The file is not a readable notebook; the message says why."""
 
 
-def read_cells(path: str | Path) -> list[str]:
-    """The code cells' sources of the notebook at ``path``."""
+def read_bytes(path: str | Path) -> bytes:
+    """The notebook file's bytes, read once (size-limited; a link or other non-regular file is refused)."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        st = path.lstat()
+    except OSError as err:
+        raise NotebookError(f"cannot read {path}: {err.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotebookError(f"{path.name} is not a regular file (a link or a device?); submit the notebook itself")
+    if st.st_size > MAX_BYTES:
+        raise NotebookError(f"{path.name} is {st.st_size} bytes, larger than any exercise notebook should be")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
     except OSError as err:
         raise NotebookError(f"cannot read {path}: {err.strerror}") from None
     if len(raw) > MAX_BYTES:
-        raise NotebookError(f"{path.name} is {len(raw)} bytes, larger than any exercise notebook should be")
+        raise NotebookError(f"{path.name} is larger than any exercise notebook should be")
+    return raw
+
+
+def read_cells(path: str | Path) -> list[str]:
+    """The code cells' sources of the notebook at ``path``."""
+    return parse_cells(read_bytes(path), Path(path).name)
+
+
+def parse_cells(raw: bytes, name: str) -> list[str]:
+    """The code cells' sources of a notebook given as bytes (``name`` is for messages)."""
     try:
         nb = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise NotebookError(
-            f"{path.name} is not valid notebook JSON ({err}); restore it from git or re-save it in Jupyter"
+            f"{name} is not valid notebook JSON ({str(err)[:200]}); restore it from git or re-save it in Jupyter"
         ) from None
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
-        raise NotebookError(f"{path.name} is JSON but not a notebook (no list of cells)")
+        raise NotebookError(f"{name} is JSON but not a notebook (no list of cells)")
     cells = []
     for cell in nb["cells"]:
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
@@ -60,7 +81,7 @@ def read_cells(path: str | Path) -> list[str]:
         if isinstance(src, list) and all(isinstance(s, str) for s in src):
             src = "".join(src)
         if not isinstance(src, str):
-            raise NotebookError(f"{path.name} has a code cell whose source is not text")
+            raise NotebookError(f"{name} has a code cell whose source is not text")
         cells.append(src)
     return cells
 
@@ -97,6 +118,160 @@ def definitions(cells: list[str]) -> Source:
     return out
 
 
+def _bound(node: ast.AST) -> set[str]:
+    """Top-level names a kept statement binds."""
+    if isinstance(node, ast.Import):
+        return {a.asname or a.name.split(".")[0] for a in node.names}
+    if isinstance(node, ast.ImportFrom):
+        return {a.asname or a.name for a in node.names}
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def _mutated(node: ast.AST) -> set[str]:
+    """Names whose object a top-level statement changes (``CONFIG["x"] = 1``, ``torch.softmax = f``)."""
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+    out = set()
+    for t in targets:
+        if isinstance(t, (ast.Attribute, ast.Subscript)):
+            base = t
+            while isinstance(base, (ast.Attribute, ast.Subscript)):
+                base = base.value
+            if isinstance(base, ast.Name):
+                out.add(base.id)
+    return out
+
+
+def _used(node: ast.AST) -> set[str]:
+    """Global names a top-level statement may read (a function's own parameters and locals left out)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        local = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+        local |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))}
+        declared = {g for n in ast.walk(node) if isinstance(n, (ast.Global, ast.Nonlocal)) for g in n.names}
+        outer = set()
+        for d in [*getattr(node, "decorator_list", []), *node.args.defaults, *node.args.kw_defaults]:
+            if d is not None:
+                outer |= {n.id for n in ast.walk(d) if isinstance(n, ast.Name)}
+        names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        return outer | (names - (local - declared)) | declared
+    if isinstance(node, ast.ClassDef):
+        out = set()
+        for part in [*node.bases, *node.keywords, *node.decorator_list]:
+            out |= {n.id for n in ast.walk(part) if isinstance(n, ast.Name)}
+        for stmt in node.body:
+            out |= _used(stmt)
+        return out
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _closure(body: list[ast.stmt], entry: str) -> list[int]:
+    """Indices of the top-level statements ``entry`` needs: those binding (or changing) a name it uses, recursively."""
+    need, chosen = {entry}, set()
+    changed = True
+    while changed:
+        changed = False
+        for i, node in enumerate(body):
+            if i in chosen:
+                continue
+            if (_bound(node) | _mutated(node)) & need:
+                chosen.add(i)
+                need |= _used(node)
+                changed = True
+    return sorted(chosen)
+
+
+def needed_statements(source: Source, entry: str) -> list[tuple[str, str]]:
+    """The (label, code) statements one exercise runs: only what its entry point needs, in notebook order."""
+    return [source.statements[i] for i in _closure(source.tree.body, entry)]
+
+
+# What no exercise needs and what would hide a library call from this scan (names, modules, attributes).
+_TRICKS = {
+    "eval",
+    "exec",
+    "compile",
+    "__import__",
+    "globals",
+    "locals",
+    "vars",
+    "setattr",
+    "delattr",
+    "__builtins__",
+    "breakpoint",
+    "memoryview",
+}
+_TRICK_MODULES = {
+    "importlib",
+    "ctypes",
+    "gc",
+    "inspect",
+    "builtins",
+    "pickle",
+    "marshal",
+    "dill",
+    "cloudpickle",
+    "code",
+    "codeop",
+    "runpy",
+    "pydoc",
+    "imp",
+    "pkgutil",
+    "zipimport",
+    "operator",
+    "_operator",
+}
+_TRICK_CHAINS = ("torch.ops", "torch.library", "torch.jit", "torch.hub", "torch.fx", "torch.utils.cpp_extension")
+_SYS_TRICKS = {
+    "modules",
+    "_getframe",
+    "meta_path",
+    "path_hooks",
+    "path",
+    "path_importer_cache",
+    "settrace",
+    "setprofile",
+}
+# Attributes that reach code, frames, namespaces or originals behind a wrapper
+_ESCAPES = {
+    "__dict__",
+    "__globals__",
+    "__builtins__",
+    "__subclasses__",
+    "__bases__",
+    "__base__",
+    "__mro__",
+    "__code__",
+    "__closure__",
+    "__wrapped__",
+    "__getattribute__",
+    "__getattr__",
+    "__setattr__",
+    "__delattr__",
+    "__import__",
+    "__loader__",
+    "__spec__",
+    "__self__",
+    "__func__",
+    "__reduce__",
+    "__reduce_ex__",
+    "__defaults__",
+    "__kwdefaults__",
+    "__objclass__",
+    "f_globals",
+    "f_locals",
+    "f_back",
+    "f_builtins",
+    "tb_frame",
+    "gi_frame",
+    "cr_frame",
+    "ag_frame",
+}
+# Other libraries' softmax or attention: not torch, not numpy (for "from scratch" exercises)
+_OTHER_LIBRARIES = ("scipy", "jax", "flax", "tensorflow", "keras", "sklearn", "xformers", "flash_attn", "transformers")
+
+
 def _aliases(nodes) -> dict[str, str]:
     """Local name -> dotted origin for every import among ``nodes`` (``F`` -> ``torch.nn.functional``)."""
     names = {}
@@ -114,81 +289,163 @@ def _aliases(nodes) -> dict[str, str]:
     return names
 
 
-def _dotted(node: ast.AST) -> str | None:
+def _chain(node: ast.AST) -> list[str] | None:
+    """``a.b.c`` (also through ``getattr(a, "b")`` with a constant name) as ["a", "b", "c"]; None otherwise."""
     parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
+    while True:
+        if isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "getattr"
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+        ):
+            parts.append(node.args[1].value)
+            node = node.args[0]
+        else:
+            break
     if isinstance(node, ast.Name):
         parts.append(node.id)
-        return ".".join(reversed(parts))
+        return list(reversed(parts))
     return None
 
 
-def _defined(tree: ast.Module) -> dict[str, ast.AST]:
-    found = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            found[node.name] = node  # the last definition wins, as when the cells run
-    return found
+def _families(forbidden: tuple[str, ...]) -> set[str]:
+    return {f for f in (family_of(c) for c in forbidden) if f}
 
 
-# Canonical name -> how it can be spelled in source (dotted prefixes after alias resolution, or a bare attribute)
-_SPELLINGS = {
-    "torch.softmax": ("torch.softmax", "torch.special.softmax"),
-    "torch.log_softmax": ("torch.log_softmax",),
-    "torch.nn.functional.softmax": ("torch.nn.functional.softmax",),
-    "torch.nn.functional.log_softmax": ("torch.nn.functional.log_softmax",),
-    "torch.Tensor.softmax": (".softmax",),
-    "torch.Tensor.log_softmax": (".log_softmax",),
-    "torch.nn.Softmax": ("torch.nn.Softmax", "torch.nn.modules.activation.Softmax"),
-    "torch.nn.functional.scaled_dot_product_attention": (".scaled_dot_product_attention",),
-    "torch.nn.MultiheadAttention": (".MultiheadAttention",),
-    "torch.nn.functional.multi_head_attention_forward": (".multi_head_attention_forward",),
-    "attnlib": ("attnlib",),
-}
+def _name_hit(name: str, fams: set[str]) -> bool:
+    return any(FAMILIES[f].search(name) for f in fams if f in FAMILIES)
 
 
 def forbidden_uses(tree: ast.Module, entry: str, forbidden: tuple[str, ...]) -> list[str]:
-    """Forbidden library uses inside ``entry`` and the notebook functions it reaches, e.g. ``['F.softmax']``."""
-    defs = _defined(tree)
-    if entry not in defs:
+    """Forbidden uses in every statement ``entry`` needs (its function or class, the notebook functions, imports
+    and assignments it reaches), e.g. ``['F.softmax', 'getattr with a computed name']``.
+
+    Flags, for the exercise's forbidden families: attribute chains and imported names that resolve to a softmax,
+    attention or attnlib entry point (``x.softmax``, ``torch._softmax``, ``scipy.special.softmax``,
+    ``getattr(torch, "softmax")``, a string ``"softmax"``), and other libraries' modules; for every exercise:
+    what would hide a call from this scan (``eval``, ``__import__``, ``importlib``, ``getattr`` with a computed
+    name, ``sys.modules``, ``torch.ops``, private ``torch._*``, dunder attributes, assigning to a library's
+    attributes).
+    """
+    body = tree.body
+    if not any(entry in _bound(n) for n in body):  # not defined: the run says so
         return []
-    aliases = _aliases(tree.body)
-    spellings = [s for name in forbidden for s in _SPELLINGS.get(name, (name,))]
-    seen, todo, found = set(), [entry], []
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in defs:
-            continue
-        seen.add(name)
-        node = defs[name]
-        local = dict(aliases)
-        local.update(_aliases(n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))))
-        inner = {id(n.value) for n in ast.walk(node) if isinstance(n, ast.Attribute)}
-        for sub in ast.walk(node):
+    nodes = [body[i] for i in _closure(body, entry)]
+    fams = _families(forbidden)
+    scratch = bool(fams & {"softmax", "sdpa", "mha"})
+    aliases = _aliases(nodes)
+    for node in nodes:
+        aliases.update(_aliases(n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))))
+    found: list[str] = []
+
+    def module_hit(module: str) -> str | None:
+        top = module.split(".")[0]
+        if top in _TRICK_MODULES:
+            return f"import {module} (dynamic code or attribute tricks)"
+        if "attnlib" in fams and top == "attnlib":
+            return f"import {module}"
+        if scratch and top in _OTHER_LIBRARIES:
+            return f"import {module} (another library's implementation)"
+        parts = module.split(".")
+        if any(p.startswith("_") for p in parts[1:]) and top in LIBRARIES:
+            return f"import {module} (a library's private internals)"
+        if any(module == c or module.startswith(c + ".") for c in _TRICK_CHAINS):
+            return f"import {module}"
+        if _name_hit(parts[-1], fams):
+            return f"import {module}"
+        return None
+
+    def resolved_hit(text: str, resolved: list[str]) -> str | None:
+        top = resolved[0]
+        dotted = ".".join(resolved)
+        if top == "sys" and len(resolved) > 1 and resolved[1] in _SYS_TRICKS:
+            return f"{text} (the interpreter's module table or frames)"
+        if top in _TRICK_MODULES:
+            return f"{text} (dynamic code or attribute tricks)"
+        if any(dotted == c or dotted.startswith(c + ".") for c in _TRICK_CHAINS):
+            return f"{text} (operators reached by name)"
+        if top in LIBRARIES and any(p.startswith("_") and not p.startswith("__") for p in resolved[1:]):
+            return f"{text} (a library's private internals)"
+        if "attnlib" in fams and top == "attnlib":
+            return text
+        if scratch and top in _OTHER_LIBRARIES:
+            return f"{text} (another library's implementation)"
+        return None
+
+    for stmt in nodes:
+        inner = {id(n.value) for n in ast.walk(stmt) if isinstance(n, ast.Attribute)}
+        inner |= {id(n.args[0]) for n in ast.walk(stmt) if _is_const_getattr(n)}
+        for sub in ast.walk(stmt):
             if isinstance(sub, (ast.Import, ast.ImportFrom)):
-                modules = [a.name for a in sub.names] if isinstance(sub, ast.Import) else [sub.module or ""]
+                if isinstance(sub, ast.Import):
+                    modules = [a.name for a in sub.names]
+                else:
+                    base = sub.module or ""
+                    modules = [base] if module_hit(base) else [f"{base}.{a.name}" for a in sub.names]
                 for m in modules:
-                    if any(m == s or m.startswith(s + ".") for s in spellings if not s.startswith(".")):
-                        found.append(f"import {m}")
-            if isinstance(sub, ast.Name) and sub.id in _TRICKS:
-                found.append(f"{sub.id} (dynamic code or attribute tricks)")
-            if isinstance(sub, ast.Name) and sub.id in defs and sub.id != name:
-                todo.append(sub.id)
-            if isinstance(sub, (ast.Attribute, ast.Name)) and id(sub) not in inner:
-                text = _dotted(sub)
-                if text is None:
-                    if isinstance(sub, ast.Attribute) and any(s == "." + sub.attr for s in spellings):
-                        found.append(f".{sub.attr}")
-                    continue
-                head, _, rest = text.partition(".")
-                resolved = local.get(head, head) + ("." + rest if rest else "")
-                for s in spellings:
-                    if s.startswith("."):
-                        if resolved.endswith(s) or text.endswith(s):
-                            found.append(text)
-                    elif resolved == s or resolved.startswith(s + "."):
-                        found.append(text)
-    # one report per spelling, in order
+                    hit = module_hit(m)
+                    if hit:
+                        found.append(hit)
+            elif isinstance(sub, ast.Name):
+                if sub.id in _TRICKS:
+                    found.append(f"{sub.id} (dynamic code or attribute tricks)")
+                elif sub.id == "getattr" and not _is_getattr_call_parent(stmt, sub):
+                    found.append("getattr with a computed name (dynamic attribute access)")
+                if id(sub) not in inner and sub.id in aliases:
+                    resolved = aliases[sub.id].split(".")
+                    hit = resolved_hit(sub.id, resolved)
+                    if hit:
+                        found.append(hit)
+                    elif _name_hit(resolved[-1], fams) and resolved[0] != "__main__":
+                        found.append(sub.id)
+            elif isinstance(sub, ast.Attribute):
+                if sub.attr in _ESCAPES:
+                    found.append(f".{sub.attr} (dynamic code or attribute tricks)")
+                if _name_hit(sub.attr, fams):
+                    chain = _chain(sub)
+                    found.append(".".join(chain) if chain else f".{sub.attr}")
+            elif isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "getattr":
+                if not _is_const_getattr(sub):
+                    found.append("getattr with a computed name (dynamic attribute access)")
+                elif _name_hit(sub.args[1].value, fams):
+                    found.append(f'getattr(..., "{sub.args[1].value}")')
+            elif isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                if sub.value.isidentifier() and _name_hit(sub.value, fams):
+                    found.append(f'the name "{sub.value}" as a string')
+            if isinstance(sub, (ast.Attribute, ast.Call)) and id(sub) not in inner:
+                chain = _chain(sub)
+                if chain and chain[0] in aliases:
+                    resolved = aliases[chain[0]].split(".") + chain[1:]
+                    hit = resolved_hit(".".join(chain), resolved)
+                    if hit:
+                        found.append(hit)
+            if isinstance(sub, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+                targets = sub.targets if isinstance(sub, (ast.Assign, ast.Delete)) else [sub.target]
+                for t in targets:
+                    if isinstance(t, ast.Attribute):
+                        chain = _chain(t)
+                        if chain and chain[0] in aliases and aliases[chain[0]].split(".")[0] in LIBRARIES:
+                            found.append(f"assigns {'.'.join(chain)} (monkeypatching a library)")
     return list(dict.fromkeys(found))
+
+
+def _is_const_getattr(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "getattr"
+        and len(node.args) in (2, 3)
+        and isinstance(node.args[1], ast.Constant)
+        and isinstance(node.args[1].value, str)
+    )
+
+
+def _is_getattr_call_parent(stmt: ast.AST, name: ast.Name) -> bool:
+    """Whether this ``getattr`` Name is the function of a call (other uses, e.g. passing it around, are tricks)."""
+    return any(isinstance(n, ast.Call) and n.func is name for n in ast.walk(stmt))

@@ -4,11 +4,16 @@ results.json, JUnit XML and GitHub Classroom's per-test JSON."""
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
+import stat
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
-from .engine import Report
+Report = Any  # attnlib.grader.engine.Report; not imported, so a broken engine still leaves a report behind
 
 
 def _status(result) -> bool:
@@ -66,6 +71,11 @@ def gradescope(report: Report) -> dict:
         + "".join(f"\nnote: {n}" for n in report.notes),
         "visibility": "visible",
         "stdout_visibility": "hidden",
+        "extra_data": {
+            "sandbox": getattr(report, "level", ""),
+            "status": getattr(report, "status", "graded"),
+            "seed": report.seed,
+        },
         "tests": [
             {
                 "name": r.name,
@@ -126,16 +136,120 @@ def junit(report: Report) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
-def write(report: Report, *, results: Path, junit_path: Path, classroom_path: Path, summary: Path) -> list[Path]:
-    """Write every report file; returns their paths."""
+class ReportWriteError(Exception):
+    """A report file could not be written safely (the message says why)."""
+
+
+def _write_new(folder: Path, name: str, data: bytes) -> Path:
+    """Create ``folder/name`` exclusively (never following a link), write, fsync; returns its path."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    path = folder / name
+    fd = os.open(path, flags, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def _check_written(path: Path, expected: bytes) -> None:
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        raise ReportWriteError(f"{path} is not a plain file with one link after writing it")
+    with open(path, "rb") as fh:
+        if fh.read() != expected:
+            raise ReportWriteError(f"{path} changed while it was written")
+
+
+def write_file(path: Path, text: str) -> Path:
+    """Write one file atomically: a new temp file beside it (O_EXCL, O_NOFOLLOW), then a rename over ``path``.
+
+    The rename replaces the directory entry itself, so a symlink or hard link planted at ``path`` beforehand is
+    replaced, never followed or written through.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode("utf-8")
+    tmp = _write_new(path.parent, f".{path.name}.{secrets.token_hex(8)}.tmp", data)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+    _check_written(path, data)
+    return path
+
+
+def write_folder(folder: Path, files: dict[str, str]) -> list[Path]:
+    """Write ``files`` into a freshly created folder and put it in place of ``folder`` in one rename.
+
+    Whatever was at ``folder`` before (an earlier report, files or links a submission planted) is moved aside and
+    deleted, so the folder holds exactly these files.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fresh = folder.parent / f".{folder.name}.{secrets.token_hex(8)}.new"
+    os.mkdir(fresh, 0o755)
+    for name, text in files.items():
+        _write_new(fresh, name, text.encode("utf-8"))
+    old = None
+    if os.path.lexists(folder):
+        old = folder.parent / f".{folder.name}.{secrets.token_hex(8)}.old"
+        os.rename(folder, old)
+    os.rename(fresh, folder)
+    if old is not None:
+        if os.path.islink(old) or not os.path.isdir(old):
+            os.unlink(old)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     written = []
-    for path, text in (
-        (results, json.dumps(gradescope(report), indent=2)),
-        (junit_path, junit(report)),
-        (classroom_path, json.dumps(classroom(report), indent=2)),
-        (summary, markdown(report)),
-    ):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
+    for name, text in files.items():
+        _check_written(folder / name, text.encode("utf-8"))
+        written.append(folder / name)
     return written
+
+
+def contents(report: Report) -> dict[str, str]:
+    """The four report files' texts, by their default names."""
+    return {
+        "results.json": json.dumps(gradescope(report), indent=2),
+        "junit.xml": junit(report),
+        "classroom.json": json.dumps(classroom(report), indent=2),
+        "summary.md": markdown(report),
+    }
+
+
+def write(
+    report: Report,
+    *,
+    results: Path,
+    junit_path: Path,
+    classroom_path: Path,
+    summary: Path,
+    out: Path | None = None,
+) -> list[Path]:
+    """Write every report file atomically; returns their paths.
+
+    With ``out``, the files that belong in it are written into a fresh folder that replaces ``out`` as a whole;
+    files given elsewhere (``--results /autograder/results/results.json``) are each replaced atomically.
+    """
+    texts = contents(report)
+    targets = {
+        "results.json": Path(results),
+        "junit.xml": Path(junit_path),
+        "classroom.json": Path(classroom_path),
+        "summary.md": Path(summary),
+    }
+    inside = {}
+    if out is not None:
+        out = Path(out)
+        inside = {n: texts[n] for n, p in targets.items() if p.parent == out and p.name == n}
+    written = write_folder(out, inside) if inside else []
+    for name, path in targets.items():
+        if name not in inside:
+            written.append(write_file(path, texts[name]))
+    order = {p: i for i, p in enumerate(targets.values())}
+    return sorted(written, key=lambda p: order.get(p, 99))

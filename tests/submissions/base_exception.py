@@ -1,4 +1,6 @@
 # expect: raised Escape
+# class: classic
+# attempts: raise a BaseException subclass that escapes except Exception
 class Escape(BaseException):
     """Not an Exception: slips past `except Exception`."""
 

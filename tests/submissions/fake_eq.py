@@ -1,4 +1,6 @@
 # expect: expected a torch.Tensor
+# class: classic
+# attempts: return an object whose __eq__ is always True
 class AlwaysEqual:
     """Claims to equal anything, and to be close to anything."""
 

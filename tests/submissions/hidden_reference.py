@@ -1,4 +1,6 @@
-# expect: called while grading
+# expect: module table
+# class: shortcut
+# attempts: reach attnlib.reference through sys.modules without an import
 import sys
 
 import numpy as np

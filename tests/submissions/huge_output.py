@@ -1,4 +1,6 @@
 # expect: far more than the exercise produces
+# class: classic
+# attempts: return an enormous tensor
 import torch
 
 

@@ -1,4 +1,6 @@
 # expect: still running
+# class: classic
+# attempts: loop forever, swallowing interrupts
 def stable_softmax(x, dim=-1, temperature=1.0):
     while True:
         try:

@@ -1,4 +1,6 @@
 # expect: died
+# class: processes
+# attempts: SIGKILL the parent (the runner)
 import os
 import signal
 

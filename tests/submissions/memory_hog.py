@@ -1,4 +1,6 @@
 # expect: raised MemoryError
+# class: classic
+# attempts: allocate ever larger blocks
 def stable_softmax(x, dim=-1, temperature=1.0):
     chunks = []
     size = 1 << 30

@@ -1,4 +1,6 @@
 # expect: monkeypatching
+# class: self-report
+# attempts: replace torch.allclose, numpy.allclose and Tensor.numpy
 import numpy as np
 import torch
 

@@ -1,4 +1,6 @@
 # expect: ended the process
+# class: classic
+# attempts: os._exit(0) while a check runs
 import os
 
 

@@ -1,4 +1,6 @@
 # expect: differs from the reference
+# class: self-report
+# attempts: print a fake results.json and score line
 import json
 import sys
 

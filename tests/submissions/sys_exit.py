@@ -1,4 +1,6 @@
 # expect: raised SystemExit
+# class: classic
+# attempts: sys.exit(0) inside the function
 import sys
 
 

@@ -1,4 +1,6 @@
 # expect: expected a torch.Tensor
+# class: classic
+# attempts: return a torch.Tensor subclass that always compares equal
 import torch
 
 

@@ -1,4 +1,6 @@
 # expect: raised RuntimeError
+# class: classic
+# attempts: allocate huge tensors
 import torch
 
 

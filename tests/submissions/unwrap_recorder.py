@@ -1,4 +1,6 @@
-# expect: monkeypatching
+# expect: dynamic
+# class: shortcut
+# attempts: vars(torch)[...] = ....__wrapped__ to undo the recorder
 import torch
 
 

@@ -1,4 +1,6 @@
 # expect: differs from the reference
+# class: file-system
+# attempts: write a fake results.json into the report folder and the cwd
 import json
 import os
 

@@ -1,0 +1,10 @@
+# expect: attnlib
+# class: shortcut
+# attempts: attnlib's own softmax under an innocent alias, bound at the top level
+from attnlib import functional as helpers
+
+normalise = helpers.softmax
+
+
+def stable_softmax(x, dim=-1, temperature=1.0):
+    return normalise(x / temperature, dim=dim)
