@@ -16,7 +16,6 @@ import io
 import json
 import os
 import resource
-import secrets
 import selectors
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import diagnose
-from .exercises import ARG_NAMES, EXERCISE_SETS, EXERCISES, Case, Exercise, exercises_of, set_of_path
+from .exercises import ARG_NAMES, DEFAULT_SEED, EXERCISE_SETS, Case, Exercise, exercises_of, set_of_path
 from .notebook import NotebookError, definitions, forbidden_uses, read_cells
 
 GIB = 1 << 30
@@ -81,7 +80,7 @@ class Options:
     timeout: float = 20.0  # seconds per exercise (wall clock)
     memory_gib: float = 4.0  # address-space limit of the child (torch alone reserves about 1 GiB)
     fsize_bytes: int = 0  # largest file submitted code may write (0: it can write none)
-    seed: int | None = None  # None: a fresh random seed per run (reported)
+    seed: int | None = None  # None: the fixed DEFAULT_SEED, so a submission always gets the same score (reported)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -130,6 +129,8 @@ class _Arrays:
             return {"npy": name}
         if isinstance(value, (bool, int, float, str)) or value is None:
             return {"json": value}
+        if isinstance(value, list) and all(type(v) in (bool, int, float) for v in value):
+            return {"json": value}  # a Python list argument (e.g. lengths), as a docstring may allow
         raise TypeError(f"cannot send {type(value).__name__} to the sandbox")
 
 
@@ -311,7 +312,7 @@ def _score_exercise(
             if err.startswith("NotImplementedError"):
                 messages.append((case.name, "not implemented yet (NotImplementedError)"))
             else:
-                messages.append((case.name, f"raised {err}"))
+                messages.append((case.name, diagnose.error_message(err, ex.raises(case))))
             continue
         try:
             outputs = {str(k): _decode(v) for k, v in (e.get("outputs") or {}).items()}
@@ -336,7 +337,9 @@ def _score_exercise(
 def _judge(ex: Exercise, case: Case, expected: dict, outputs: dict) -> tuple[bool, str]:
     names = ARG_NAMES.get(ex.entry, ())
     mistakes = _LazyMistakes(ex, case)
-    return diagnose.judge(case.args, names, outputs, expected, mistakes, distribution=ex.distribution)
+    return diagnose.judge(
+        case.args, names, outputs, expected, mistakes, distribution=ex.distribution, magnitude=case.magnitude
+    )
 
 
 class _LazyMistakes:
@@ -378,7 +381,7 @@ def grade_many(submissions: list[list[str | Path]], options: Options | None = No
     """Grade several submissions (each a list of paths) with one sandbox run; one report each, same seed."""
     opts = options or Options()
     start = time.perf_counter()
-    seed = opts.seed if opts.seed is not None else secrets.randbits(32)
+    seed = opts.seed if opts.seed is not None else DEFAULT_SEED
     reports = [Report(seed=seed) for _ in submissions]
     checks: dict[
         str, tuple[list[Case], list[dict], list[dict]]
@@ -406,7 +409,7 @@ def grade_many(submissions: list[list[str | Path]], options: Options | None = No
                 report.notes.extend(f"{path}: {p}" for p in source.problems)
                 for ex in exercises:
                     if ex.key not in checks:
-                        cases = ex.cases(np.random.default_rng([seed, EXERCISES.index(ex)]))
+                        cases = ex.cases(ex.rng(seed))
                         specs = [_case_spec(c, arrays) for c in cases]
                         checks[ex.key] = (cases, [ex.expect(c) for c in cases], specs)
                     cases, _, specs = checks[ex.key]

@@ -11,8 +11,6 @@ come from ``attnlib grade``, which runs submissions in a separate, limited proce
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import diagnose, guard
 from .exercises import ARG_NAMES, BY_ENTRY, EXERCISES, Case, Exercise
 from .invoke import SubmissionError, run_case
@@ -34,7 +32,7 @@ def _as_dict(case: Case) -> dict:
 
 def run_checks(ex: Exercise, target) -> tuple[int, int, list[tuple[str, str]], list[str]]:
     """(passed, total, [(check, message) for failures], forbidden calls) for ``target`` on ``ex``'s checks."""
-    cases = ex.cases(np.random.default_rng([SEED, EXERCISES.index(ex)]))
+    cases = ex.cases(ex.rng(SEED))
     failures: list[tuple[str, str]] = []
     passed = 0
     saved = guard.install()
@@ -54,7 +52,7 @@ def run_checks(ex: Exercise, target) -> tuple[int, int, list[tuple[str, str]], l
                 failures.append((case.name, str(err)))
                 continue
             except Exception as err:  # noqa: BLE001 - any error of the learner's code is feedback
-                failures.append((case.name, f"raised {type(err).__name__}: {err}"))
+                failures.append((case.name, diagnose.error_message(f"{type(err).__name__}: {err}", ex.raises(case))))
                 continue
             ok, message = diagnose.judge(
                 case.args,
@@ -63,6 +61,7 @@ def run_checks(ex: Exercise, target) -> tuple[int, int, list[tuple[str, str]], l
                 ex.expect(case),
                 ex.mistakes(case),
                 distribution=ex.distribution,
+                magnitude=case.magnitude,
             )
             if ok:
                 passed += 1
