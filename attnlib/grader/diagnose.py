@@ -160,14 +160,8 @@ def diagnose(
         message = check_dtype(name, outputs[name], exp)
         if message:
             return False, message
-    mistakes = list(mistakes)
-    for hint, wrong in mistakes:
-        if any(outputs[n].shape != forward[n].shape for n in wrong if n in forward) and matches(outputs, wrong, **tol):
-            return False, hint
-    for name, exp in forward.items():
-        if outputs[name].shape != exp.shape:
-            return False, f"{name} has shape {shape_str(outputs[name].shape)}, expected {shape_str(exp.shape)}"
-    if matches(outputs, forward, **tol):
+    shapes_ok = all(outputs[name].shape == exp.shape for name, exp in forward.items())
+    if shapes_ok and matches(outputs, forward, **tol):
         got_grads = {n: outputs[n] if n in outputs else np.zeros_like(e) for n, e in grads.items()}
         if grads and not matches(got_grads, grads, **tol):
             for hint, wrong in mistakes:
@@ -183,10 +177,18 @@ def diagnose(
             if not close(outputs[name], exp, **tol):
                 return False, (
                     f"the forward pass is right but the gradient for {name[5:]} is not "
-                    f"({difference_message(name, outputs[name], exp)}): "
-                    "is part of the computation detached from autograd?"
+                    f"({difference_message(name, outputs[name], exp, magnitude)}): it reaches the output by another "
+                    "path than the formula's (detached somewhere, or read from another input that has equal values "
+                    "in this check)"
                 )
         return True, "correct"
+    mistakes = list(mistakes)  # computed only now: a correct answer never pays for them
+    for hint, wrong in mistakes:
+        if any(outputs[n].shape != forward[n].shape for n in wrong if n in forward) and matches(outputs, wrong, **tol):
+            return False, hint
+    for name, exp in forward.items():
+        if outputs[name].shape != exp.shape:
+            return False, f"{name} has shape {shape_str(outputs[name].shape)}, expected {shape_str(exp.shape)}"
     for hint, wrong in mistakes:
         if matches(outputs, {n: w for n, w in wrong.items() if not n.startswith("grad:")}, **tol):
             return False, hint

@@ -247,7 +247,7 @@ def _online_mistakes(case):
                 (
                     f"the last, shorter block (n={n} is not a multiple of block={block}) is left out of the max and "
                     "the sum: loop with range(0, n, block) and slice x[..., j:j + block]",
-                    {"out": np.exp(x64 - safe[..., None]) / np.where(l2 > 0, l2, np.nan)[..., None]},
+                    {"out": np.exp(x64 - safe[..., None]) / np.where(l2 > 0, l2, 1.0)[..., None]},
                 )
             )
     with np.errstate(all="ignore"):

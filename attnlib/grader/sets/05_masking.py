@@ -88,6 +88,8 @@ def _tri_mistakes(L, S, want: int, *, top_left: bool):
                     {"out": np.tril(ones, L - S)},
                 )
             )
+    if not top_left:  # the alignment mistakes are this exercise's point: they win where outputs coincide
+        found = found[5:] + found[:5]
     out, seen = [], [np.tril(ones, want)]
     for hint, wrong in found:
         if not any(np.array_equal(wrong["out"], s) for s in seen):

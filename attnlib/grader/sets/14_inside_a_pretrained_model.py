@@ -149,13 +149,15 @@ def bert_mistakes(case):
         ("the biases are not loaded (or are zero): copy query_bias into w_q.bias, etc.", _np_bert(a, bias=False)),
         ("the output projection (output_weight, output_bias -> w_o) is not applied", _np_bert(a, out_proj=False)),
     ]
+    found.append(
+        (
+            "the padding mask is inverted: attention_mask is 1 at real tokens, and attnlib's boolean mask is True "
+            "where a query MAY attend: attention_mask.bool()[:, None, None, :]",
+            _np_bert(a, mask="inverted"),
+        )
+    )
     if has_padding:
         found += [
-            (
-                "the padding mask is inverted: attention_mask is 1 at real tokens, and attnlib's boolean mask is True "
-                "where a query MAY attend: attention_mask.bool()[:, None, None, :]",
-                _np_bert(a, mask="inverted"),
-            ),
             (
                 "the padding is not masked: real tokens give weight to [PAD] keys; pass "
                 "attention_mask.bool()[:, None, None, :] as attn_mask",
