@@ -12,10 +12,10 @@ import re
 
 import nbformat
 import pytest
+from exercise_harness import EXERCISES_DIR, ROOT, SOLUTIONS, grade, load
 
 from attnlib import course
 from attnlib.grader.exercises import BY_KEY, EXERCISE_SETS, EXERCISES, SETS_DIR, exercises_of
-from exercise_harness import EXERCISES_DIR, ROOT, SOLUTIONS, grade, load
 
 MY_SETS = [s for s in EXERCISE_SETS if s[:2] in {"01", "02", "03", "04", "05", "06", "07", "08", "12", "14"}]
 
@@ -263,7 +263,7 @@ BROKEN = [
         "masked-qk-swapped",
         "05.5",
         "scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n    scores = scores.masked_fill",
-        "scores = (k @ q.transpose(-2, -1)).transpose(-2, -1).transpose(-2, -1) / math.sqrt(q.shape[-1])\n    scores = scores.masked_fill",
+        "scores = k @ q.transpose(-2, -1) / math.sqrt(q.shape[-1])\n    scores = scores.masked_fill",
         "swapped",
     ),
     ("decode-top-left", "05.6", "return 2", "return 1", "top-left"),
