@@ -58,3 +58,29 @@ def grade(ex: Exercise, target, seed: int = DEFAULT_SEED, *, record: bool = Fals
     if used:  # the grader gives zero, whatever the checks say
         return float(ex.points), [f"calls {', '.join(used)}: this exercise asks you to write it yourself"]
     return ex.points * (1 - passed / total), [m for _, m in failures]
+
+
+def lost_points(ex: Exercise, target, seed: int) -> float:
+    """The points ``target`` loses at ``seed``: the grader's comparison (:func:`attnlib.grader.diagnose.judge`
+    with the case's tolerance), without computing the hints, so that a sweep over many seeds stays fast."""
+    from attnlib.grader import diagnose
+    from attnlib.grader.invoke import run_case
+
+    cases = ex.cases(ex.rng(seed))
+    passed = 0
+    for case in cases:
+        try:
+            outputs = run_case(target, ex.kind, list(ex.returns), selfcheck._as_dict(case))
+        except Exception:  # noqa: BLE001 - a broken implementation may raise: that check fails
+            continue
+        ok, _ = diagnose.judge(
+            case.args,
+            ex.arg_names,
+            outputs,
+            ex.expect(case),
+            (),
+            distribution=ex.distribution,
+            magnitude=case.magnitude,
+        )
+        passed += ok
+    return ex.points * (1 - passed / len(cases))

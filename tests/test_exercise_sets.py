@@ -292,6 +292,7 @@ BROKEN = [
     ("count-no-bias", "06.3", "+ ((2 * d_k + d_v) if bias else 0)", "", "biases are missing"),
     ("cross-keys-from-x", "07.1", "self.w_k(context)", "self.w_k(x)", "keys|wrong input"),
     ("cross-padding-ignored", "07.1", 'scores = scores.masked_fill(~mask, float("-inf"))', "pass", "mask is ignored"),
+    ("symmetric-always", "06.4", "return 2", "return 1", "divides row i"),
     ("cross-which-queries", "07.3", "return 2", "return 1", "queries"),
     (
         "split-no-transpose",

@@ -105,7 +105,9 @@ def check(entry: str, target) -> None:
         print(f"⏳ {entry} is not implemented yet: replace the `raise NotImplementedError` line with your code.")
         return
     if not failures:
-        print(f"✅ {entry}: all {total} checks passed ({ex.points} points when graded).")
+        checks = "the check" if total == 1 else f"all {total} checks"
+        points = "1 point" if ex.points == 1 else f"{ex.points} points"
+        print(f"✅ {entry}: {checks} passed ({points} when graded).")
         return
     print(f"❌ {entry}: {passed} of {total} checks passed.")
     shown = set()

@@ -59,7 +59,7 @@ def _tri_mistakes(L, S, want: int, *, top_left: bool):
             {"out": np.tril(ones, want + 1)},
         ),
         (
-            "the diagonal is off by one: each query must also attend to its own position",
+            "the diagonal is off by one: each query must also attend to itself (its own position)",
             {"out": np.tril(ones, want - 1)},
         ),
         ("the mask is all True: the causal mask must block the later keys", {"out": ones}),

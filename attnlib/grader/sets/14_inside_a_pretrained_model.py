@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..common import Case, Exercise, attn, question
+from ..common import Case, Exercise, question
 
 SET = "14_inside_a_pretrained_model"
 TITLE = "Lesson 14: the real MiniLM attention weights in your multi-head module"
@@ -53,15 +53,18 @@ def _run_all():
     return hidden, out.lengths.numpy(), layers
 
 
+@functools.lru_cache(maxsize=256)
 def _layer_input(idx: tuple[int, ...], layer: int):
-    """(hidden states entering ``layer`` of the sentences ``idx``, right-padded (B, L, 384) float32, attention_mask
-    (B, L) int64 with 1 at real tokens, the layer's attention weights)."""
+    """The arguments of a check: the hidden states entering ``layer`` of the sentences ``idx``, right-padded
+    (B, L, 384) float32, attention_mask (B, L) int64 with 1 at real tokens, and the layer's eight attention
+    tensors; and the check's magnitude."""
     hidden, lengths, layers = _run_all()
     idx = list(idx)
     L = int(lengths[idx].max())
     h = np.ascontiguousarray(hidden[layer][idx, :L])
     mask = (np.arange(L)[None, :] < lengths[idx][:, None]).astype(np.int64)
-    return h, mask, layers[layer]
+    args = (h, mask, *(layers[layer][a] for a in ARGS[2:]))
+    return args, _magnitude(args)
 
 
 def bert_cases(rng):
@@ -74,14 +77,18 @@ def bert_cases(rng):
     ]
     cases = []
     for name, idx, layer in picks:
-        hidden, mask, weights = _layer_input(tuple(int(i) for i in idx), int(layer))
-        args = (hidden, mask, *(weights[a] for a in ARGS[2:]))
-        cases.append(Case(name, args, magnitude=_magnitude(args)))
+        args, magnitude = _layer_input(tuple(int(i) for i in idx), int(layer))
+        cases.append(Case(name, args, magnitude=magnitude))
     return cases
 
 
 def _np_bert(args, *, heads=HEADS, transposed=False, mask="ok", swap_qk=False, bias=True, out_proj=True):
-    hidden, attention_mask, *w = (np.asarray(a, np.float64) for a in args)
+    """The attention sublayer in float64 (torch, for speed), with switches that reproduce loading mistakes."""
+    import torch
+
+    from ..common import t64
+
+    hidden, *w = (t64(a) for a in (args[0], *args[2:]))
     W = dict(zip(ARGS[2:], w, strict=True))
     B, L, E = hidden.shape
     D = E // heads
@@ -92,43 +99,37 @@ def _np_bert(args, *, heads=HEADS, transposed=False, mask="ok", swap_qk=False, b
         return y + W[f"{name}_bias"] if bias else y
 
     def split(x):
-        return x.reshape(B, L, heads, D).transpose(0, 2, 1, 3)
+        return x.reshape(B, L, heads, D).transpose(1, 2)
 
     qn, kn = ("key", "query") if swap_qk else ("query", "key")
     q, k, v = split(proj(hidden, qn)), split(proj(hidden, kn)), split(proj(hidden, "value"))
-    keep = (attention_mask > 0)[:, None, None, :]
-    m = None if mask == "none" else (~keep if mask == "inverted" else keep)
-    o, weights = attn(q, k, v, m, 1.0 / math.sqrt(D))
-    merged = o.transpose(0, 2, 1, 3).reshape(B, L, E)
-    return {"out": proj(merged, "output") if out_proj else merged, "weights": weights}
+    s = q @ k.transpose(-2, -1) / math.sqrt(D)
+    keep = torch.from_numpy(np.asarray(args[1]) > 0)[:, None, None, :]
+    if mask != "none":
+        s = s.masked_fill(keep if mask == "inverted" else ~keep, float("-inf"))
+    top = s.amax(dim=-1, keepdim=True)
+    e = torch.exp(s - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
+    total = e.sum(dim=-1, keepdim=True)
+    weights = e / torch.where(total > 0, total, torch.ones_like(total))
+    merged = (weights @ v).transpose(1, 2).reshape(B, L, E)
+    return {"out": (proj(merged, "output") if out_proj else merged).numpy(), "weights": weights.numpy()}
 
 
 def _magnitude(args):
-    hidden, _, qw, qb, kw, kb, *_ = (np.abs(np.asarray(a, np.float64)) for a in args)
-    q = hidden @ qw.T + qb
-    k = hidden @ kw.T + kb
+    """The largest sum of |q_i k_i| / sqrt(head_dim) over every head's query-key pairs (in torch: fast)."""
+    from ..common import t64
+
+    hidden, _, qw, qb, kw, kb, *_ = (t64(a).abs() for a in args)
     B, L, E = hidden.shape
-    D = E // HEADS
-    qh = q.reshape(B, L, HEADS, D).transpose(0, 2, 1, 3)
-    kh = k.reshape(B, L, HEADS, D).transpose(0, 2, 1, 3)
-    return float((qh @ kh.transpose(0, 1, 3, 2)).max() / math.sqrt(D))
+    q = (hidden @ qw.T + qb).reshape(B, L, HEADS, E // HEADS).transpose(1, 2)
+    k = (hidden @ kw.T + kb).reshape(B, L, HEADS, E // HEADS).transpose(1, 2)
+    return float((q @ k.transpose(-2, -1)).max()) / math.sqrt(E // HEADS)
 
 
 def bert_expect(case):
-    import torch
-
-    from ...modules import MultiHeadAttention
-    from ..common import t64
-
-    hidden, attention_mask, *w = case.args
-    mha = MultiHeadAttention(hidden.shape[-1], HEADS).double()
-    with torch.no_grad():
-        for name, lin in zip(NAMES, (mha.w_q, mha.w_k, mha.w_v, mha.w_o), strict=True):
-            lin.weight.copy_(t64(w[ARGS.index(f"{name}_weight") - 2]))
-            lin.bias.copy_(t64(w[ARGS.index(f"{name}_bias") - 2]))
-        mask = torch.from_numpy(np.asarray(attention_mask) > 0)[:, None, None, :]
-        out, weights = mha(t64(hidden), attn_mask=mask)
-    return {"out": out.numpy(), "weights": weights.numpy()}
+    """The real model's attention sublayer on these inputs, in float64 (tests/test_exercise_sets.py checks that it
+    equals attnlib's MultiHeadAttention and the lesson's MiniLM encoder)."""
+    return _np_bert(case.args)
 
 
 def bert_mistakes(case):
@@ -175,8 +176,8 @@ _params = question(
         4 * 384 * 384: "The biases are missing: each projection has 384 of them.",
         3 * 384 * 384 + 3 * 384: "The output projection (attention.output.dense) is missing.",
         4 * 384 * 384 + 4 * 384 + 2 * 384: "The LayerNorm after the attention is not part of the attention layer.",
-        12 * (4 * 32 * 384 + 4 * 32): "That counts each head's slices as (32 x 384) matrices for all four "
-        "projections; W_O takes the 384 merged features to 384.",
+        12 * (4 * 384 * 384 + 4 * 384): "The 12 heads share the four matrices (each head uses a 32-wide slice): "
+        "they do not multiply the count.",
     },
 )
 
