@@ -59,7 +59,7 @@ LESSONS: list[Lesson] = [
         "The QKV analogy",
         1,
         "Queries, keys and values as a library search; hard lookup versus soft, differentiable lookup.",
-        "exercises/01_soft_lookup.ipynb",
+        "exercises/01_qkv_analogy.ipynb",
     ),
     Lesson(
         2,
@@ -67,7 +67,7 @@ LESSONS: list[Lesson] = [
         "Similarity and scaling",
         1,
         "Dot products as similarity; measure Var(q·k) ∝ d_k; an unscaled model stalls while a scaled one learns.",
-        "exercises/02_softmax.ipynb",
+        "exercises/02_similarity_and_scaling.ipynb",
     ),
     Lesson(
         3,
@@ -75,7 +75,7 @@ LESSONS: list[Lesson] = [
         "Softmax",
         1,
         "Stable softmax, overflow thresholds per dtype, temperature, -inf entries and the online softmax.",
-        "exercises/02_softmax.ipynb",
+        "exercises/03_softmax.ipynb",
     ),
     Lesson(
         4,
@@ -83,7 +83,7 @@ LESSONS: list[Lesson] = [
         "Scaled dot-product attention",
         2,
         "Loops → matrices → batched heads; the known-answer example; audit the source's 'making' diagram.",
-        "exercises/03_scaled_dot_product.ipynb",
+        "exercises/04_scaled_dot_product_attention.ipynb",
     ),
     Lesson(
         5,
@@ -91,7 +91,7 @@ LESSONS: list[Lesson] = [
         "Masking",
         2,
         "Causal and padding masks, alignment when L ≠ S, fully masked rows without NaN, the leak of a missing mask.",
-        "exercises/04_masking.ipynb",
+        "exercises/05_masking.ipynb",
     ),
     Lesson(
         6,
@@ -99,7 +99,7 @@ LESSONS: list[Lesson] = [
         "Self-attention",
         2,
         "Learned W_Q, W_K, W_V; why swapping Q and K is a bug; context changes a word's representation.",
-        "exercises/05_self_attention.ipynb",
+        "exercises/06_self_attention.ipynb",
     ),
     Lesson(
         7,
@@ -107,7 +107,7 @@ LESSONS: list[Lesson] = [
         "Cross-attention",
         3,
         "Decoder queries over encoder keys of another length and width; padding; a toy seq2seq learns an alignment.",
-        "exercises/06_cross_attention.ipynb",
+        "exercises/07_cross_attention.ipynb",
     ),
     Lesson(
         8,
@@ -115,7 +115,7 @@ LESSONS: list[Lesson] = [
         "Multi-head attention",
         3,
         "Split and merge heads, count parameters, match nn.MultiheadAttention, measure what two heads specialise in.",
-        "exercises/07_multi_head_attention.ipynb",
+        "exercises/08_multi_head_attention.ipynb",
     ),
     Lesson(
         9,
@@ -148,7 +148,7 @@ LESSONS: list[Lesson] = [
         "The cost of attention",
         4,
         "Measured O(n²) time and memory, chunked attention with the online softmax, decoding with a KV cache.",
-        "exercises/02_softmax.ipynb",
+        "exercises/12_cost_of_attention.ipynb",
     ),
     Lesson(
         14,
@@ -156,7 +156,7 @@ LESSONS: list[Lesson] = [
         "Inside a pretrained model",
         4,
         "All 6 × 12 heads of all-MiniLM-L6-v2, rebuilt from attnlib: what trained heads do, measured not asserted.",
-        "exercises/07_multi_head_attention.ipynb",
+        "exercises/14_inside_a_pretrained_model.ipynb",
         budget_s=20.0,
     ),
 ]

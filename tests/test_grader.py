@@ -24,196 +24,196 @@ OPTS = Options(seed=7, timeout=20)
 
 # (id, notebook, exercise key, old, new, substring the message must contain)
 BROKEN = [
-    ("hard-argmin", "01_soft_lookup", "01.1", "scores.argmax(dim=-1)", "scores.argmin(dim=-1)", "argmin"),
+    ("hard-argmin", "01_qkv_analogy", "01.1", "scores.argmax(dim=-1)", "scores.argmin(dim=-1)", "argmin"),
     (
         "soft-temp-times",
-        "01_soft_lookup",
+        "01_qkv_analogy",
         "01.2",
         "/ temperature  # (L, S)",
         "* temperature  # (L, S)",
         "multiplied by the temperature",
     ),
-    ("softmax-no-max", "02_softmax", "02.1", "e = torch.exp(z - m)", "e = torch.exp(z)", "subtract the maximum"),
+    ("softmax-no-max", "03_softmax", "03.1", "e = torch.exp(z - m)", "e = torch.exp(z)", "subtract the maximum"),
     (
         "softmax-axis",
-        "02_softmax",
-        "02.1",
+        "03_softmax",
+        "03.1",
         "z = x / temperature",
         "z = x / temperature\n    dim = -1  # always the last axis",
         "this check asked for dim=",
     ),
     (
         "softmax-temp-times",
-        "02_softmax",
-        "02.1",
+        "03_softmax",
+        "03.1",
         "z = x / temperature",
         "z = x * temperature",
         "multiplied by the temperature",
     ),
     (
         "softmax-in-place",
-        "02_softmax",
-        "02.1",
+        "03_softmax",
+        "03.1",
         "z = x / temperature",
         "x -= x.amax(dim=dim, keepdim=True)\n    z = x / temperature",
         "modified its input x in place",
     ),
     (
         "softmax-shortcut-static",
-        "02_softmax",
-        "02.1",
+        "03_softmax",
+        "03.1",
         "return e / e.sum(dim=dim, keepdim=True)",
         "return torch.nn.functional.softmax(x / temperature, dim=dim)",
         "asks you to write it yourself",
     ),
     (
         "softmax-shortcut-dynamic",
-        "02_softmax",
-        "02.1",
+        "03_softmax",
+        "03.1",
         "return e / e.sum(dim=dim, keepdim=True)",
         'return getattr(torch, "soft" + "max")(x / temperature, dim)',
         "computed name",
     ),
     (
         "scores-no-scale",
-        "02_softmax",
-        "02.2",
+        "02_similarity_and_scaling",
+        "02.1",
         "return q @ k.T / math.sqrt(q.shape[-1])",
         "return q @ k.T",
         "not scaled",
     ),
-    ("scores-by-d", "02_softmax", "02.2", "math.sqrt(q.shape[-1])", "q.shape[-1]", "divided by d_k"),
+    ("scores-by-d", "02_similarity_and_scaling", "02.1", "math.sqrt(q.shape[-1])", "q.shape[-1]", "divided by d_k"),
     (
         "qk-swapped",
-        "03_scaled_dot_product",
-        "03.1",
+        "04_scaled_dot_product_attention",
+        "04.1",
         "(q @ k.transpose(-2, -1))",
         "(k @ q.transpose(-2, -1))",
         "swapped",
     ),
-    ("sdpa-axis", "03_scaled_dot_product", "03.2", "scale), dim=-1)", "scale), dim=-2)", "over the queries"),
+    ("sdpa-axis", "04_scaled_dot_product_attention", "04.2", "scale), dim=-1)", "scale), dim=-2)", "over the queries"),
     (
         "sdpa-shortcut",
-        "03_scaled_dot_product",
-        "03.2",
+        "04_scaled_dot_product_attention",
+        "04.2",
         "weights = torch.softmax(attention_scores(q, k, scale), dim=-1)\n    return weights @ v, weights",
         "import torch.nn.functional as F\n    weights = torch.softmax(attention_scores(q, k, scale), dim=-1)\n"
         "    return F.scaled_dot_product_attention(q, k, v), weights",
         "scaled_dot_product_attention",
     ),
-    ("causal-inverted", "04_masking", "04.1", ".tril()", ".triu(1)", "inverted"),
-    ("causal-diagonal", "04_masking", "04.1", ".tril()", ".tril(1)", "off by one"),
-    ("causal-diagonal-excl", "04_masking", "04.1", ".tril()", ".tril(-1)", "attend to itself"),
+    ("causal-inverted", "05_masking", "05.1", ".tril()", ".triu(1)", "inverted"),
+    ("causal-diagonal", "05_masking", "05.1", ".tril()", ".tril(1)", "off by one"),
+    ("causal-diagonal-excl", "05_masking", "05.1", ".tril()", ".tril(-1)", "attend to itself"),
     (
         "padding-inverted",
-        "04_masking",
-        "04.2",
+        "05_masking",
+        "05.3",
         "positions[None, :] < lengths",
         "positions[None, :] >= lengths",
         "inverted",
     ),
-    ("padding-shape", "04_masking", "04.2", "[:, None, None, :]\n", "\n", "(batch, 1, 1, S)"),
+    ("padding-shape", "05_masking", "05.3", "[:, None, None, :]\n", "\n", "(batch, 1, 1, S)"),
     (
         "masked-inverted",
-        "04_masking",
-        "04.3",
+        "05_masking",
+        "05.5",
         'scores.masked_fill(~mask, float("-inf"))',
         'scores.masked_fill(mask, float("-inf"))',
         "inverted",
     ),
     (
         "masked-after-softmax",
-        "04_masking",
-        "04.3",
+        "05_masking",
+        "05.5",
         'scores = scores.masked_fill(~mask, float("-inf"))\n    m =',
         "m =",
         "",  # mask ignored, and (with the next line) applied after the softmax: see the two cases below
     ),
     (
         "masked-nan-rows",
-        "04_masking",
-        "04.3",
+        "05_masking",
+        "05.5",
         "weights = e / torch.where(total > 0, total, torch.ones_like(total))",
         "weights = torch.softmax(scores, dim=-1)",
         "NaN in fully masked rows",
     ),
     (
         "self-scale-d-model",
-        "05_self_attention",
-        "05.1",
+        "06_self_attention",
+        "06.1",
         "math.sqrt(q.shape[-1])",
         "math.sqrt(x.shape[-1])",
         "1/sqrt(d_model)",
     ),
     (
         "self-detached",
-        "05_self_attention",
-        "05.1",
+        "06_self_attention",
+        "06.1",
         "weights = safe_softmax(scores)",
         "weights = safe_softmax(scores).detach()",
         "gradient",
     ),
-    ("self-no-value-projection", "05_self_attention", "05.1", "self.w_v(x)", "x", "values are not projected"),
+    ("self-no-value-projection", "06_self_attention", "06.1", "self.w_v(x)", "x", "values are not projected"),
     (
         "cross-padding-ignored",
-        "06_cross_attention",
-        "06.1",
+        "07_cross_attention",
+        "07.1",
         'scores = scores.masked_fill(~mask, float("-inf"))',
         "pass",
         "mask is ignored",
     ),
     (
         "split-no-transpose",
-        "07_multi_head_attention",
-        "07.1",
+        "08_multi_head_attention",
+        "08.1",
         "x.reshape(batch, seq, num_heads, embed // num_heads).transpose(1, 2)",
         "x.reshape(batch, num_heads, seq, embed // num_heads)",
         "without the transpose",
     ),
     (
         "merge-wrong-order",
-        "07_multi_head_attention",
-        "07.2",
+        "08_multi_head_attention",
+        "08.2",
         "x.transpose(1, 2).reshape(batch, seq, heads * head_dim)",
         "x.permute(0, 2, 3, 1).reshape(batch, seq, heads * head_dim)",
         "wrong order",
     ),
     (
         "merge-no-transpose",
-        "07_multi_head_attention",
-        "07.2",
+        "08_multi_head_attention",
+        "08.2",
         "x.transpose(1, 2).reshape(batch, seq, heads * head_dim)",
         "x.reshape(batch, seq, heads * head_dim)",
         "without the transpose",
     ),
     (
         "mha-scale-embed",
-        "07_multi_head_attention",
-        "07.3",
+        "08_multi_head_attention",
+        "08.3",
         "math.sqrt(self.head_dim)",
         "math.sqrt(self.head_dim * self.num_heads)",
         "1/sqrt(embed_dim)",
     ),
     (
         "mha-no-out-proj",
-        "07_multi_head_attention",
-        "07.3",
+        "08_multi_head_attention",
+        "08.3",
         "return self.w_o(merge_heads(weights @ v)), weights",
         "return merge_heads(weights @ v), weights",
         "output projection",
     ),
     (
         "mha-mask-inverted",
-        "07_multi_head_attention",
-        "07.3",
+        "08_multi_head_attention",
+        "08.3",
         "masked_fill(~attn_mask,",
         "masked_fill(attn_mask,",
         "inverted",
     ),
     (
         "mha-shortcut",
-        "07_multi_head_attention",
-        "07.3",
+        "08_multi_head_attention",
+        "08.3",
         "q = split_heads(self.w_q(query), self.num_heads)  # (batch, heads, L, head_dim)",
         "nn.MultiheadAttention(8, 2)\n        q = split_heads(self.w_q(query), self.num_heads)",
         "MultiheadAttention",
@@ -222,8 +222,8 @@ BROKEN = [
 # The mask lines of masked_attention removed entirely: the mask is ignored.
 BROKEN[[b[0] for b in BROKEN].index("masked-after-softmax")] = (
     "masked-ignored",
-    "04_masking",
-    "04.3",
+    "05_masking",
+    "05.5",
     'scores = scores.masked_fill(~mask, float("-inf"))\n    m =',
     "m =",
     "mask is ignored",
@@ -231,8 +231,8 @@ BROKEN[[b[0] for b in BROKEN].index("masked-after-softmax")] = (
 BROKEN.append(
     (
         "masked-after-softmax",
-        "04_masking",
-        "04.3",
+        "05_masking",
+        "05.5",
         'scores = scores.masked_fill(~mask, float("-inf"))\n    m =',
         "m =",
         "after the softmax",
@@ -291,7 +291,11 @@ def test_untouched_exercises_score_zero_without_crashing(graded):
     rep = graded["exercises"]
     assert len(rep.results) == len(EXERCISES)
     assert rep.score == 0
-    assert all("not implemented yet" in r.message for r in rep.results if r.exercise.entry != "MultiHeadAttention")
+    assert all(
+        "not implemented yet" in r.message
+        for r in rep.results
+        if r.exercise.entry != "MultiHeadAttention" and r.exercise.style != "fix"  # a bug to fix is not a stub
+    )
 
 
 def test_grading_never_modifies_the_submissions(graded):
@@ -307,7 +311,13 @@ def test_each_classic_mistake_loses_points_with_its_hint(graded, case):
     assert target.score < target.max_score, f"{ident} was not caught: {target.message}"
     assert hint in target.message, target.message
     # exercises of the same notebook that the change does not touch keep their full marks
-    untouched = {"03.1": ("03.1", "03.2"), "07.1": ("07.1", "07.3"), "07.2": ("07.2", "07.3")}.get(key, (key,))
+    untouched = {
+        "04.1": ("04.1", "04.2"),
+        "05.1": ("05.1", "05.4"),
+        "05.3": ("05.3", "05.4"),
+        "08.1": ("08.1", "08.3"),
+        "08.2": ("08.2", "08.3"),
+    }.get(key, (key,))
     for r in rep.results:
         if r.exercise.key not in untouched:
             assert r.score == r.max_score, (ident, r.name, r.message)
@@ -337,14 +347,14 @@ def test_reports_follow_gradescope_classroom_and_junit(graded, tmp_path):
         assert set(t) >= {"name", "score", "max_score", "status", "output", "visibility"}
     assert gs["score"] == pytest.approx(sum(t["score"] for t in gs["tests"]))
     cl = json.loads((tmp_path / "classroom.json").read_text())
-    assert cl["version"] == 1 and cl["status"] == "fail" and cl["max_score"] == 6
-    assert [t["status"] for t in cl["tests"]] == ["fail", "pass"]
+    assert cl["version"] == 1 and cl["status"] == "fail" and cl["max_score"] == 12
+    assert [t["status"] for t in cl["tests"]] == ["fail", "pass", "pass", "pass"]
     import xml.etree.ElementTree as ET
 
     suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
-    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    assert suite.get("tests") == "4" and suite.get("failures") == "1"
     assert "subtract the maximum" in (tmp_path / "summary.md").read_text()
-    assert "02.1 stable_softmax" in report.table(rep)
+    assert "03.1 stable_softmax" in report.table(rep)
 
 
 def test_exercise_notebooks_are_up_to_date():
@@ -364,19 +374,21 @@ def test_exercises_state_points_difficulty_time_hints_and_self_checks():
         for ex in (e for e in EXERCISES if e.set == set_name):
             assert ex.header in text, (set_name, ex.entry)
             assert f"selfcheck.check_{ex.entry}({ex.entry})" in text
-            assert f'raise NotImplementedError("{ex.entry}' in text or f"{ex.entry}.forward" in text
+            assert (
+                f'raise NotImplementedError("{ex.entry}' in text or f"{ex.entry}.forward" in text or ex.style == "fix"
+            )
         assert "<summary>Hint 1</summary>" in text
         assert "### BEGIN SOLUTION" not in text and all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
 def test_grade_command_writes_reports_and_fails_under(tmp_path, capsys):
-    nb = tmp_path / "sub" / "02_softmax.ipynb"
+    nb = tmp_path / "sub" / "03_softmax.ipynb"
     nb.parent.mkdir()
-    nb.write_bytes((EXERCISES_DIR / "02_softmax.ipynb").read_bytes())
+    nb.write_bytes((EXERCISES_DIR / "03_softmax.ipynb").read_bytes())
     out = tmp_path / "report"
     assert cli.run(["grade", str(nb), "--out", str(out), "--seed", "1"]) == 0
     assert cli.run(["grade", str(nb), "--out", str(out), "--seed", "1", "--fail-under", "50"]) == 1
     text = capsys.readouterr().out
-    assert "02.1 stable_softmax" in text and "total" in text
+    assert "03.1 stable_softmax" in text and "total" in text
     assert json.loads((out / "results.json").read_text())["score"] == 0
     assert (out / "junit.xml").exists() and (out / "classroom.json").exists() and (out / "summary.md").exists()

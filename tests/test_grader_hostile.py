@@ -1,10 +1,10 @@
 """Hostile and broken submissions never break the grader, inside the real sandbox and at the fallback levels.
 
-Every file in tests/submissions/ redefines ``stable_softmax`` (exercise 02.1) in a copy of
-solutions/02_softmax.ipynb; its first lines give the reason 02.1 must fail with (``# expect:``), the class of
+Every file in tests/submissions/ redefines ``stable_softmax`` (exercise 03.1) in a copy of
+solutions/03_softmax.ipynb; its first lines give the reason 03.1 must fail with (``# expect:``), the class of
 attack and what it attempts. The whole corpus and a few broken notebooks are graded in one run under
-bubblewrap; for each submission the grader finishes in bounded time, writes a report, 02.1 scores zero with
-that reason while 02.2 (graded in its own worker) keeps its full marks, the submissions and every course file
+bubblewrap; for each submission the grader finishes in bounded time, writes a report, 03.1 scores zero with
+that reason while 03.2-03.4 (graded in its own worker) keeps its full marks, the submissions and every course file
 are byte-identical afterwards, and no process of the sandbox survives. The file-system and process attacks are
 graded again at the ``uid`` level (bubblewrap hidden), and the grader is run as an unprivileged user, where it
 grades without isolation and says so.
@@ -33,7 +33,7 @@ from attnlib.grader.engine import Options, grade_many
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted((ROOT / "tests" / "submissions").glob("*.py"))
-SOLUTION = ROOT / "solutions" / "02_softmax.ipynb"
+SOLUTION = ROOT / "solutions" / "03_softmax.ipynb"
 OPTS = dict(seed=3, timeout=3, memory_gib=3)
 # graded again at the uid level: every attack on files, processes, the report and the runner's channel
 UID_LEVEL = [
@@ -92,7 +92,7 @@ def _with_cell(folder: Path, source: str) -> Path:
     nb = nbformat.read(SOLUTION, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(source))
     folder.mkdir(parents=True)
-    path = folder / "02_softmax.ipynb"
+    path = folder / "03_softmax.ipynb"
     nbformat.write(nb, path)
     return path
 
@@ -101,7 +101,7 @@ def _replaced(folder: Path, old: str, new: str) -> Path:
     text = SOLUTION.read_text()
     assert old in text
     folder.mkdir(parents=True)
-    path = folder / "02_softmax.ipynb"
+    path = folder / "03_softmax.ipynb"
     path.write_text(text.replace(old, new, 1))
     return path
 
@@ -172,19 +172,19 @@ def graded(tmp_path_factory):
     subs["missing_function"] = [_replaced(tmp / "missing", "def stable_softmax(", "def my_softmax(")]
     bad_json = tmp / "bad_json"
     bad_json.mkdir()
-    (bad_json / "02_softmax.ipynb").write_text('{"cells": [ {"cell_type": "code", "source": "def stable_')
-    (bad_json / "03_scaled_dot_product.ipynb").write_bytes(
-        (ROOT / "solutions" / "03_scaled_dot_product.ipynb").read_bytes()
+    (bad_json / "03_softmax.ipynb").write_text('{"cells": [ {"cell_type": "code", "source": "def stable_')
+    (bad_json / "04_scaled_dot_product_attention.ipynb").write_bytes(
+        (ROOT / "solutions" / "04_scaled_dot_product_attention.ipynb").read_bytes()
     )
-    subs["invalid_json"] = [bad_json / "02_softmax.ipynb", bad_json / "03_scaled_dot_product.ipynb"]
+    subs["invalid_json"] = [bad_json / "03_softmax.ipynb", bad_json / "04_scaled_dot_product_attention.ipynb"]
     not_nb = tmp / "not_nb"
     not_nb.mkdir()
-    (not_nb / "02_softmax.ipynb").write_text("[1, 2, 3]")
-    subs["not_a_notebook"] = [not_nb / "02_softmax.ipynb"]
+    (not_nb / "03_softmax.ipynb").write_text("[1, 2, 3]")
+    subs["not_a_notebook"] = [not_nb / "03_softmax.ipynb"]
     linked = tmp / "linked"
     linked.mkdir()
-    (linked / "02_softmax.ipynb").symlink_to(SOLUTION)
-    subs["symlinked_notebook"] = [linked / "02_softmax.ipynb"]
+    (linked / "03_softmax.ipynb").symlink_to(SOLUTION)
+    subs["symlinked_notebook"] = [linked / "03_softmax.ipynb"]
     return _grade(subs, report_dir, "bwrap")
 
 
@@ -195,9 +195,9 @@ def _results(rep):
 @pytest.mark.parametrize("path", SUBMISSIONS, ids=[p.stem for p in SUBMISSIONS])
 def test_hostile_submission_loses_only_the_attacked_exercise(graded, path):
     res = _results(graded["reports"][path.stem])
-    assert res["02.1"].score == 0, res["02.1"].message
-    assert _header(path)["expect"] in res["02.1"].message
-    assert res["02.2"].score == res["02.2"].max_score, res["02.2"].message
+    assert res["03.1"].score == 0, res["03.1"].message
+    assert _header(path)["expect"] in res["03.1"].message
+    assert res["03.2"].score == res["03.2"].max_score, res["03.2"].message
 
 
 def test_the_corpus_covers_every_class_of_attack():
@@ -217,21 +217,21 @@ def test_grading_the_corpus_is_bounded_and_ran_in_bubblewrap(graded):
 
 
 def test_syntax_error_and_missing_function(graded):
-    syntax = _results(graded["reports"]["syntax_error"])["02.1"]
+    syntax = _results(graded["reports"]["syntax_error"])["03.1"]
     assert syntax.score == 0 and "not defined" in syntax.message and "syntax error" in syntax.message
     missing = _results(graded["reports"]["missing_function"])
-    assert missing["02.1"].score == 0 and "`stable_softmax` is not defined" in missing["02.1"].message
-    assert missing["02.2"].score == missing["02.2"].max_score
+    assert missing["03.1"].score == 0 and "`stable_softmax` is not defined" in missing["03.1"].message
+    assert missing["03.2"].score == missing["03.2"].max_score
 
 
 def test_invalid_notebooks_score_zero_and_other_notebooks_are_still_graded(graded):
     res = _results(graded["reports"]["invalid_json"])
-    assert res["02.1"].score == res["02.2"].score == 0
-    assert "not valid notebook JSON" in res["02.1"].message
-    assert res["03.1"].score == res["03.1"].max_score and res["03.2"].score == res["03.2"].max_score
-    odd = _results(graded["reports"]["not_a_notebook"])["02.1"]
+    assert res["03.1"].score == res["03.2"].score == 0
+    assert "not valid notebook JSON" in res["03.1"].message
+    assert res["04.1"].score == res["04.1"].max_score and res["04.2"].score == res["04.2"].max_score
+    odd = _results(graded["reports"]["not_a_notebook"])["03.1"]
     assert odd.score == 0 and "not a notebook" in odd.message
-    link = _results(graded["reports"]["symlinked_notebook"])["02.1"]
+    link = _results(graded["reports"]["symlinked_notebook"])["03.1"]
     assert link.score == 0 and "not a regular file" in link.message
 
 
@@ -252,8 +252,8 @@ def test_planted_links_and_files_do_not_replace_the_report(graded):
         st = os.lstat(p)
         assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1, p
     results = json.loads((folder / "results.json").read_text())
-    assert results["score"] == 2.0  # 02.2 only: no forged {"score": 49} or 100 was kept
-    assert [t["status"] for t in results["tests"]] == ["failed", "passed"]
+    assert results["score"] == 8.0  # 03.2-03.4 only: no forged {"score": 49} or 100 was kept
+    assert [t["status"] for t in results["tests"]] == ["failed", "passed", "passed", "passed"]
     assert results["extra_data"]["sandbox"] == "bwrap"
 
 
@@ -305,15 +305,15 @@ def test_uid_level_contains_file_and_process_attacks(graded_uid, name):
     res = _results(rep)
     assert rep.level == "uid" and "bubblewrap was not available" in rep.notes[0]
     expect = UID_EXPECT.get(name) or _header(ROOT / "tests" / "submissions" / f"{name}.py")["expect"]
-    assert res["02.1"].score == 0 and expect in res["02.1"].message, res["02.1"].message
-    assert res["02.2"].score == res["02.2"].max_score, res["02.2"].message
+    assert res["03.1"].score == 0 and expect in res["03.1"].message, res["03.1"].message
+    assert res["03.2"].score == res["03.2"].max_score, res["03.2"].message
 
 
 def test_uid_level_leaves_course_report_and_processes_intact(graded_uid):
     assert graded_uid["unchanged"] and graded_uid["course_changed"] == []
     assert graded_uid["survivors"] == []
     results = json.loads((graded_uid["report_dir"] / "results.json").read_text())
-    assert results["score"] == 2.0 and results["extra_data"]["sandbox"] == "uid"
+    assert results["score"] == 8.0 and results["extra_data"]["sandbox"] == "uid"
     assert graded_uid["planted"] == []  # fs_plant_modules' empty torch.py etc. in /tmp were removed
 
 

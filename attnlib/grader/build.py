@@ -6,6 +6,16 @@ by a stub at the same indentation::
     # YOUR CODE HERE
     raise NotImplementedError("stable_softmax: replace this line with your code")
 
+A "find the bug" exercise gives the learner broken code instead of a stub: in the solution, the fixed code sits
+between ``### BEGIN FIX`` and ``### END FIX`` (removed from the exercise, with no stub), and each line of the
+broken code is a comment ``### BUGGY: <code>`` (in the exercise it becomes ``<code>`` at the comment's
+indentation)::
+
+    ### BEGIN FIX
+    return q @ k.T / math.sqrt(q.shape[-1])
+    ### END FIX
+    ### BUGGY: return q @ k.T / math.sqrt(q.shape[0])
+
 Outputs and execution counts are cleared; everything else (markdown, hints, self-check cells, cell ids) is
 kept. ``attnlib exercises check`` exits with 1 when a generated notebook is missing or out of date.
 """
@@ -19,6 +29,9 @@ from pathlib import Path
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
+BEGIN_FIX = "### BEGIN FIX"
+END_FIX = "### END FIX"
+BUGGY = "### BUGGY:"
 _DEF = re.compile(r"^(\s*)(?:def|class)\s+(\w+)")
 
 
@@ -40,12 +53,27 @@ def _owner(lines: list[str], index: int) -> str:
 
 
 def strip_solutions(source: str) -> str:
-    """``source`` with every solution region replaced by a ``NotImplementedError`` stub."""
+    """``source`` with every solution region replaced by a ``NotImplementedError`` stub, every fix region
+    removed and every ``### BUGGY:`` line turned into code."""
     lines = source.split("\n")
-    out, start = [], None
+    out, start, fix = [], None, None
     for i, line in enumerate(lines):
         stripped = line.strip()
-        if stripped == BEGIN:
+        indent = line[: len(line) - len(line.lstrip())]
+        if stripped == BEGIN_FIX:
+            if start is not None or fix is not None:
+                raise MarkerError(f"nested {BEGIN_FIX} at line {i + 1}")
+            fix = i
+        elif stripped == END_FIX:
+            if fix is None:
+                raise MarkerError(f"{END_FIX} without {BEGIN_FIX} at line {i + 1}")
+            fix = None
+        elif fix is not None:
+            continue
+        elif stripped.startswith(BUGGY) and start is None:
+            code = stripped[len(BUGGY) :]
+            out.append(indent + (code[1:] if code.startswith(" ") else code))
+        elif stripped == BEGIN:
             if start is not None:
                 raise MarkerError(f"nested {BEGIN} at line {i + 1}")
             start = i
@@ -61,6 +89,8 @@ def strip_solutions(source: str) -> str:
             out.append(line)
     if start is not None:
         raise MarkerError(f"{BEGIN} at line {start + 1} has no {END}")
+    if fix is not None:
+        raise MarkerError(f"{BEGIN_FIX} at line {fix + 1} has no {END_FIX}")
     return "\n".join(out)
 
 

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4.0,
         help="address-space limit of the sandbox in GiB (default 4; torch needs ~1)",
     )
-    parser.add_argument("--seed", type=int, help="seed of the checks' inputs (default: random, printed)")
+    parser.add_argument("--seed", type=int, help="seed of the checks' inputs (default: a fixed seed, printed)")
     parser.add_argument(
         "--fail-under", type=float, metavar="PCT", help="exit with 1 when the total is below PCT percent"
     )

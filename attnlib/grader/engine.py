@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import selectors
 import shutil
 import tempfile
@@ -32,7 +31,7 @@ import attnlib  # noqa: F401 - the library the references use, imported before a
 import attnlib.reference  # noqa: F401 - the mistakes' NumPy softmax (imported lazily by the registry)
 
 from . import diagnose, sandbox
-from .exercises import ARG_NAMES, EXERCISE_SETS, EXERCISES, Case, Exercise, exercises_of, set_of_path
+from .exercises import ARG_NAMES, DEFAULT_SEED, EXERCISE_SETS, EXERCISES, Case, Exercise, exercises_of, set_of_path
 from .notebook import NotebookError, definitions, forbidden_uses, needed_statements, parse_cells, read_bytes
 
 GIB = 1 << 30
@@ -89,7 +88,7 @@ class Options:
     timeout: float = 20.0  # seconds per exercise (wall clock)
     memory_gib: float = 4.0  # address-space limit of the child (torch alone reserves about 1 GiB)
     fsize_bytes: int = 0  # largest file submitted code may write (0: it can write none)
-    seed: int | None = None  # None: a fresh random seed per run (reported)
+    seed: int | None = None  # None: the fixed DEFAULT_SEED, so a submission always gets the same score (reported)
     sandbox: str = "auto"  # auto | bwrap | uid | none (see attnlib.grader.sandbox)
 
 
@@ -139,6 +138,8 @@ class _Arrays:
             return {"npy": name}
         if isinstance(value, (bool, int, float, str)) or value is None:
             return {"json": value}
+        if isinstance(value, list) and all(type(v) in (bool, int, float) for v in value):
+            return {"json": value}  # a Python list argument (e.g. lengths), as a docstring may allow
         raise TypeError(f"cannot send {type(value).__name__} to the sandbox")
 
 
@@ -388,7 +389,7 @@ def _score_exercise(
             if err.startswith("NotImplementedError"):
                 messages.append((case.name, "not implemented yet (NotImplementedError)"))
             else:
-                messages.append((case.name, f"raised {err}"))
+                messages.append((case.name, diagnose.error_message(err, ex.raises(case))))
             continue
         try:
             outputs = {str(k): _decode(v) for k, v in (e.get("outputs") or {}).items()}
@@ -413,7 +414,9 @@ def _score_exercise(
 def _judge(ex: Exercise, case: Case, expected: dict, outputs: dict) -> tuple[bool, str]:
     names = ARG_NAMES.get(ex.entry, ())
     mistakes = _LazyMistakes(ex, case)
-    return diagnose.judge(case.args, names, outputs, expected, mistakes, distribution=ex.distribution)
+    return diagnose.judge(
+        case.args, names, outputs, expected, mistakes, distribution=ex.distribution, magnitude=case.magnitude
+    )
 
 
 class _LazyMistakes:
@@ -463,7 +466,7 @@ def grade_many(
     opts = options or Options()
     start = time.perf_counter()
     plan = plan or sandbox.choose(opts.sandbox)
-    seed = opts.seed if opts.seed is not None else secrets.randbits(32)
+    seed = opts.seed if opts.seed is not None else DEFAULT_SEED
     reports = [Report(seed=seed, level=plan.level) for _ in submissions]
     checks: dict[str, tuple[list[Case], list[dict], list[dict]]] = {}  # exercise key -> (cases, expected, specs)
     jobdir = _job_folder()
@@ -491,7 +494,7 @@ def grade_many(
                 report.notes.extend(f"{path}: {p}" for p in source.problems)
                 for ex in exercises:
                     if ex.key not in checks:
-                        cases = ex.cases(np.random.default_rng([seed, EXERCISES.index(ex)]))
+                        cases = ex.cases(ex.rng(seed))
                         specs = [_case_spec(c, arrays) for c in cases]
                         checks[ex.key] = (cases, [ex.expect(c) for c in cases], specs)
                     cases, _, specs = checks[ex.key]

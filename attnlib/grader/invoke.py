@@ -39,7 +39,10 @@ def as_input(value: Any) -> Any:
 
 
 def to_array(value: Any, what: str) -> np.ndarray:
-    """A plain NumPy copy of a tensor the submission returned; anything that is not a real tensor is refused."""
+    """A plain NumPy copy of a tensor the submission returned; anything that is not a real tensor is refused,
+    except a plain Python number (exactly bool, int or float: a question's answer)."""
+    if type(value) in (bool, int, float):
+        return _np_array(float(value), dtype=np.float64)
     if type(value) not in (_Tensor, _Parameter):
         kind = type(value).__module__ + "." + type(value).__qualname__
         raise SubmissionError(f"{what} is a {kind}, expected a torch.Tensor")
@@ -99,7 +102,7 @@ def run_case(target: Any, kind: str, returns: list[str], case: dict[str, Any]) -
 
     if grad:
         first = values[0]
-        if type(first) is _Tensor and first.requires_grad:
+        if type(first) is _Tensor and first.requires_grad and tuple(first.shape) == case["grad_output"].shape:
             (first * _from_numpy(case["grad_output"])).sum().backward()
         for i, a in enumerate(args):
             if isinstance(a, _Tensor) and a.requires_grad and a.grad is not None:

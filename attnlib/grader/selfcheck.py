@@ -11,8 +11,6 @@ come from ``attnlib grade``, which runs submissions in a separate, limited proce
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import diagnose, guard
 from .exercises import ARG_NAMES, BY_ENTRY, EXERCISES, Case, Exercise
 from .invoke import SubmissionError, run_case
@@ -32,12 +30,29 @@ def _as_dict(case: Case) -> dict:
     }
 
 
-def run_checks(ex: Exercise, target) -> tuple[int, int, list[tuple[str, str]], list[str]]:
-    """(passed, total, [(check, message) for failures], forbidden calls) for ``target`` on ``ex``'s checks."""
-    cases = ex.cases(np.random.default_rng([SEED, EXERCISES.index(ex)]))
+class _Lazy:
+    """An exercise's known-mistake outputs for one check, computed only if the check fails."""
+
+    def __init__(self, ex: Exercise, case: Case):
+        self.ex, self.case, self._items = ex, case, None
+
+    def __iter__(self):
+        if self._items is None:
+            self._items = self.ex.mistakes(self.case)
+        return iter(self._items)
+
+
+def run_checks(
+    ex: Exercise, target, seed: int = SEED, *, record: bool = True
+) -> tuple[int, int, list[tuple[str, str]], list[str]]:
+    """(passed, total, [(check, message) for failures], forbidden calls) for ``target`` on ``ex``'s checks.
+
+    ``seed`` draws the checks' inputs (the grader's seed gives the grader's inputs); ``record=False`` skips
+    recording library calls (the tests' seed sweep, which runs only trusted code)."""
+    cases = ex.cases(ex.rng(seed))
     failures: list[tuple[str, str]] = []
     passed = 0
-    saved = guard.install()
+    saved = guard.install() if record else None
     called: set[str] = set()
     try:
         for case in cases:
@@ -54,22 +69,24 @@ def run_checks(ex: Exercise, target) -> tuple[int, int, list[tuple[str, str]], l
                 failures.append((case.name, str(err)))
                 continue
             except Exception as err:  # noqa: BLE001 - any error of the learner's code is feedback
-                failures.append((case.name, f"raised {type(err).__name__}: {err}"))
+                failures.append((case.name, diagnose.error_message(f"{type(err).__name__}: {err}", ex.raises(case))))
                 continue
             ok, message = diagnose.judge(
                 case.args,
                 ARG_NAMES.get(ex.entry, ()),
                 outputs,
                 ex.expect(case),
-                ex.mistakes(case),
+                _Lazy(ex, case),
                 distribution=ex.distribution,
+                magnitude=case.magnitude,
             )
             if ok:
                 passed += 1
             else:
                 failures.append((case.name, message))
     finally:
-        guard.uninstall(saved)
+        if record:
+            guard.uninstall(saved)
     used = sorted(c for c in called if any(c == f or c.startswith(f + ".") for f in ex.forbidden))
     return passed, len(cases), failures, used
 
@@ -88,7 +105,9 @@ def check(entry: str, target) -> None:
         print(f"⏳ {entry} is not implemented yet: replace the `raise NotImplementedError` line with your code.")
         return
     if not failures:
-        print(f"✅ {entry}: all {total} checks passed ({ex.points} points when graded).")
+        checks = "the check" if total == 1 else f"all {total} checks"
+        points = "1 point" if ex.points == 1 else f"{ex.points} points"
+        print(f"✅ {entry}: {checks} passed ({points} when graded).")
         return
     print(f"❌ {entry}: {passed} of {total} checks passed.")
     shown = set()

@@ -1,0 +1,198 @@
+"""Set 07 (lesson 7, cross-attention): the module, a bug to find, what the padding mask hides."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..common import (
+    LIBRARY_ATTENTION,
+    SHAPE_ERROR,
+    Case,
+    Exercise,
+    attention_mistakes,
+    f32,
+    linear,
+    module_expect,
+    project,
+    question,
+    score_magnitude,
+)
+
+SET = "07_cross_attention"
+TITLE = "Lesson 7: cross-attention between two sequences"
+
+
+def cross_cases(rng):
+    cases = []
+    specs = (
+        ("no mask: L=3 queries, S=6 context tokens, d_query=8, d_context=10, d_k=4", 2, 3, 6, 8, 10, 4, None),
+        ("padding mask (2, 1, 5) on the context", 2, 4, 5, 6, 12, 6, [5, 2]),
+        ("L = S = 4, d_query = d_context = 8, with a padding mask", 1, 4, 4, 8, 8, 8, [3]),
+        ("a context of length 0 (fully masked rows)", 2, 2, 3, 4, 6, 4, [3, 0]),
+        ("L=5 != S=3, d_query = d_context = 6, no mask", 2, 5, 3, 6, 6, 4, None),
+    )
+    for name, B, L, S, dq, dc, dk, lengths in specs:
+        weights = {
+            "w_q.weight": linear(rng, dk, dq)[0],
+            "w_k.weight": linear(rng, dk, dc)[0],
+            "w_v.weight": linear(rng, dk, dc)[0],
+        }
+        x, ctx = f32(B, L, dq, rng=rng), f32(B, S, dc, rng=rng)
+        args = (x, ctx)
+        if lengths is not None:
+            args += ((np.arange(S)[None, :] < np.array(lengths)[:, None])[:, None, :],)
+        q, k = project(x, weights["w_q.weight"]), project(ctx, weights["w_k.weight"])
+        cases.append(
+            Case(
+                name,
+                args,
+                init=(dq, dc, dk),
+                weights=weights,
+                grad_output=f32(B, L, dk, rng=rng),
+                magnitude=score_magnitude(q, k) * 4,
+            )
+        )
+    return cases
+
+
+def _build(c):
+    from ...modules import CrossAttention
+
+    return CrossAttention(*c.init)
+
+
+def cross_expect(case):
+    return module_expect(case, _build, 2)
+
+
+def cross_mistakes(case):
+    x, ctx = case.args[:2]
+    mask = case.args[2] if len(case.args) > 2 else None
+    W = case.weights
+    q = project(x, W["w_q.weight"])
+    k, v = project(ctx, W["w_k.weight"]), project(ctx, W["w_v.weight"])
+    found = attention_mistakes(q, k, v, mask, d_model=case.init[0])
+    dq, dc, _ = case.init
+    same_length = x.shape[1] == ctx.shape[1]
+    if dq == dc and (same_length or mask is None):
+        # keys (and values) projected from the queries' sequence: no error where the shapes allow it
+        variants = [("the keys and values", (0, 0, 0))] + ([("the keys", (0, 0, 1))] if same_length else [])
+        for what, args in variants:
+            wrong = _wrong_inputs(case, args)
+            found.append(
+                (
+                    f"{what} are projected from x (the decoder side); in cross-attention keys and values come from "
+                    "the context: w_k(context), w_v(context)",
+                    wrong,
+                )
+            )
+    return found
+
+
+def _wrong_inputs(case, which):
+    """CrossAttention whose q, k, v projections read args[which[0]], args[which[1]], args[which[2]]."""
+    import torch
+
+    from ..common import param, t64
+
+    module = _build(case).double()
+    with torch.no_grad():
+        for name, value in case.weights.items():
+            param(module, name).copy_(torch.from_numpy(value.astype(np.float64)))
+    inputs = [t64(a).requires_grad_() for a in case.args[:2]]
+    mask = torch.from_numpy(np.asarray(case.args[2])) if len(case.args) > 2 else None
+    from ...functional import scaled_dot_product_attention
+
+    q = module.w_q(inputs[which[0]])
+    k = module.w_k(inputs[which[1]])
+    v = module.w_v(inputs[which[2]])
+    out, w = scaled_dot_product_attention(q, k, v, mask)
+    (out * t64(case.grad_output)).sum().backward()
+    result = {"out": out.detach().numpy(), "weights": w.detach().numpy()}
+    for i, t in enumerate(inputs):
+        result[f"grad:arg{i}"] = t.grad.numpy() if t.grad is not None else np.zeros(t.shape)
+    return result
+
+
+def cross_raises(case):
+    x, ctx = case.args[:2]
+    dq, dc, dk = case.init
+    hints = []
+    if dq != dc:
+        hints.append(
+            f"d_query={dq} != d_context={dc}: a shape error in a projection usually means a layer got the wrong "
+            "input (w_q takes x; w_k and w_v take the context)"
+        )
+    if x.shape[1] != ctx.shape[1]:
+        hints.append(
+            f"L={x.shape[1]} != S={ctx.shape[1]}: the weights must be (batch, L, S); a shape error here usually "
+            "means keys or values come from x instead of the context, or q and k are swapped"
+        )
+    return [(SHAPE_ERROR, "; ".join(hints))] if hints else []
+
+
+_which = question(
+    2,
+    "Each decoder query attends over the encoder's tokens, so the padding to hide is the context's: the mask "
+    "blocks the padded KEYS (columns), shape (batch, 1, S) (answer 2). A padded decoder position produces an "
+    "output that the loss ignores; it needs no mask in cross-attention.",
+    {
+        1: "Masking the decoder's queries (rows) leaves the padded encoder tokens visible to every real query.",
+        3: "Only the keys need masking for real outputs to be right; masking query rows as well changes nothing "
+        "for the real tokens.",
+        4: "Without a mask the real queries give weight to the encoder's padding tokens.",
+    },
+)
+
+EXERCISES = [
+    Exercise(
+        key="07.1",
+        set=SET,
+        entry="CrossAttention",
+        title="Cross-attention: queries from one sequence, keys and values from another",
+        points=5,
+        difficulty="medium",
+        minutes=20,
+        kind="module",
+        returns=("out", "weights"),
+        forbidden=LIBRARY_ATTENTION,
+        cases=cross_cases,
+        expect=cross_expect,
+        mistakes=cross_mistakes,
+        raises=cross_raises,
+        distribution="weights",
+        arg_names=("x", "context", "mask"),
+    ),
+    Exercise(
+        key="07.2",
+        set=SET,
+        entry="FixedCrossAttention",
+        title="Find the bug: a cross-attention layer that reads the wrong sequence",
+        points=3,
+        difficulty="medium",
+        minutes=10,
+        kind="module",
+        returns=("out", "weights"),
+        forbidden=LIBRARY_ATTENTION,
+        cases=cross_cases,
+        expect=cross_expect,
+        mistakes=cross_mistakes,
+        raises=cross_raises,
+        distribution="weights",
+        arg_names=("x", "context", "mask"),
+        style="fix",
+    ),
+    Exercise(
+        key="07.3",
+        set=SET,
+        entry="answer_cross_padding",
+        title="Question: what a cross-attention padding mask hides",
+        points=1,
+        difficulty="easy",
+        minutes=3,
+        cases=_which[0],
+        expect=_which[1],
+        mistakes=_which[2],
+        style="question",
+    ),
+]

@@ -1,0 +1,296 @@
+"""Set 12 (lesson 12, the cost of attention): memory and FLOPs from the shapes, and a tiled attention forward
+built on lesson 3's online softmax, plus a bug to find in one."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..common import LIBRARY_ATTENTION, SOFTMAX, Case, Exercise, f32, qk_swap_raises, score_magnitude
+
+SET = "12_cost_of_attention"
+TITLE = "Lesson 12: memory and FLOPs of attention, and chunked attention with the online softmax"
+FROM_SCRATCH = (*SOFTMAX, *LIBRARY_ATTENTION)
+
+
+def _mem_cases(rng):
+    L = int(rng.choice([256, 1000, 2048]))
+    return [
+        Case("batch=4, heads=8, L=S=4096, fp32 (4 bytes)", (4, 8, 4096, 4096, 4)),
+        Case("batch=1, heads=12, L=S=512, fp16 (2 bytes)", (1, 12, 512, 512, 2)),
+        Case("batch=2, heads=1, L=1 query, S=8192 keys, fp64 (8 bytes)", (2, 1, 1, 8192, 8)),
+        Case(f"batch=3, heads=4, L={L}, S=100, fp32", (3, 4, L, 100, 4)),
+    ]
+
+
+def _mem_expect(case):
+    B, H, L, S, nbytes = case.args
+    return {"out": np.array(float(B * H * L * S * nbytes))}
+
+
+def _mem_mistakes(case):
+    B, H, L, S, nbytes = case.args
+    why = "the score matrix has one entry per (batch, head, query, key): batch·heads·L·S entries of bytes_per_element"
+    right = B * H * L * S * nbytes
+    candidates = [
+        ("the heads are missing: every head has its own (L, S) scores. ", B * L * S * nbytes),
+        ("the batch is missing. ", H * L * S * nbytes),
+        ("that counts entries, not bytes. ", B * H * L * S),
+        ("that counts bits, not bytes. ", B * H * L * S * nbytes * 8),
+        ("that uses L·L; the scores are L·S. ", B * H * L * L * nbytes),
+    ]
+    out, seen = [], {right}
+    for hint, value in candidates:
+        if value not in seen:
+            seen.add(value)
+            out.append((hint + why, {"out": np.array(float(value))}))
+    return [*out, ("not the size of the scores: " + why, {})]
+
+
+def _flop_cases(rng):
+    D = int(rng.choice([16, 32, 64, 128]))
+    return [
+        Case("batch=4, heads=8, L=S=1024, head_dim=64", (4, 8, 1024, 1024, 64)),
+        Case("batch=1, heads=1, L=1, S=4096, head_dim=128 (one decoding step)", (1, 1, 1, 4096, 128)),
+        Case(f"batch=2, heads=12, L=S=512, head_dim={D}", (2, 12, 512, 512, D)),
+    ]
+
+
+def _flop_expect(case):
+    B, H, L, S, D = case.args
+    return {"out": np.array(4.0 * B * H * L * S * D)}
+
+
+def _flop_mistakes(case):
+    B, H, L, S, D = case.args
+    why = (
+        "q @ k^T costs L·S·D multiply-adds per (batch, head) and weights @ v another L·S·D; a multiply-add is 2 "
+        "FLOPs, so 4·B·H·L·S·D in all (the softmax's O(L·S) is smaller and not counted)"
+    )
+    right = 4 * B * H * L * S * D
+    candidates = [
+        ("that counts one of the two matrix products. ", 2 * B * H * L * S * D),
+        ("that counts multiply-adds, not FLOPs. ", 2 * B * H * L * S * D),
+        ("that counts each multiply-add as one operation for only one product. ", B * H * L * S * D),
+        ("the heads are missing. ", 4 * B * L * S * D),
+    ]
+    out, seen = [], {right}
+    for hint, value in candidates:
+        if value not in seen:
+            seen.add(value)
+            out.append((hint + why, {"out": np.array(float(value))}))
+    return [*out, ("not the FLOP count: " + why, {})]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# chunked attention
+
+
+def _np_chunked(
+    q, k, v, block, causal=False, *, scale=None, rescale_acc=True, rescale_l=True, drop_last=False, align="top-left"
+):
+    """The tiled forward in NumPy (float64), with switches that reproduce its classic mistakes."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    L, S = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    m = np.full(q.shape[:-1], -np.inf)
+    l = np.zeros(q.shape[:-1])
+    acc = np.zeros((*q.shape[:-1], v.shape[-1]))
+    offset = 0 if align == "top-left" else S - L
+    stop = S - S % block if drop_last and S % block else S
+    with np.errstate(all="ignore"):
+        for j in range(0, stop, block):
+            s = q @ np.swapaxes(k[..., j : j + block, :], -1, -2) * scale
+            if causal:
+                i_idx = np.arange(L)[:, None]
+                j_idx = np.arange(j, min(j + block, S))[None, :]
+                s = np.where(j_idx <= i_idx + offset, s, -np.inf)
+            m_new = np.maximum(m, s.max(axis=-1))
+            safe = np.where(np.isfinite(m_new), m_new, 0.0)
+            factor = np.where(np.isfinite(m_new), np.exp(m - safe), 0.0)
+            p = np.exp(s - safe[..., None])
+            l = (l * factor if rescale_l else l) + p.sum(axis=-1)
+            acc = (acc * factor[..., None] if rescale_acc else acc) + p @ v[..., j : j + block, :]
+            m = m_new
+        out = acc / np.where(l > 0, l, 1.0)[..., None]
+        lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -np.inf)
+    return {"out": out, "lse": lse}
+
+
+def chunked_cases(rng):
+    specs = [
+        ("L=S=8, blocks of 3 (the last one shorter)", (2, 8, 4), (2, 8, 4), (2, 8, 3), 3, {}, 1.0),
+        ("L=5 != S=9, blocks of 4", (1, 5, 8), (1, 9, 8), (1, 9, 2), 4, {}, 1.0),
+        ("batch and heads (2, 3, 6, 4), blocks of 2", (2, 3, 6, 4), (2, 3, 6, 4), (2, 3, 6, 4), 2, {}, 1.0),
+        ("causal (top-left), L=S=7, blocks of 3", (2, 7, 4), (2, 7, 4), (2, 7, 4), 3, {"is_causal": True}, 1.0),
+        ("causal with L=4 != S=6, blocks of 4", (1, 4, 4), (1, 6, 4), (1, 6, 3), 4, {"is_causal": True}, 1.0),
+        ("a block larger than S (one block)", (2, 3, 4), (2, 5, 4), (2, 5, 2), 16, {}, 1.0),
+        ("large scores (|score| ~ 1000), blocks of 2", (1, 4, 4), (1, 6, 4), (1, 6, 3), 2, {}, 40.0),
+    ]
+    cases = []
+    for name, qs, ks, vs, block, kw, big in specs:
+        q, k = f32(*qs, rng=rng, scale=big), f32(*ks, rng=rng, scale=big)
+        cases.append(Case(name, (q, k, f32(*vs, rng=rng), block), kw, magnitude=score_magnitude(q, k)))
+    return cases
+
+
+def chunked_expect(case):
+    import torch
+
+    from ...functional import scaled_dot_product_attention
+    from ..common import t64
+
+    q, k, v, _ = case.args
+    L, S = q.shape[-2], k.shape[-2]
+    mask = torch.ones(L, S, dtype=torch.bool).tril() if case.kwargs.get("is_causal") else None
+    out, _ = scaled_dot_product_attention(t64(q), t64(k), t64(v), mask)
+    s = t64(q) @ t64(k).transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return {"out": out.numpy(), "lse": torch.logsumexp(s, dim=-1).numpy()}
+
+
+def chunked_mistakes(case):
+    q, k, v, block = case.args
+    causal = bool(case.kwargs.get("is_causal", False))
+    S = k.shape[-2]
+    ref = chunked_expect(case)
+    found = [
+        (
+            "the partial output is not rescaled: when a block raises a row's max from m to m', multiply the "
+            "accumulated exp(s - m) @ v by exp(m - m') before adding the block's terms (as the sum l is)",
+            _np_chunked(q, k, v, block, causal, rescale_acc=False),
+        ),
+        (
+            "the running sum l is not rescaled when the max rises: multiply it by exp(m - m') in every step",
+            _np_chunked(q, k, v, block, causal, rescale_l=False),
+        ),
+        (
+            "the running sum is not rescaled, nor the partial output: both were accumulated relative to the old "
+            "max; multiply both by exp(m - m') when it rises",
+            _np_chunked(q, k, v, block, causal, rescale_acc=False, rescale_l=False),
+        ),
+        ("the scores are not scaled by 1/sqrt(d_k)", _np_chunked(q, k, v, block, causal, scale=1.0)),
+        (
+            "lse is the running max m only; the log-sum-exp is m + log(l)",
+            {"out": ref["out"], "lse": _score_max(q, k, causal)},
+        ),
+        (
+            "lse is in base 2 (or uses log2): return the natural log-sum-exp, m + ln(l)",
+            {"out": ref["out"], "lse": ref["lse"] / math.log(2)},
+        ),
+    ]
+    if S % block and (not causal or S - S % block < q.shape[-2]):  # the skipped keys are visible to some query
+        found.append(
+            (
+                f"the last, shorter key block is skipped (S={S} is not a multiple of block_size={block}): loop with "
+                "range(0, S, block_size) and slice k[..., j:j + block_size, :]",
+                _np_chunked(q, k, v, block, causal, drop_last=True),
+            )
+        )
+    if causal:
+        found.append(("the causal mask is ignored: block keys j > i", _np_chunked(q, k, v, block, False)))
+        if q.shape[-2] != S:
+            found.append(
+                (
+                    "the causal mask is aligned bottom-right; this exercise asks for is_causal=True's top-left "
+                    "alignment: query i sees keys j <= i",
+                    _np_chunked(q, k, v, block, True, align="bottom-right"),
+                )
+            )
+    return found
+
+
+def _score_max(q, k, causal):
+    q64, k64 = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    s = q64 @ np.swapaxes(k64, -1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        s = np.where(np.tril(np.ones(s.shape[-2:], dtype=bool)), s, -np.inf)
+    return s.max(axis=-1)
+
+
+def chunked_raises(case):
+    return qk_swap_raises(case.args[0], case.args[1], "each block's scores")
+
+
+def _fix_cases(rng):
+    # the bug (no rescaling of the partial output) only shows when a query sees keys of several blocks
+    def several(c):
+        q, k, _, block = c.args
+        seen = min(q.shape[-2], k.shape[-2]) if c.kwargs.get("is_causal") else k.shape[-2]
+        return seen > block
+
+    cases = []
+    for c in chunked_cases(rng):
+        if several(c):
+            q, k, v, block = c.args
+            k = k.copy()
+            k[..., -1, :] = 2.0 * q[..., -1, :]  # the last query's max rises in the last block, on every seed
+            cases.append(Case(c.name, (q, k, v, block), c.kwargs, magnitude=score_magnitude(q, k)))
+    return cases
+
+
+EXERCISES = [
+    Exercise(
+        key="12.1",
+        set=SET,
+        entry="score_memory_bytes",
+        title="Question: the memory of the score matrix",
+        points=2,
+        difficulty="easy",
+        minutes=5,
+        cases=_mem_cases,
+        expect=_mem_expect,
+        mistakes=_mem_mistakes,
+        arg_names=("batch", "heads", "L", "S", "bytes_per_element"),
+        style="question",
+    ),
+    Exercise(
+        key="12.2",
+        set=SET,
+        entry="chunked_attention",
+        title="Chunked (tiled) attention with the online softmax, never holding all the scores",
+        points=6,
+        difficulty="hard",
+        minutes=40,
+        returns=("out", "lse"),
+        forbidden=FROM_SCRATCH,
+        cases=chunked_cases,
+        expect=chunked_expect,
+        mistakes=chunked_mistakes,
+        raises=chunked_raises,
+        arg_names=("q", "k", "v", "block_size"),
+    ),
+    Exercise(
+        key="12.3",
+        set=SET,
+        entry="attention_flops",
+        title="Question: the FLOPs of one attention forward pass",
+        points=1,
+        difficulty="easy",
+        minutes=5,
+        cases=_flop_cases,
+        expect=_flop_expect,
+        mistakes=_flop_mistakes,
+        arg_names=("batch", "heads", "L", "S", "head_dim"),
+        style="question",
+    ),
+    Exercise(
+        key="12.4",
+        set=SET,
+        entry="fixed_chunked_attention",
+        title="Find the bug: chunked attention that is right for one block only",
+        points=3,
+        difficulty="medium",
+        minutes=15,
+        returns=("out", "lse"),
+        forbidden=FROM_SCRATCH,
+        cases=_fix_cases,
+        expect=chunked_expect,
+        mistakes=chunked_mistakes,
+        raises=chunked_raises,
+        arg_names=("q", "k", "v", "block_size"),
+        style="fix",
+    ),
+]

@@ -1,0 +1,229 @@
+"""Set 14 (lesson 14, inside a pretrained model): load the real all-MiniLM-L6-v2 attention weights of one layer
+into attnlib's multi-head module (the one written in set 08) and match the real model; a loading bug to find."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from ..common import Case, Exercise, question
+
+SET = "14_inside_a_pretrained_model"
+TITLE = "Lesson 14: the real MiniLM attention weights in your multi-head module"
+HEADS = 12
+NAMES = ("query", "key", "value", "output")
+ARGS = (
+    "hidden",
+    "attention_mask",
+    *(f"{n}_{p}" for n in NAMES for p in ("weight", "bias")),
+)
+SENTENCES = (
+    "The animal didn't cross the street because it was too tired.",
+    "The animal didn't cross the street because it was too wide.",
+    "She sat on the bank of the river.",
+    "He deposited the cheque at the bank.",
+    "Attention lets every token look at every other token.",
+    "A small model.",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _model():
+    from ...minilm import load_minilm
+
+    return load_minilm()
+
+
+@functools.lru_cache(maxsize=1)
+def _run_all():
+    """Every sentence through the real model once: (hidden states per layer, lengths, per-layer weights)."""
+    model = _model()
+    out = model(list(SENTENCES))
+    hidden = [h.numpy().astype(np.float32) for h in out.hidden_states]
+    layers = []
+    for layer in model.encoder.layers:
+        mha = layer.attention
+        weights = {}
+        for name, lin in zip(NAMES, (mha.w_q, mha.w_k, mha.w_v, mha.w_o), strict=True):
+            weights[f"{name}_weight"] = lin.weight.detach().numpy().astype(np.float32)
+            weights[f"{name}_bias"] = lin.bias.detach().numpy().astype(np.float32)
+        layers.append(weights)
+    return hidden, out.lengths.numpy(), layers
+
+
+@functools.lru_cache(maxsize=256)
+def _layer_input(idx: tuple[int, ...], layer: int):
+    """The arguments of a check: the hidden states entering ``layer`` of the sentences ``idx``, right-padded
+    (B, L, 384) float32, attention_mask (B, L) int64 with 1 at real tokens, and the layer's eight attention
+    tensors; and the check's magnitude."""
+    hidden, lengths, layers = _run_all()
+    idx = list(idx)
+    L = int(lengths[idx].max())
+    h = np.ascontiguousarray(hidden[layer][idx, :L])
+    mask = (np.arange(L)[None, :] < lengths[idx][:, None]).astype(np.int64)
+    args = (h, mask, *(layers[layer][a] for a in ARGS[2:]))
+    return args, _magnitude(args)
+
+
+def bert_cases(rng):
+    order = rng.permutation(len(SENTENCES))
+    layers = rng.choice(6, size=3, replace=False)
+    picks = [
+        (f"layer {layers[0]}, two sentences of different lengths (padding)", (order[0], order[1]), layers[0]),
+        (f"layer {layers[1]}, one sentence (no padding)", (order[2],), layers[1]),
+        (f"layer {layers[2]}, three sentences", (order[3], order[4], order[5]), layers[2]),
+    ]
+    cases = []
+    for name, idx, layer in picks:
+        args, magnitude = _layer_input(tuple(int(i) for i in idx), int(layer))
+        cases.append(Case(name, args, magnitude=magnitude))
+    return cases
+
+
+def _np_bert(args, *, heads=HEADS, transposed=False, mask="ok", swap_qk=False, bias=True, out_proj=True):
+    """The attention sublayer in float64 (torch, for speed), with switches that reproduce loading mistakes."""
+    import torch
+
+    from ..common import t64
+
+    hidden, *w = (t64(a) for a in (args[0], *args[2:]))
+    W = dict(zip(ARGS[2:], w, strict=True))
+    B, L, E = hidden.shape
+    D = E // heads
+
+    def proj(x, name):
+        m = W[f"{name}_weight"]
+        y = x @ (m if transposed else m.T)
+        return y + W[f"{name}_bias"] if bias else y
+
+    def split(x):
+        return x.reshape(B, L, heads, D).transpose(1, 2)
+
+    qn, kn = ("key", "query") if swap_qk else ("query", "key")
+    q, k, v = split(proj(hidden, qn)), split(proj(hidden, kn)), split(proj(hidden, "value"))
+    s = q @ k.transpose(-2, -1) / math.sqrt(D)
+    keep = torch.from_numpy(np.asarray(args[1]) > 0)[:, None, None, :]
+    if mask != "none":
+        s = s.masked_fill(keep if mask == "inverted" else ~keep, float("-inf"))
+    top = s.amax(dim=-1, keepdim=True)
+    e = torch.exp(s - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
+    total = e.sum(dim=-1, keepdim=True)
+    weights = e / torch.where(total > 0, total, torch.ones_like(total))
+    merged = (weights @ v).transpose(1, 2).reshape(B, L, E)
+    return {"out": (proj(merged, "output") if out_proj else merged).numpy(), "weights": weights.numpy()}
+
+
+def _magnitude(args):
+    """The largest sum of |q_i k_i| / sqrt(head_dim) over every head's query-key pairs (in torch: fast)."""
+    from ..common import t64
+
+    hidden, _, qw, qb, kw, kb, *_ = (t64(a).abs() for a in args)
+    B, L, E = hidden.shape
+    q = (hidden @ qw.T + qb).reshape(B, L, HEADS, E // HEADS).transpose(1, 2)
+    k = (hidden @ kw.T + kb).reshape(B, L, HEADS, E // HEADS).transpose(1, 2)
+    return float((q @ k.transpose(-2, -1)).max()) / math.sqrt(E // HEADS)
+
+
+def bert_expect(case):
+    """The real model's attention sublayer on these inputs, in float64 (tests/test_exercise_sets.py checks that it
+    equals attnlib's MultiHeadAttention and the lesson's MiniLM encoder)."""
+    return _np_bert(case.args)
+
+
+def bert_mistakes(case):
+    a = case.args
+    has_padding = not (np.asarray(a[1]) > 0).all()
+    found = [
+        (
+            "the weights are loaded transposed: BERT's query/key/value/output.dense weights are (out_features, "
+            "in_features), exactly nn.Linear's layout, so copy them as they are (no .T)",
+            _np_bert(a, transposed=True),
+        ),
+        (
+            f"one head of size 384: all-MiniLM-L6-v2 has {HEADS} heads of size 32 (build "
+            f"MultiHeadAttention(384, {HEADS})); the scale is 1/sqrt(32)",
+            _np_bert(a, heads=1),
+        ),
+        ("the query and key weights are swapped: query_* go into w_q, key_* into w_k", _np_bert(a, swap_qk=True)),
+        ("the biases are not loaded (or are zero): copy query_bias into w_q.bias, etc.", _np_bert(a, bias=False)),
+        ("the output projection (output_weight, output_bias -> w_o) is not applied", _np_bert(a, out_proj=False)),
+    ]
+    found.append(
+        (
+            "the padding mask is inverted: attention_mask is 1 at real tokens, and attnlib's boolean mask is True "
+            "where a query MAY attend: attention_mask.bool()[:, None, None, :]",
+            _np_bert(a, mask="inverted"),
+        )
+    )
+    if has_padding:
+        found += [
+            (
+                "the padding is not masked: real tokens give weight to [PAD] keys; pass "
+                "attention_mask.bool()[:, None, None, :] as attn_mask",
+                _np_bert(a, mask="none"),
+            ),
+        ]
+    return found
+
+
+_params = question(
+    4 * 384 * 384 + 4 * 384,
+    "Each of the four projections (query, key, value, output.dense) is a 384 x 384 matrix plus 384 biases: "
+    "4 · (384·384 + 384) = 591,360 parameters per layer; the 12 heads split these matrices and add none.",
+    {
+        4 * 384 * 384: "The biases are missing: each projection has 384 of them.",
+        3 * 384 * 384 + 3 * 384: "The output projection (attention.output.dense) is missing.",
+        4 * 384 * 384 + 4 * 384 + 2 * 384: "The LayerNorm after the attention is not part of the attention layer.",
+        12 * (4 * 384 * 384 + 4 * 384): "The 12 heads share the four matrices (each head uses a 32-wide slice): "
+        "they do not multiply the count.",
+    },
+)
+
+EXERCISES = [
+    Exercise(
+        key="14.1",
+        set=SET,
+        entry="bert_attention",
+        title="Load a real MiniLM layer's attention weights into MultiHeadAttention and match the model",
+        points=6,
+        difficulty="hard",
+        minutes=30,
+        returns=("out", "weights"),
+        cases=bert_cases,
+        expect=bert_expect,
+        mistakes=bert_mistakes,
+        distribution="weights",
+        arg_names=ARGS,
+    ),
+    Exercise(
+        key="14.2",
+        set=SET,
+        entry="answer_minilm_attention_params",
+        title="Question: the parameters of one MiniLM attention layer",
+        points=1,
+        difficulty="easy",
+        minutes=5,
+        cases=_params[0],
+        expect=_params[1],
+        mistakes=_params[2],
+        style="question",
+    ),
+    Exercise(
+        key="14.3",
+        set=SET,
+        entry="fixed_bert_attention",
+        title="Find the bug: a loader whose outputs do not match the model",
+        points=3,
+        difficulty="medium",
+        minutes=15,
+        returns=("out", "weights"),
+        cases=bert_cases,
+        expect=bert_expect,
+        mistakes=bert_mistakes,
+        distribution="weights",
+        arg_names=ARGS,
+        style="fix",
+    ),
+]
