@@ -1,4 +1,5 @@
-"""Level 1 lessons' code: attnlib.lessons.lookup (lesson 1), .scaling (lesson 2) and .softmax_demo (lesson 3).
+"""Level 1 lessons' code: what the notebooks of lessons 1-3 define for the learner (read from their cells with
+tests/notebook_defs.py), and the helpers they use: attnlib.lessons.lookup, .scaling and .softmax_demo.
 
 Render functions are checked for labelled axes and for a figure that changes when their knob moves; the
 fingerprint used for the latter is itself shown to catch a render function that ignores its knob.
@@ -15,6 +16,7 @@ import torch
 from figures import assert_axes_labelled
 from hypothesis import given
 from hypothesis import strategies as st
+from notebook_defs import load_definitions
 
 import attnlib
 from attnlib.lessons import lookup, scaling, softmax_demo
@@ -77,85 +79,54 @@ def test_library_is_consistent():
     torch.testing.assert_close(LIB.values.sum(-1), torch.ones(6))
 
 
+L1 = load_definitions("notebooks/01_qkv_analogy.ipynb")  # the lookups the learner reads in lesson 1
+
+
 @given(st.floats(-360, 360), st.floats(0.05, 20.0))
-def test_soft_lookup_matches_torch_sdpa_and_weights_are_a_distribution(angle, temperature):
-    q = lookup.query_vector(angle)
-    out, w = lookup.soft_lookup(q, LIB.keys, LIB.values, temperature)
+def test_lesson1_soft_lookup_matches_torch_sdpa_and_weights_are_a_distribution(angle, temperature):
+    q = lookup.query_vector(angle)[None]
+    out, w = L1["soft_lookup"](q, LIB.keys, LIB.values, T=temperature)
     expected = torch.nn.functional.scaled_dot_product_attention(
-        q[None, None], LIB.keys[None], LIB.values[None], scale=1 / temperature
-    )[0, 0]
+        q[None], LIB.keys[None], LIB.values[None], scale=1 / temperature
+    )[0]
     torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(w.sum(), torch.tensor(1.0))
+    torch.testing.assert_close(w.sum(-1), torch.ones(1))
     assert (w >= 0).all()
 
 
-def test_soft_lookup_interpolates_between_hard_lookup_and_the_mean():
-    q = lookup.query_vector(100.0)
-    hard, idx = lookup.hard_lookup(q, LIB.keys, LIB.values)
-    assert int(idx) == 2  # The Roman Empire sits at 90 degrees
-    cold, _ = lookup.soft_lookup(q, LIB.keys, LIB.values, temperature=1e-3)
-    hot, _ = lookup.soft_lookup(q, LIB.keys, LIB.values, temperature=1e4)
-    torch.testing.assert_close(cold, hard)
-    torch.testing.assert_close(hot, LIB.values.mean(0), atol=1e-3, rtol=0)
+def test_lesson1_soft_lookup_interpolates_between_hard_lookup_and_the_mean():
+    q = lookup.query_vector(100.0)[None]
+    hard, idx = L1["hard_lookup"](q, LIB.keys, LIB.values)
+    assert idx.tolist() == [2]  # The Roman Empire sits at 90 degrees
+    cold, _ = L1["soft_lookup"](q, LIB.keys, LIB.values, T=0.02)
+    hot, _ = L1["soft_lookup"](q, LIB.keys, LIB.values, T=1e4)
+    torch.testing.assert_close(cold, hard, atol=1e-3, rtol=0)
+    torch.testing.assert_close(hot[0], LIB.values.mean(0), atol=1e-3, rtol=0)
 
 
-def test_batched_queries_and_inputs_untouched():
+def test_lesson1_lookups_take_batches_and_leave_inputs_untouched():
     qs = torch.stack([lookup.query_vector(a) for a in (0.0, 95.0, 185.0)])
     before = (qs.clone(), LIB.keys.clone(), LIB.values.clone())
-    out, w = lookup.soft_lookup(qs, LIB.keys, LIB.values, 0.3)
-    vals, idx = lookup.hard_lookup(qs, LIB.keys, LIB.values)
+    out, w = L1["soft_lookup"](qs, LIB.keys, LIB.values, 0.3)
+    vals, idx = L1["hard_lookup"](qs, LIB.keys, LIB.values)
     assert out.shape == (3, 3) and w.shape == (3, 6) and vals.shape == (3, 3)
     assert idx.tolist() == [0, 2, 4]
     for a, b in zip(before, (qs, LIB.keys, LIB.values), strict=True):
         assert torch.equal(a, b)
 
 
-def test_gradient_flows_through_soft_lookup_only():
-    q = lookup.query_vector(30.0)
-    g = lookup.query_gradient(q, LIB.keys, LIB.values, mode="soft", feature=0, temperature=0.25)
-    assert g is not None and g.abs().sum() > 0.1
-    # agrees with a finite difference
-    eps = 1e-3
-    d = torch.tensor([eps, 0.0], dtype=torch.float64)
-    k64, v64 = LIB.keys.double(), LIB.values.double()
-    q64 = q.double()
-    fd = (lookup.soft_lookup(q64 + d, k64, v64, 0.25)[0][0] - lookup.soft_lookup(q64 - d, k64, v64, 0.25)[0][0]) / (
-        2 * eps
-    )
-    assert abs(float(fd) - float(g[0])) < 1e-3
-    assert lookup.query_gradient(q, LIB.keys, LIB.values, mode="hard") is None
-
-
-def test_fit_query_learns_with_soft_lookup_and_is_stuck_with_hard():
+def test_lesson1_fit_query_learns_with_soft_lookup_and_is_stuck_with_hard():
     start, target = lookup.query_vector(0.0), LIB.values[3]  # from rockets towards Medieval Feasts
-    q_soft, soft = lookup.fit_query(start, target, LIB.keys, LIB.values, mode="soft", temperature=0.25, lr=0.05)
-    q_hard, hard = lookup.fit_query(start, target, LIB.keys, LIB.values, mode="hard")
+    q_soft, soft = L1["fit_query"](lambda q: L1["soft_lookup"](q, LIB.keys, LIB.values, T=0.25), start, target)
+    q_hard, hard = L1["fit_query"](lambda q: L1["hard_lookup"](q, LIB.keys, LIB.values), start, target)
     assert soft[-1] < 0.05 * soft[0]
-    assert int(lookup.hard_lookup(q_soft, LIB.keys, LIB.values)[1]) == 3
+    assert L1["hard_lookup"](q_soft[None], LIB.keys, LIB.values)[1].tolist() == [3]
     assert hard[0] == hard[-1] and torch.equal(q_hard, start)
 
 
-@pytest.mark.parametrize(
-    "call, match",
-    [
-        (lambda: lookup.soft_lookup(torch.zeros(3), LIB.keys, LIB.values), r"same feature dim E.*\(3\).*\(6, 2\)"),
-        (lambda: lookup.soft_lookup(torch.zeros(2), LIB.keys, LIB.values[:4]), r"same, non-zero number"),
-        (lambda: lookup.soft_lookup(torch.zeros(2), LIB.keys, LIB.values, temperature=0.0), "temperature"),
-        (lambda: lookup.hard_lookup(torch.zeros(1, 1, 2), LIB.keys, LIB.values), r"\(E,\) or \(L, E\)"),
-        (lambda: lookup.query_gradient(torch.zeros(2), LIB.keys, LIB.values, mode="argmax"), "mode"),
-        (lambda: lookup.query_vector(float("nan")), "angle"),
-    ],
-)
-def test_lookup_rejects_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
-def test_lookup_rejects_integer_and_mixed_dtypes():
-    with pytest.raises(TypeError, match="query"):
-        lookup.hard_lookup(torch.zeros(2, dtype=torch.long), LIB.keys, LIB.values)
-    with pytest.raises(TypeError, match="one dtype"):
-        lookup.soft_lookup(torch.zeros(2, dtype=torch.float64), LIB.keys, LIB.values)
+def test_query_vector_rejects_a_bad_angle():
+    with pytest.raises(ValueError, match="angle"):
+        lookup.query_vector(float("nan"))
 
 
 def test_render_lookup_is_labelled_and_follows_both_knobs():
@@ -168,11 +139,19 @@ def test_render_lookup_is_labelled_and_follows_both_knobs():
     assert fingerprint(base) == fingerprint(lookup.render_lookup(angle=30.0, temperature=0.25))  # pure
 
 
+@pytest.mark.parametrize("angle", [0.0, 30.0, 45.0, 115.0, 200.0, 330.0])
+def test_render_lookup_query_label_keeps_clear_of_the_titles(angle):
+    fig = lookup.render_lookup(angle=angle, temperature=0.25)
+    (label,) = [t for t in fig.axes[0].texts if t.get_text() == "query"]
+    x, y = label.get_position()
+    assert math.hypot(x, y) < 0.75, "the label must sit inside the ring of books, which are at radius 1"
+
+
 def test_render_lookup_bars_are_the_soft_weights():
     fig = lookup.render_lookup(angle=200.0, temperature=0.5)
     heights = [p.get_height() for p in fig.axes[1].patches]
-    _, w = lookup.soft_lookup(lookup.query_vector(200.0), LIB.keys, LIB.values, 0.5)
-    np.testing.assert_allclose(heights, w.numpy(), rtol=1e-6)
+    w = torch.softmax(LIB.keys @ lookup.query_vector(200.0) / 0.5, -1)
+    np.testing.assert_allclose(heights, w.numpy(), rtol=1e-5)
     assert math.isclose(sum(heights), 1.0, rel_tol=1e-5)
 
 
