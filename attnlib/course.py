@@ -91,7 +91,7 @@ LESSONS: list[Lesson] = [
         "notebooks/04_scaled_dot_product_attention.ipynb",
         "Scaled dot-product attention",
         2,
-        "Loops → matrices → batched heads; the known-answer example; audit the source's 'making' diagram.",
+        "Write it with loops, then matrices, then batched heads; the known-answer example; the scale as a temperature.",
         "exercises/03_scaled_dot_product.ipynb",
         teaches=("attention_loops", "attention"),
         uses=("soft_lookup", "stable_softmax"),

@@ -324,21 +324,66 @@ def test_tiny_lm_shapes_size_and_causality():
         model(masking_demo.make_corpus(1, length=17))
 
 
-def test_training_without_the_mask_leaks_and_with_it_generates():
+L5 = load_definitions("notebooks/05_masking.ipynb")  # lesson 5's masks, masked attention and training loop
+
+
+@pytest.mark.parametrize("L,S", [(1, 6), (3, 6), (6, 6), (4, 5), (6, 4)])
+def test_lesson5_causal_masks_match_torchs_causal_biases(L, S):
+    from torch.nn.attention.bias import causal_lower_right, causal_upper_left
+
+    def dense(bias):
+        return bias._materialize(torch.device("cpu"))
+
+    assert torch.equal(L5["causal_mask"](L, S, "top-left"), dense(causal_upper_left(L, S)))
+    assert torch.equal(L5["causal_mask"](L, S, "bottom-right"), dense(causal_lower_right(L, S)))
+    assert torch.equal(L5["causal_mask"](L), torch.ones(L, L, dtype=torch.bool).tril())
+
+
+def test_lesson5_causal_check_catches_an_off_by_one_diagonal():
+    off_by_one = torch.ones(4, 4, dtype=torch.bool).tril(-1)  # the mistake: each token hidden from itself
+    assert not torch.equal(L5["causal_mask"](4), off_by_one)
+
+
+@given(st.lists(st.integers(0, 7), min_size=1, max_size=4), st.integers(1, 7))
+def test_lesson5_padding_mask_matches_attnlib(lengths, S):
+    lengths = [min(n, S) for n in lengths]
+    assert torch.equal(L5["padding_mask"](lengths, S), attnlib.padding_mask(lengths, S))
+
+
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(0, 2**16), st.sampled_from(["top-left", "bottom-right"]))
+def test_lesson5_masked_attention_matches_torch_sdpa_even_on_empty_rows(L, S, seed, alignment):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(3, n, 4, generator=g, dtype=torch.float64) for n in (L, S, S))
+    mask = L5["causal_mask"](L, S, alignment) & L5["padding_mask"]([S, S // 2, 0], S)[:, 0]  # (3, L, S)
+    out, w = L5["masked_attention"](q, k, v, mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert torch.isfinite(w).all() and (w[~mask] == 0).all()
+    assert (out[2] == 0).all()  # a sequence of length 0 attends to nothing
+
+
+def test_lesson5_training_without_the_mask_leaks_and_with_it_generates():
+    corpus = masking_demo.make_corpus(2000, seed=1)
     test = masking_demo.make_corpus(200, seed=99)
     floor = 2 * math.log(len(masking_demo.LETTERS)) / masking_demo.BLOCK  # two unpredictable letters per line
-    masked = masking_demo.train_lm(causal=True, steps=200)
-    leaky = masking_demo.train_lm(causal=False, steps=200)
+    masked, masked_losses = L5["train_lm"](True, corpus)
+    leaky, _ = L5["train_lm"](False, corpus)
     with torch.no_grad():
-        masked_loss = float(masking_demo.lm_loss(masked.model, test, causal=True))
-        leaky_loss = float(masking_demo.lm_loss(leaky.model, test, causal=False))
+        masked_loss = float(L5["lm_loss"](masked, test, True))
+        leaky_loss = float(L5["lm_loss"](leaky, test, False))
     assert masked_loss > floor - 0.02  # an honest model cannot beat the floor
     assert leaky_loss < 0.05 < floor  # a leaking one "beats" it by reading the answers
-    assert masking_demo.future_weight(masked.model, test, causal=True) == 0.0
-    assert masking_demo.future_weight(leaky.model, test, causal=False) > 0.5
-    assert masking_demo.generate(masked.model, "cab ", 12, causal=True) == "cab cab cab cab "
-    assert masking_demo.generate(leaky.model, "cab ", 12, causal=False) != "cab cab cab cab "
-    assert len(masked.losses) == 200 and masked.causal and not leaky.causal
+    assert masking_demo.future_weight(masked, test, causal=True) == 0.0
+    assert masking_demo.future_weight(leaky, test, causal=False) > 0.5
+    assert masking_demo.generate(masked, "cab ", 12, causal=True) == "cab cab cab cab "
+    assert masking_demo.generate(leaky, "cab ", 12, causal=False) != "cab cab cab cab "
+    assert len(masked_losses) == 200
+
+
+def test_render_mask_has_a_colour_bar_on_both_panels():
+    fig = masking_demo.render_mask(causal=True, alignment="bottom-right", n_queries=3, pad=1)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2
+    assert [t.get_text() for t in bars[0].get_yticklabels()] == ["0: blocked", "1: may attend"]
 
 
 # ------------------------------------------------------------------------------- lesson 6: self_attention_demo
