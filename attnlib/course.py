@@ -46,6 +46,10 @@ class Lesson:
     goal: str  # one line: what a learner can do afterwards
     exercise: str | None  # exercise notebook (relative to the root), or None
     budget_s: float = 15.0  # run-time budget on a 2-core CPU; 20 s for a lesson that trains or loads a model
+    # names of the functions/classes that are this lesson's subject, defined with def/class in its own code cells
+    teaches: tuple[str, ...] = ()
+    # names taught by earlier lessons that this lesson relies on
+    uses: tuple[str, ...] = ()
 
     @property
     def level_name(self) -> str:
@@ -60,6 +64,7 @@ LESSONS: list[Lesson] = [
         1,
         "Queries, keys and values as a library search; hard lookup versus soft, differentiable lookup.",
         "exercises/01_qkv_analogy.ipynb",
+        teaches=("hard_lookup", "soft_lookup"),
     ),
     Lesson(
         2,
@@ -68,6 +73,8 @@ LESSONS: list[Lesson] = [
         1,
         "Dot products as similarity; measure Var(q·k) ∝ d_k; an unscaled model stalls while a scaled one learns.",
         "exercises/02_similarity_and_scaling.ipynb",
+        teaches=("score_variance", "TokenMatcher", "train_matcher"),
+        uses=("soft_lookup",),
     ),
     Lesson(
         3,
@@ -76,14 +83,18 @@ LESSONS: list[Lesson] = [
         1,
         "Stable softmax, overflow thresholds per dtype, temperature, -inf entries and the online softmax.",
         "exercises/03_softmax.ipynb",
+        teaches=("stable_softmax", "online_softmax", "softmax_jacobian"),
+        uses=("score_variance",),
     ),
     Lesson(
         4,
         "notebooks/04_scaled_dot_product_attention.ipynb",
         "Scaled dot-product attention",
         2,
-        "Loops → matrices → batched heads; the known-answer example; audit the source's 'making' diagram.",
+        "Write it with loops, then matrices, then batched heads; the known-answer example; the scale as a temperature.",
         "exercises/04_scaled_dot_product_attention.ipynb",
+        teaches=("attention_loops", "attention"),
+        uses=("soft_lookup", "stable_softmax"),
     ),
     Lesson(
         5,
@@ -92,6 +103,8 @@ LESSONS: list[Lesson] = [
         2,
         "Causal and padding masks, alignment when L ≠ S, fully masked rows without NaN, the leak of a missing mask.",
         "exercises/05_masking.ipynb",
+        teaches=("causal_mask", "padding_mask", "masked_attention"),
+        uses=("attention", "stable_softmax"),
     ),
     Lesson(
         6,
@@ -169,6 +182,62 @@ def lesson_for(path: str | Path) -> Lesson:
         if Path(lesson.path).name == name:
             return lesson
     raise ValueError(f"path={str(path)!r} is not a lesson of the course map; lessons: {[x.path for x in LESSONS]}")
+
+
+def lesson_number(number: int) -> Lesson:
+    """The lesson numbered ``number`` on the course map."""
+    for lesson in LESSONS:
+        if lesson.number == number:
+            return lesson
+    raise ValueError(f"number={number!r} is not a lesson of the course map; lessons: {[x.number for x in LESSONS]}")
+
+
+def exercise_set_of(lesson: Lesson) -> str:
+    """The name of ``lesson``'s exercise set in the grader registry: the stem of its exercise notebook."""
+    if lesson.exercise is None:
+        raise ValueError(f"lesson {lesson.number} ({lesson.path}) has no exercise set on the course map")
+    return Path(lesson.exercise).stem
+
+
+def exercise_pointer_markdown(number: int) -> str:
+    """Markdown naming lesson ``number``'s exercise set (its path) and, per exercise, key, title, points,
+    difficulty and minutes, read from the grader registry (:func:`attnlib.grader.exercises.exercises_of`).
+
+    Raises ValueError when the set named by the lesson's ``exercise`` field has no exercise in the registry.
+    """
+    from .grader.exercises import exercises_of
+
+    lesson = lesson_number(number)
+    name = exercise_set_of(lesson)
+    exercises = exercises_of(name)
+    if not exercises:
+        raise ValueError(
+            f"lesson {number}'s exercise set {name!r} (from its exercise {lesson.exercise!r} in attnlib/course.py) "
+            "has no exercises in the grader registry: create the set or correct the lesson's exercise field"
+        )
+    total = sum(ex.points for ex in exercises)
+    minutes = sum(ex.minutes for ex in exercises)
+    rows = [
+        f"### Your exercises: [`{lesson.exercise}`](../{lesson.exercise})",
+        "",
+        f"{len(exercises)} exercise(s), {total} points, about {minutes} minutes. Open the notebook, write each "
+        "function, and run the self-check cell under it for feedback that names the mistake.",
+        "",
+        "| exercise | what you write | points | difficulty | minutes |",
+        "|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {ex.key} | `{ex.entry}`: {ex.title} | {ex.points} | {ex.difficulty} | {ex.minutes} |" for ex in exercises
+    ]
+    return "\n".join(rows)
+
+
+def exercise_pointer(number: int):
+    """Show lesson ``number``'s exercise set as Markdown (the last cell of every lesson); see
+    :func:`exercise_pointer_markdown`."""
+    from IPython.display import Markdown
+
+    return Markdown(exercise_pointer_markdown(number))
 
 
 def load_timings(path: Path = TIMINGS) -> dict:

@@ -1,4 +1,5 @@
-"""Level 1 lessons' code: attnlib.lessons.lookup (lesson 1), .scaling (lesson 2) and .softmax_demo (lesson 3).
+"""Level 1 lessons' code: what the notebooks of lessons 1-3 define for the learner (read from their cells with
+tests/notebook_defs.py), and the helpers they use: attnlib.lessons.lookup, .scaling and .softmax_demo.
 
 Render functions are checked for labelled axes and for a figure that changes when their knob moves; the
 fingerprint used for the latter is itself shown to catch a render function that ignores its knob.
@@ -15,6 +16,7 @@ import torch
 from figures import assert_axes_labelled
 from hypothesis import given
 from hypothesis import strategies as st
+from notebook_defs import load_definitions
 
 import attnlib
 from attnlib.lessons import lookup, scaling, softmax_demo
@@ -77,85 +79,54 @@ def test_library_is_consistent():
     torch.testing.assert_close(LIB.values.sum(-1), torch.ones(6))
 
 
+L1 = load_definitions("notebooks/01_qkv_analogy.ipynb")  # the lookups the learner reads in lesson 1
+
+
 @given(st.floats(-360, 360), st.floats(0.05, 20.0))
-def test_soft_lookup_matches_torch_sdpa_and_weights_are_a_distribution(angle, temperature):
-    q = lookup.query_vector(angle)
-    out, w = lookup.soft_lookup(q, LIB.keys, LIB.values, temperature)
+def test_lesson1_soft_lookup_matches_torch_sdpa_and_weights_are_a_distribution(angle, temperature):
+    q = lookup.query_vector(angle)[None]
+    out, w = L1["soft_lookup"](q, LIB.keys, LIB.values, T=temperature)
     expected = torch.nn.functional.scaled_dot_product_attention(
-        q[None, None], LIB.keys[None], LIB.values[None], scale=1 / temperature
-    )[0, 0]
+        q[None], LIB.keys[None], LIB.values[None], scale=1 / temperature
+    )[0]
     torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(w.sum(), torch.tensor(1.0))
+    torch.testing.assert_close(w.sum(-1), torch.ones(1))
     assert (w >= 0).all()
 
 
-def test_soft_lookup_interpolates_between_hard_lookup_and_the_mean():
-    q = lookup.query_vector(100.0)
-    hard, idx = lookup.hard_lookup(q, LIB.keys, LIB.values)
-    assert int(idx) == 2  # The Roman Empire sits at 90 degrees
-    cold, _ = lookup.soft_lookup(q, LIB.keys, LIB.values, temperature=1e-3)
-    hot, _ = lookup.soft_lookup(q, LIB.keys, LIB.values, temperature=1e4)
-    torch.testing.assert_close(cold, hard)
-    torch.testing.assert_close(hot, LIB.values.mean(0), atol=1e-3, rtol=0)
+def test_lesson1_soft_lookup_interpolates_between_hard_lookup_and_the_mean():
+    q = lookup.query_vector(100.0)[None]
+    hard, idx = L1["hard_lookup"](q, LIB.keys, LIB.values)
+    assert idx.tolist() == [2]  # The Roman Empire sits at 90 degrees
+    cold, _ = L1["soft_lookup"](q, LIB.keys, LIB.values, T=0.02)
+    hot, _ = L1["soft_lookup"](q, LIB.keys, LIB.values, T=1e4)
+    torch.testing.assert_close(cold, hard, atol=1e-3, rtol=0)
+    torch.testing.assert_close(hot[0], LIB.values.mean(0), atol=1e-3, rtol=0)
 
 
-def test_batched_queries_and_inputs_untouched():
+def test_lesson1_lookups_take_batches_and_leave_inputs_untouched():
     qs = torch.stack([lookup.query_vector(a) for a in (0.0, 95.0, 185.0)])
     before = (qs.clone(), LIB.keys.clone(), LIB.values.clone())
-    out, w = lookup.soft_lookup(qs, LIB.keys, LIB.values, 0.3)
-    vals, idx = lookup.hard_lookup(qs, LIB.keys, LIB.values)
+    out, w = L1["soft_lookup"](qs, LIB.keys, LIB.values, 0.3)
+    vals, idx = L1["hard_lookup"](qs, LIB.keys, LIB.values)
     assert out.shape == (3, 3) and w.shape == (3, 6) and vals.shape == (3, 3)
     assert idx.tolist() == [0, 2, 4]
     for a, b in zip(before, (qs, LIB.keys, LIB.values), strict=True):
         assert torch.equal(a, b)
 
 
-def test_gradient_flows_through_soft_lookup_only():
-    q = lookup.query_vector(30.0)
-    g = lookup.query_gradient(q, LIB.keys, LIB.values, mode="soft", feature=0, temperature=0.25)
-    assert g is not None and g.abs().sum() > 0.1
-    # agrees with a finite difference
-    eps = 1e-3
-    d = torch.tensor([eps, 0.0], dtype=torch.float64)
-    k64, v64 = LIB.keys.double(), LIB.values.double()
-    q64 = q.double()
-    fd = (lookup.soft_lookup(q64 + d, k64, v64, 0.25)[0][0] - lookup.soft_lookup(q64 - d, k64, v64, 0.25)[0][0]) / (
-        2 * eps
-    )
-    assert abs(float(fd) - float(g[0])) < 1e-3
-    assert lookup.query_gradient(q, LIB.keys, LIB.values, mode="hard") is None
-
-
-def test_fit_query_learns_with_soft_lookup_and_is_stuck_with_hard():
+def test_lesson1_fit_query_learns_with_soft_lookup_and_is_stuck_with_hard():
     start, target = lookup.query_vector(0.0), LIB.values[3]  # from rockets towards Medieval Feasts
-    q_soft, soft = lookup.fit_query(start, target, LIB.keys, LIB.values, mode="soft", temperature=0.25, lr=0.05)
-    q_hard, hard = lookup.fit_query(start, target, LIB.keys, LIB.values, mode="hard")
+    q_soft, soft = L1["fit_query"](lambda q: L1["soft_lookup"](q, LIB.keys, LIB.values, T=0.25), start, target)
+    q_hard, hard = L1["fit_query"](lambda q: L1["hard_lookup"](q, LIB.keys, LIB.values), start, target)
     assert soft[-1] < 0.05 * soft[0]
-    assert int(lookup.hard_lookup(q_soft, LIB.keys, LIB.values)[1]) == 3
+    assert L1["hard_lookup"](q_soft[None], LIB.keys, LIB.values)[1].tolist() == [3]
     assert hard[0] == hard[-1] and torch.equal(q_hard, start)
 
 
-@pytest.mark.parametrize(
-    "call, match",
-    [
-        (lambda: lookup.soft_lookup(torch.zeros(3), LIB.keys, LIB.values), r"same feature dim E.*\(3\).*\(6, 2\)"),
-        (lambda: lookup.soft_lookup(torch.zeros(2), LIB.keys, LIB.values[:4]), r"same, non-zero number"),
-        (lambda: lookup.soft_lookup(torch.zeros(2), LIB.keys, LIB.values, temperature=0.0), "temperature"),
-        (lambda: lookup.hard_lookup(torch.zeros(1, 1, 2), LIB.keys, LIB.values), r"\(E,\) or \(L, E\)"),
-        (lambda: lookup.query_gradient(torch.zeros(2), LIB.keys, LIB.values, mode="argmax"), "mode"),
-        (lambda: lookup.query_vector(float("nan")), "angle"),
-    ],
-)
-def test_lookup_rejects_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
-def test_lookup_rejects_integer_and_mixed_dtypes():
-    with pytest.raises(TypeError, match="query"):
-        lookup.hard_lookup(torch.zeros(2, dtype=torch.long), LIB.keys, LIB.values)
-    with pytest.raises(TypeError, match="one dtype"):
-        lookup.soft_lookup(torch.zeros(2, dtype=torch.float64), LIB.keys, LIB.values)
+def test_query_vector_rejects_a_bad_angle():
+    with pytest.raises(ValueError, match="angle"):
+        lookup.query_vector(float("nan"))
 
 
 def test_render_lookup_is_labelled_and_follows_both_knobs():
@@ -168,24 +139,35 @@ def test_render_lookup_is_labelled_and_follows_both_knobs():
     assert fingerprint(base) == fingerprint(lookup.render_lookup(angle=30.0, temperature=0.25))  # pure
 
 
+@pytest.mark.parametrize("angle", [0.0, 30.0, 45.0, 115.0, 200.0, 330.0])
+def test_render_lookup_query_label_keeps_clear_of_the_titles(angle):
+    fig = lookup.render_lookup(angle=angle, temperature=0.25)
+    (label,) = [t for t in fig.axes[0].texts if t.get_text() == "query"]
+    x, y = label.get_position()
+    assert math.hypot(x, y) < 0.75, "the label must sit inside the ring of books, which are at radius 1"
+
+
 def test_render_lookup_bars_are_the_soft_weights():
     fig = lookup.render_lookup(angle=200.0, temperature=0.5)
     heights = [p.get_height() for p in fig.axes[1].patches]
-    _, w = lookup.soft_lookup(lookup.query_vector(200.0), LIB.keys, LIB.values, 0.5)
-    np.testing.assert_allclose(heights, w.numpy(), rtol=1e-6)
+    w = torch.softmax(LIB.keys @ lookup.query_vector(200.0) / 0.5, -1)
+    np.testing.assert_allclose(heights, w.numpy(), rtol=1e-5)
     assert math.isclose(sum(heights), 1.0, rel_tol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------- lesson 2: scaling
-@pytest.mark.parametrize("d_k", [1, 16, 256])
-def test_dot_product_variance_grows_like_d_k_and_scaling_removes_it(d_k):
-    g = torch.Generator().manual_seed(1)
-    assert dot_variance_ok(scaling.dot_product_variance(d_k, n_samples=20000, generator=g), d_k)
-    assert dot_variance_ok(scaling.dot_product_variance(d_k, scaled=True, n_samples=20000, generator=g), 1.0)
+L2 = load_definitions("notebooks/02_similarity_and_scaling.ipynb")  # what lesson 2's learner writes
 
 
 def dot_variance_ok(measured: float, expected: float) -> bool:
     return abs(measured - expected) < 0.1 * expected
+
+
+@pytest.mark.parametrize("d_k", [1, 16, 256])
+def test_lesson2_score_variance_grows_like_d_k_and_scaling_removes_it(d_k):
+    g = torch.Generator().manual_seed(1)
+    assert dot_variance_ok(L2["score_variance"](d_k, n=20000, generator=g), d_k)
+    assert dot_variance_ok(L2["score_variance"](d_k, scaled=True, n=20000, generator=g), 1.0)
 
 
 def test_variance_check_catches_dividing_by_d_k_instead_of_sqrt_d_k():
@@ -196,34 +178,15 @@ def test_variance_check_catches_dividing_by_d_k_instead_of_sqrt_d_k():
     assert not dot_variance_ok(wrong, 1.0)
 
 
-@given(st.lists(st.floats(-5, 5), min_size=1, max_size=6))
-def test_softmax_jacobian_matches_autograd(xs):
-    s = torch.tensor(xs, dtype=torch.float64)
-    expected = torch.autograd.functional.jacobian(lambda z: torch.softmax(z, -1), s)
-    torch.testing.assert_close(scaling.softmax_jacobian(torch.softmax(s, -1)), expected)
-
-
-def test_softmax_jacobian_vanishes_for_one_hot_and_rejects_scalars():
-    assert torch.equal(scaling.softmax_jacobian(torch.tensor([0.0, 1.0, 0.0])), torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="0-dim"):
-        scaling.softmax_jacobian(torch.tensor(1.0))
-
-
-def test_saturation_grows_with_d_k_only_without_scaling():
-    lo, hi = scaling.saturation(4, scaled=False), scaling.saturation(1024, scaled=False)
-    assert hi["max_weight"] > 0.9 > lo["max_weight"] and hi["jacobian_norm"] < 0.1 < lo["jacobian_norm"]
-    for d_k in (4, 1024):
-        s = scaling.saturation(d_k, scaled=True)
-        assert 0.25 < s["max_weight"] < 0.5 and s["jacobian_norm"] > 0.3
-
-
 def test_render_variance_plots_the_measured_curve_with_labels():
-    fig = scaling.render_variance(dims=(1, 4, 16), n_samples=500, seed=3)
+    curve = {"d_k": [1, 4, 16], "unscaled": [1.1, 3.9, 16.5], "scaled": [1.1, 0.97, 1.03], "n_samples": 500}
+    fig = scaling.render_variance(curve)
     assert_axes_labelled(fig)
-    curve = scaling.variance_curve((1, 4, 16), n_samples=500, seed=3)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), curve["unscaled"])
     np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(), curve["scaled"])
-    assert fingerprint(fig) != fingerprint(scaling.render_variance(dims=(1, 4, 16), n_samples=500, seed=4))
+    assert fingerprint(fig) != fingerprint(scaling.render_variance({**curve, "scaled": [1.0, 1.0, 1.0]}))
+    with pytest.raises(ValueError, match="n_samples"):
+        scaling.render_variance({"d_k": [1]})
 
 
 def test_render_scaling_is_labelled_and_follows_both_knobs():
@@ -248,35 +211,40 @@ def test_matching_batch_is_a_permutation_with_the_query_at_target():
     assert torch.equal(tokens[torch.arange(32), target], query)
 
 
-def test_token_matcher_weights_are_a_scaled_softmax():
+def test_lesson2_token_matcher_weights_are_a_scaled_softmax():
     g = torch.Generator().manual_seed(0)
     tokens, query, _ = scaling.make_matching_batch(4, 8, g)
     for scaled, scale in ((True, 1 / 4.0), (False, 1.0)):
-        model = scaling.TokenMatcher(8, 16, scaled=scaled, generator=torch.Generator().manual_seed(1))
-        w = model(tokens, query)
+        model = L2["TokenMatcher"](8, 16, scaled, generator=torch.Generator().manual_seed(1))
+        scores, w = model(tokens, query)
         expected = torch.softmax(torch.einsum("bd,bsd->bs", model.W_Q[query], model.W_K[tokens]) * scale, -1)
         torch.testing.assert_close(w, expected)
-    with pytest.raises(ValueError, match=r"tokens must be \(B, S\) and query \(B,\)"):
-        model(tokens, query[:2])
 
 
-@pytest.mark.parametrize("optimizer, seed", [("sgd", 0), ("sgd", 1), ("adam", 0)])
-def test_unscaled_matcher_flatlines_and_scaled_one_learns(optimizer, seed):
-    steps = 120 if optimizer == "sgd" else 50
-    flat = scaling.train_matcher(False, optimizer=optimizer, seed=seed, steps=steps)
-    good = scaling.train_matcher(True, optimizer=optimizer, seed=seed, steps=steps)
+# The notebook's claim: over its SEEDS and both of its OPTIMISERS the unscaled model never learns and the scaled
+# one always does. The grid is read from the notebook, so the sentence and this test cannot drift apart.
+GRID = [(name, seed) for name in L2["OPTIMISERS"] for seed in L2["SEEDS"]]
+
+
+@pytest.mark.parametrize("optimizer, seed", GRID, ids=[f"{n}-seed{s}" for n, s in GRID])
+def test_lesson2_unscaled_matcher_flatlines_and_scaled_one_learns(optimizer, seed):
+    lr, steps = L2["OPTIMISERS"][optimizer]
+    flat = L2["train_matcher"](False, optimizer, lr, steps, seed=seed)
+    good = L2["train_matcher"](True, optimizer, lr, steps, seed=seed)
     first, last = np.mean(flat["losses"][:10]), np.mean(flat["losses"][-10:])
     assert last > 0.8 * first and flat["accuracy"] < 0.5 and min(flat["max_weight"]) > 0.8
     assert flat["wrong_score_grad"] < 1e-5  # the stuck examples send (almost) no gradient
-    assert np.mean(good["losses"][-10:]) < 0.2 * np.mean(good["losses"][:10]) and good["accuracy"] >= 0.95
+    assert np.mean(good["losses"][-10:]) < 0.2 * np.mean(good["losses"][:10]) and good["accuracy"] >= 0.85
 
 
-def test_train_matcher_is_deterministic_and_validates():
-    a = scaling.train_matcher(True, steps=5, seed=3)
-    b = scaling.train_matcher(True, steps=5, seed=3)
+def test_lesson2_grid_covers_both_optimisers_and_more_than_one_seed():
+    assert set(L2["OPTIMISERS"]) == {"sgd", "adam"} and len(L2["SEEDS"]) >= 2
+
+
+def test_lesson2_train_matcher_is_deterministic():
+    a = L2["train_matcher"](True, steps=5, seed=3)
+    b = L2["train_matcher"](True, steps=5, seed=3)
     assert a["losses"] == b["losses"]
-    with pytest.raises(ValueError, match="optimizer"):
-        scaling.train_matcher(True, optimizer="rmsprop")
 
 
 @pytest.mark.parametrize("kind, torch_opt", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)])
@@ -319,40 +287,53 @@ def test_known_overflow_points():
         softmax_demo.exp_overflow_point(torch.int32)
 
 
+L3 = load_definitions("notebooks/03_softmax.ipynb")  # the softmaxes lesson 3's learner writes
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_naive_softmax_overflows_where_shifted_and_attnlib_do_not(dtype):
+def test_lesson3_naive_softmax_overflows_where_stable_softmax_does_not(dtype):
     x = torch.tensor([[softmax_demo.exp_overflow_point(dtype)["overflows_at"], 0.0]], dtype=dtype)
-    assert torch.isnan(softmax_demo.naive_softmax(x)).any()
+    assert torch.isnan(L3["naive_softmax"](x)).any()
     expected = torch.softmax(x.double(), -1).to(dtype)
-    torch.testing.assert_close(softmax_demo.max_shifted_softmax(x), expected)
+    torch.testing.assert_close(L3["stable_softmax"](x), expected)
     torch.testing.assert_close(attnlib.softmax(x), expected)
 
 
-def test_all_minus_inf_row_nan_by_hand_zeros_in_attnlib():
+@given(st.lists(st.floats(-60, 60), min_size=1, max_size=12), st.floats(0.1, 10.0), st.sampled_from([0, 1]))
+def test_lesson3_stable_softmax_matches_torch_with_temperature_and_dim(row, temperature, dim):
+    x = torch.tensor(row, dtype=torch.float64).reshape(1, -1).repeat(2, 1)
+    x = x if dim == 1 else x.T
+    torch.testing.assert_close(L3["stable_softmax"](x, dim=dim, T=temperature), torch.softmax(x / temperature, dim))
+
+
+def test_lesson3_all_minus_inf_row_nan_by_hand_zeros_in_stable_softmax():
     x = torch.tensor([[0.0, 1.0], [-math.inf, -math.inf]])
-    assert torch.isnan(softmax_demo.naive_softmax(x)[1]).all()
-    assert torch.isnan(softmax_demo.max_shifted_softmax(x)[1]).all()
+    assert torch.isnan(L3["naive_softmax"](x)[1]).all()
     assert torch.isnan(torch.softmax(x, -1)[1]).all()
-    assert torch.equal(softmax_demo.online_softmax(x, 1)[1], torch.zeros(2))
-    torch.testing.assert_close(softmax_demo.online_softmax(x, 1)[0], torch.softmax(x[0], -1))
+    assert torch.equal(L3["stable_softmax"](x)[1], torch.zeros(2))
+    torch.testing.assert_close(L3["stable_softmax"](x)[0], torch.softmax(x[0], -1))
 
 
-finite_rows = st.lists(st.floats(-30, 30), min_size=1, max_size=40)
+@given(st.lists(st.floats(-5, 5), min_size=1, max_size=6))
+def test_lesson3_softmax_jacobian_matches_autograd(xs):
+    s = torch.tensor(xs, dtype=torch.float64)
+    expected = torch.autograd.functional.jacobian(lambda z: torch.softmax(z, -1), s)
+    torch.testing.assert_close(L3["softmax_jacobian"](torch.softmax(s, -1)), expected)
 
 
-@given(finite_rows, st.integers(1, 45), st.data())
-def test_online_softmax_matches_torch_and_attnlib(row, chunk, data):
+def test_lesson3_softmax_jacobian_vanishes_for_one_hot():
+    assert torch.equal(L3["softmax_jacobian"](torch.tensor([0.0, 1.0, 0.0])), torch.zeros(3, 3))
+
+
+@given(st.lists(st.floats(-30, 30), min_size=1, max_size=40), st.integers(1, 45))
+def test_lesson3_online_softmax_matches_torch_and_attnlib(row, chunk):
     x = torch.tensor(row, dtype=torch.float64)
-    blocked = data.draw(st.lists(st.booleans(), min_size=len(row), max_size=len(row)))
-    x = x.masked_fill(torch.tensor(blocked), -math.inf)
-    expected = attnlib.softmax(x)
-    got = softmax_demo.online_softmax(x, chunk)
-    torch.testing.assert_close(got, expected)
-    if not all(blocked):
-        torch.testing.assert_close(got, torch.softmax(x, -1))
-    trace = softmax_demo.online_softmax_trace(x, chunk)
+    trace = []
+    got = L3["online_softmax"](x, chunk, trace)
+    torch.testing.assert_close(got, torch.softmax(x, -1))
+    torch.testing.assert_close(got, attnlib.softmax(x))
     assert len(trace) == math.ceil(len(row) / chunk)
-    assert float(trace[-1]["max"]) == float(x.max())
+    assert trace[-1][2] == float(x.max()) and trace[-1][1] == len(row)
 
 
 def test_online_softmax_check_catches_a_missing_rescale():
@@ -366,26 +347,7 @@ def test_online_softmax_check_catches_a_missing_rescale():
 
     x = torch.tensor([0.0, 1.0, 5.0, 2.0], dtype=torch.float64)
     assert not torch.allclose(no_rescale(x, 2), torch.softmax(x, -1))
-    torch.testing.assert_close(softmax_demo.online_softmax(x, 2), torch.softmax(x, -1))
-
-
-@given(st.integers(1, 6), st.integers(1, 20), st.integers(1, 25), st.integers(0, 2**16))
-def test_streaming_attention_matches_torch_sdpa(L, S, chunk, seed):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(2, n, d, generator=g, dtype=torch.float64) for n, d in ((L, 4), (S, 4), (S, 3)))
-    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    torch.testing.assert_close(softmax_demo.streaming_attention(q, k, v, chunk), expected)
-
-
-def test_streaming_attention_inputs_untouched_and_bad_shapes_rejected():
-    q, k, v = torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 2)
-    before = [t.clone() for t in (q, k, v)]
-    softmax_demo.streaming_attention(q, k, v, 2)
-    assert all(torch.equal(a, b) for a, b in zip(before, (q, k, v), strict=True))
-    with pytest.raises(ValueError, match=r"q \(3, 4\), k \(5, 3\)"):
-        softmax_demo.streaming_attention(q, torch.randn(5, 3), v, 2)
-    with pytest.raises(ValueError, match="chunk_size"):
-        softmax_demo.online_softmax(q, 0)
+    torch.testing.assert_close(L3["online_softmax"](x, 2), torch.softmax(x, -1))
 
 
 def test_source_illustrated_weights_are_not_a_softmax():
@@ -411,17 +373,21 @@ def test_render_temperature_is_labelled_and_follows_its_knob():
     assert fingerprint(base) == fingerprint(softmax_demo.render_temperature(1.0))
     heights = [p.get_height() for p in base.axes[0].patches]
     np.testing.assert_allclose(heights, torch.softmax(torch.tensor(softmax_demo.MAKING_SCORES), -1), rtol=1e-5)
+    assert not base.axes[0].texts, "bar value labels would sit under the source's red dots"
     with pytest.raises(ValueError, match="temperature"):
         softmax_demo.render_temperature(0.0)
 
 
-def test_render_online_is_labelled_and_follows_chunk_size():
-    x = torch.tensor([1.0, 3.0, 2.0, 5.0, 0.0, 4.0, 2.0, 8.0, 1.0])
-    base = softmax_demo.render_online(x, 3)
+def test_render_online_is_labelled_and_draws_its_trace():
+    x = torch.tensor([1.0, 3.0, 2.0, 5.0, 0.0, 4.0, 2.0, 8.0, 1.0], dtype=torch.float64)
+    trace3, trace2 = [], []
+    L3["online_softmax"](x, 3, trace3)
+    L3["online_softmax"](x, 2, trace2)
+    base = softmax_demo.render_online(x, trace3)
     assert_axes_labelled(base)
-    assert [round(y, 6) for y in base.axes[1].lines[0].get_ydata()] == [
-        round(float(r["sum"]), 6) for r in softmax_demo.online_softmax_trace(x.double(), 3)
-    ]
-    assert fingerprint(base) != fingerprint(softmax_demo.render_online(x, 2))
+    assert [round(y, 6) for y in base.axes[1].lines[0].get_ydata()] == [round(rec[3], 6) for rec in trace3]
+    assert fingerprint(base) != fingerprint(softmax_demo.render_online(x, trace2))
     with pytest.raises(ValueError, match=r"\(S,\)"):
-        softmax_demo.render_online(x[None], 3)
+        softmax_demo.render_online(x[None], trace3)
+    with pytest.raises(ValueError, match="trace"):
+        softmax_demo.render_online(x, trace3[:-1])

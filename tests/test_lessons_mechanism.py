@@ -1,5 +1,6 @@
-"""Level 2 lessons' code: attnlib.lessons.sdpa_demo (lesson 4), .masking_demo (lesson 5) and
-.self_attention_demo (lesson 6).
+"""Level 2 lessons' code: what the notebooks of lessons 4 and 5 define for the learner (read from their cells with
+tests/notebook_defs.py), the helpers they use (attnlib.lessons.sdpa_demo, .masking_demo), and
+attnlib.lessons.self_attention_demo (lesson 6).
 
 Every render function is checked for labelled axes and for a figure that changes when its knob moves; the
 figure summary used for the latter is itself shown to catch a render function that ignores its knob.
@@ -17,10 +18,11 @@ import torch.nn.functional as F
 from figures import assert_axes_labelled
 from hypothesis import given
 from hypothesis import strategies as st
+from notebook_defs import load_definitions
 
 import attnlib
 from attnlib import reference
-from attnlib.lessons import masking_demo, sdpa_demo
+from attnlib.lessons import masking_demo, sdpa_demo, softmax_demo
 from attnlib.lessons import self_attention_demo as sa
 
 matplotlib.use("Agg")
@@ -95,22 +97,22 @@ def test_known_answer_returns_fresh_tensors():
 
 
 def test_illustrated_weights_are_not_a_softmax_of_the_scores():
-    s = torch.tensor(sdpa_demo.MAKING_SCORES, dtype=torch.float64)
-    t = torch.tensor(sdpa_demo.MAKING_ILLUSTRATED, dtype=torch.float64)
+    s = torch.tensor(softmax_demo.MAKING_SCORES, dtype=torch.float64)
+    t = torch.tensor(softmax_demo.MAKING_ILLUSTRATED, dtype=torch.float64)
     assert float(t.sum()) == pytest.approx(1.12)
     np.testing.assert_allclose(
         torch.softmax(s, 0).numpy(), [0.0747, 0.1504, 0.0826, 0.1663, 0.1361, 0.0912, 0.0747, 0.1232, 0.1008], atol=1e-4
     )
-    assert sdpa_demo.temperature_loss(s, t, 1.0) > 0.05
+    assert softmax_demo.temperature_loss(s, t, 1.0) > 0.05
 
 
 def test_fit_temperature_finds_the_grid_minimum_near_0_27():
-    s = torch.tensor(sdpa_demo.MAKING_SCORES, dtype=torch.float64)
-    t = torch.tensor(sdpa_demo.MAKING_ILLUSTRATED, dtype=torch.float64)
-    best_t, residual = sdpa_demo.fit_temperature(s, t)
+    s = torch.tensor(softmax_demo.MAKING_SCORES, dtype=torch.float64)
+    t = torch.tensor(softmax_demo.MAKING_ILLUSTRATED, dtype=torch.float64)
+    best_t, residual = softmax_demo.fit_temperature(s, t)
     assert best_t == pytest.approx(0.27, abs=0.005)
     grid = np.logspace(-2, 2, 3001)
-    losses = np.array([sdpa_demo.temperature_loss(s, t, float(x)) for x in grid])
+    losses = np.array([softmax_demo.temperature_loss(s, t, float(x)) for x in grid])
     assert residual <= losses.min() + 1e-9
     assert best_t == pytest.approx(grid[losses.argmin()], rel=0.01)
     # the loss falls then rises on the grid: one minimum, which golden-section search needs
@@ -124,7 +126,7 @@ def test_fit_temperature_recovers_a_known_temperature(true_t, raw):
     if float(s.max() - s.min()) < 0.5:  # nearly constant scores: every T gives almost the same softmax
         return
     target = torch.softmax(s / true_t, 0)
-    best_t, residual = sdpa_demo.fit_temperature(s, target)
+    best_t, residual = softmax_demo.fit_temperature(s, target)
     assert residual < 1e-12
     assert best_t == pytest.approx(true_t, rel=1e-3)
 
@@ -132,41 +134,74 @@ def test_fit_temperature_recovers_a_known_temperature(true_t, raw):
 def test_fit_temperature_and_loss_reject_bad_input():
     s = torch.tensor([0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match=r"scores .*\(3\).*target .*\(2\)"):
-        sdpa_demo.temperature_loss(s, torch.tensor([0.5, 0.5]), 1.0)
+        softmax_demo.temperature_loss(s, torch.tensor([0.5, 0.5]), 1.0)
     with pytest.raises(ValueError, match="temperature"):
-        sdpa_demo.temperature_loss(s, s, 0.0)
+        softmax_demo.temperature_loss(s, s, 0.0)
     with pytest.raises(ValueError, match="low < high"):
-        sdpa_demo.fit_temperature(s, s, low=2.0, high=1.0)
+        softmax_demo.fit_temperature(s, s, low=2.0, high=1.0)
     with pytest.raises(TypeError, match="scores"):
-        sdpa_demo.fit_temperature([0.1, 0.2], s)
+        softmax_demo.fit_temperature([0.1, 0.2], s)
 
 
-def test_render_temperature_is_labelled_and_follows_its_knob():
-    a, b = sdpa_demo.render_temperature(0.27), sdpa_demo.render_temperature(2.0)
-    assert_axes_labelled(a)
-    assert summary(a) != summary(b)
-    ticks = [t.get_text() for t in a.axes[0].get_xticklabels()]
-    assert ticks == list(sdpa_demo.MAKING_TOKENS)
-    heights = [p.get_height() for p in a.axes[0].patches]
-    np.testing.assert_allclose(
-        heights, torch.softmax(torch.tensor(sdpa_demo.MAKING_SCORES, dtype=torch.float64) / 0.27, 0).numpy()
-    )
-    with pytest.raises(ValueError, match="temperature"):
-        sdpa_demo.render_temperature(-1.0)
+L4 = load_definitions("notebooks/04_scaled_dot_product_attention.ipynb")  # lesson 4's attention, three ways
 
 
-def test_loops_matrix_and_batched_heads_agree_with_torch(device):
+def test_lesson4_known_answer_in_the_learners_loops_and_matrix_versions():
+    q, k, v = sdpa_demo.known_answer()
+    want_w = torch.tensor([[0.849675, 0.150325], [0.000173, 0.999827]], dtype=torch.float64)
+    want_out = torch.tensor([[0.800651, 1.349675], [2.499653, 0.500173]], dtype=torch.float64)
+    for impl in (L4["attention_loops"], L4["attention"]):
+        out, w = impl(q, k, v)
+        torch.testing.assert_close(w, want_w, atol=1e-6, rtol=0)
+        torch.testing.assert_close(out, want_out, atol=1e-6, rtol=0)
+
+
+@given(st.integers(1, 6), st.integers(1, 7), st.integers(1, 5), st.integers(1, 4), st.integers(0, 2**16))
+def test_lesson4_loops_and_matrix_match_torch_sdpa(L, S, d_k, d_v, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(n, d, generator=g, dtype=torch.float64) for n, d in ((L, d_k), (S, d_k), (S, d_v)))
+    expected = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(L4["attention_loops"](q, k, v)[0], expected)
+    torch.testing.assert_close(L4["attention"](q, k, v)[0], expected)
+
+
+def test_lesson4_batched_heads_agree_with_torch_and_the_loops(device):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) for _ in range(3))
-    loops = np.stack(
-        [np.stack([reference.attention_loops(q[b, h], k[b, h], v[b, h])[0] for h in range(3)]) for b in range(2)]
+    loops = torch.stack(
+        [torch.stack([L4["attention_loops"](q[b, h], k[b, h], v[b, h])[0] for h in range(3)]) for b in range(2)]
     )
-    matrix, _ = reference.attention(q.numpy(), k.numpy(), v.numpy())
-    ours, _ = attnlib.scaled_dot_product_attention(q.to(device), k.to(device), v.to(device))
-    np.testing.assert_allclose(loops, matrix, atol=1e-12)
-    np.testing.assert_allclose(ours.cpu().numpy(), matrix, atol=1e-12)
+    ours, w = L4["attention"](q.to(device), k.to(device), v.to(device))
+    torch.testing.assert_close(ours.cpu(), loops, atol=1e-12, rtol=0)
     torch.testing.assert_close(ours.cpu(), F.scaled_dot_product_attention(q, k, v))
-    assert math.isfinite(float(ours.sum()))
+    torch.testing.assert_close(w.sum(-1).cpu(), torch.ones(2, 3, 5, dtype=torch.float64))
+
+
+def test_lesson4_check_catches_the_softmax_over_the_wrong_axis():
+    q, k, v = (torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) for _ in range(3))
+    wrong = torch.softmax(q @ k.T / 2.0, dim=0) @ v  # the mistake lesson 4 shows
+    assert not torch.allclose(wrong, L4["attention"](q, k, v)[0])
+
+
+def test_render_attention_is_labelled_and_follows_its_knob():
+    base = sdpa_demo.render_attention(1.0)
+    assert_axes_labelled(base)
+    data_axes = [ax for ax in base.axes if ax.get_label() != "<colorbar>"]
+    assert [t.get_text() for t in data_axes[0].get_xticklabels()] == list(sdpa_demo.TOKENS)
+    assert len(base.axes) == 6, "each of the three heatmaps has its colour bar"
+    assert summary(base) != summary(sdpa_demo.render_attention(10.0))
+    assert summary(base) == summary(sdpa_demo.render_attention(1.0))
+    with pytest.raises(ValueError, match="scale_factor"):
+        sdpa_demo.render_attention(0.0)
+
+
+def test_render_attention_outputs_tend_to_the_mean_or_to_one_value():
+    q, k, v = sdpa_demo.explorer_example()
+    flat = np.asarray([ax for ax in sdpa_demo.render_attention(1e-3).axes if ax.images][1].images[0].get_array())
+    np.testing.assert_allclose(flat, v.mean(0).expand(6, -1).numpy(), atol=1e-3)
+    sharp = np.asarray([ax for ax in sdpa_demo.render_attention(1e3).axes if ax.images][1].images[0].get_array())
+    best = (q @ k.T).argmax(-1)
+    np.testing.assert_allclose(sharp, v[best].numpy(), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------- lesson 5: masking_demo
@@ -289,21 +324,66 @@ def test_tiny_lm_shapes_size_and_causality():
         model(masking_demo.make_corpus(1, length=17))
 
 
-def test_training_without_the_mask_leaks_and_with_it_generates():
+L5 = load_definitions("notebooks/05_masking.ipynb")  # lesson 5's masks, masked attention and training loop
+
+
+@pytest.mark.parametrize("L,S", [(1, 6), (3, 6), (6, 6), (4, 5), (6, 4)])
+def test_lesson5_causal_masks_match_torchs_causal_biases(L, S):
+    from torch.nn.attention.bias import causal_lower_right, causal_upper_left
+
+    def dense(bias):
+        return bias._materialize(torch.device("cpu"))
+
+    assert torch.equal(L5["causal_mask"](L, S, "top-left"), dense(causal_upper_left(L, S)))
+    assert torch.equal(L5["causal_mask"](L, S, "bottom-right"), dense(causal_lower_right(L, S)))
+    assert torch.equal(L5["causal_mask"](L), torch.ones(L, L, dtype=torch.bool).tril())
+
+
+def test_lesson5_causal_check_catches_an_off_by_one_diagonal():
+    off_by_one = torch.ones(4, 4, dtype=torch.bool).tril(-1)  # the mistake: each token hidden from itself
+    assert not torch.equal(L5["causal_mask"](4), off_by_one)
+
+
+@given(st.lists(st.integers(0, 7), min_size=1, max_size=4), st.integers(1, 7))
+def test_lesson5_padding_mask_matches_attnlib(lengths, S):
+    lengths = [min(n, S) for n in lengths]
+    assert torch.equal(L5["padding_mask"](lengths, S), attnlib.padding_mask(lengths, S))
+
+
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(0, 2**16), st.sampled_from(["top-left", "bottom-right"]))
+def test_lesson5_masked_attention_matches_torch_sdpa_even_on_empty_rows(L, S, seed, alignment):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(3, n, 4, generator=g, dtype=torch.float64) for n in (L, S, S))
+    mask = L5["causal_mask"](L, S, alignment) & L5["padding_mask"]([S, S // 2, 0], S)[:, 0]  # (3, L, S)
+    out, w = L5["masked_attention"](q, k, v, mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert torch.isfinite(w).all() and (w[~mask] == 0).all()
+    assert (out[2] == 0).all()  # a sequence of length 0 attends to nothing
+
+
+def test_lesson5_training_without_the_mask_leaks_and_with_it_generates():
+    corpus = masking_demo.make_corpus(2000, seed=1)
     test = masking_demo.make_corpus(200, seed=99)
     floor = 2 * math.log(len(masking_demo.LETTERS)) / masking_demo.BLOCK  # two unpredictable letters per line
-    masked = masking_demo.train_lm(causal=True, steps=200)
-    leaky = masking_demo.train_lm(causal=False, steps=200)
+    masked, masked_losses = L5["train_lm"](True, corpus)
+    leaky, _ = L5["train_lm"](False, corpus)
     with torch.no_grad():
-        masked_loss = float(masking_demo.lm_loss(masked.model, test, causal=True))
-        leaky_loss = float(masking_demo.lm_loss(leaky.model, test, causal=False))
+        masked_loss = float(L5["lm_loss"](masked, test, True))
+        leaky_loss = float(L5["lm_loss"](leaky, test, False))
     assert masked_loss > floor - 0.02  # an honest model cannot beat the floor
     assert leaky_loss < 0.05 < floor  # a leaking one "beats" it by reading the answers
-    assert masking_demo.future_weight(masked.model, test, causal=True) == 0.0
-    assert masking_demo.future_weight(leaky.model, test, causal=False) > 0.5
-    assert masking_demo.generate(masked.model, "cab ", 12, causal=True) == "cab cab cab cab "
-    assert masking_demo.generate(leaky.model, "cab ", 12, causal=False) != "cab cab cab cab "
-    assert len(masked.losses) == 200 and masked.causal and not leaky.causal
+    assert masking_demo.future_weight(masked, test, causal=True) == 0.0
+    assert masking_demo.future_weight(leaky, test, causal=False) > 0.5
+    assert masking_demo.generate(masked, "cab ", 12, causal=True) == "cab cab cab cab "
+    assert masking_demo.generate(leaky, "cab ", 12, causal=False) != "cab cab cab cab "
+    assert len(masked_losses) == 200
+
+
+def test_render_mask_has_a_colour_bar_on_both_panels():
+    fig = masking_demo.render_mask(causal=True, alignment="bottom-right", n_queries=3, pad=1)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2
+    assert [t.get_text() for t in bars[0].get_yticklabels()] == ["0: blocked", "1: may attend"]
 
 
 # ------------------------------------------------------------------------------- lesson 6: self_attention_demo

@@ -1,21 +1,13 @@
-r"""Lesson 1 (the QKV analogy): a toy library searched by hard and by soft lookup.
+r"""Lesson 1 (the QKV analogy): the toy library's data and the lesson's figure. The lookups themselves (hard and
+soft) are written in the lesson's notebook, by the learner.
 
 The library has a handful of books. Each book's **key** is a point in a 2-D "topic space" (where its title
 places it: science to the right, history up, cooking to the left), and its **value** is what the book contains,
 as fractions of three kinds of content (``FEATURES``). A **query** is a question, placed in the same topic space.
 
-* :func:`hard_lookup` returns the value of the single best-matching key (``argmax`` of the scores), as a
-  dictionary would;
-* :func:`soft_lookup` returns the softmax-weighted average of all values,
-
-  .. math:: \mathrm{out} = \sum_j w_j v_j,\qquad w = \mathrm{softmax}\!\left(\frac{q\cdot k_j}{T}\right),
-
-  which is exactly scaled dot-product attention with ``scale = 1/T``;
-* :func:`query_gradient` and :func:`fit_query` show that gradients flow through the soft lookup and not
-  through the hard one;
-* :func:`render_lookup` is the pure render function behind the lesson's figure and widget.
-
-Shapes: ``query`` (E,) or (L, E); ``keys`` (S, E); ``values`` (S, Ev). Nothing modifies its inputs.
+* :func:`make_library` and :func:`query_vector` generate the data;
+* :func:`render_lookup` is the pure render function behind the lesson's figure and widget (it runs the soft lookup
+  through :func:`attnlib.scaled_dot_product_attention` with ``scale = 1/T``, and the hard one with ``argmax``).
 """
 
 from __future__ import annotations
@@ -26,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import viz
-from .._checks import check_float_tensor, check_positive_float, check_positive_int, shape_str
+from .._checks import check_positive_float
 from ..functional import scaled_dot_product_attention
 
 __all__ = [
@@ -34,11 +26,6 @@ __all__ = [
     "Library",
     "make_library",
     "query_vector",
-    "scores",
-    "hard_lookup",
-    "soft_lookup",
-    "query_gradient",
-    "fit_query",
     "render_lookup",
 ]
 
@@ -83,141 +70,6 @@ def query_vector(angle: float, length: float = 1.0, *, dtype: torch.dtype = torc
     return torch.tensor([round(length * math.cos(rad), 12) + 0.0, round(length * math.sin(rad), 12) + 0.0], dtype=dtype)
 
 
-def _check_lookup(query: object, keys: object, values: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    query = check_float_tensor(query, "query")
-    keys = check_float_tensor(keys, "keys")
-    values = check_float_tensor(values, "values")
-    if query.dim() not in (1, 2):
-        raise ValueError(f"query must be (E,) or (L, E), got shape {shape_str(query.shape)}")
-    if keys.dim() != 2 or values.dim() != 2:
-        raise ValueError(
-            f"keys must be (S, E) and values (S, Ev), got keys {shape_str(keys.shape)} and values "
-            f"{shape_str(values.shape)}"
-        )
-    if keys.shape[0] != values.shape[0] or keys.shape[0] == 0:
-        raise ValueError(
-            f"keys and values must hold the same, non-zero number of entries S, got keys {shape_str(keys.shape)} "
-            f"and values {shape_str(values.shape)}"
-        )
-    if query.shape[-1] != keys.shape[-1]:
-        raise ValueError(
-            f"query and keys must have the same feature dim E, got query {shape_str(query.shape)} and keys "
-            f"{shape_str(keys.shape)}"
-        )
-    if query.dtype != keys.dtype or keys.dtype != values.dtype:
-        raise TypeError(f"query, keys, values must share one dtype, got {query.dtype}, {keys.dtype}, {values.dtype}")
-    return query, keys, values
-
-
-def scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Dot-product similarity of the query (E,) or queries (L, E) with every key (S, E): (S,) or (L, S)."""
-    query, keys, _ = _check_lookup(query, keys, keys)
-    return query @ keys.T
-
-
-def hard_lookup(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dictionary-style retrieval: the value of the best-matching key.
-
-    Returns ``(value, index)``: value (Ev,) or (L, Ev), index () or (L,) = ``argmax_j q . k_j``. ``argmax`` is
-    piecewise constant in the query, so no gradient reaches the query through it.
-    """
-    query, keys, values = _check_lookup(query, keys, values)
-    index = (query @ keys.T).argmax(dim=-1)
-    return values[index], index
-
-
-def soft_lookup(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, temperature: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention as retrieval: the softmax(q . k / temperature)-weighted average of the values.
-
-    Returns ``(output, weights)``: output (Ev,) or (L, Ev), weights (S,) or (L, S), each row summing to 1. Small
-    temperatures approach :func:`hard_lookup`; large ones approach the plain mean of the values. Computed with
-    :func:`attnlib.scaled_dot_product_attention` using ``scale = 1 / temperature``.
-    """
-    query, keys, values = _check_lookup(query, keys, values)
-    temperature = check_positive_float(temperature, "temperature")
-    q = query if query.dim() == 2 else query.unsqueeze(0)
-    out, weights = scaled_dot_product_attention(q, keys, values, scale=1.0 / temperature)
-    if query.dim() == 1:
-        out, weights = out.squeeze(0), weights.squeeze(0)
-    return out, weights
-
-
-def query_gradient(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    *,
-    mode: str = "soft",
-    feature: int = 0,
-    temperature: float = 1.0,
-) -> torch.Tensor | None:
-    """d(output[feature]) / d(query) for the soft or hard lookup of one query (E,).
-
-    Returns the gradient (E,) for ``mode="soft"``. For ``mode="hard"`` returns ``None``: the retrieved value does
-    not depend differentiably on the query (autograd has no path through ``argmax``), so there is no gradient.
-    """
-    if mode not in ("soft", "hard"):
-        raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}")
-    query, keys, values = _check_lookup(query, keys, values)
-    if query.dim() != 1:
-        raise ValueError(f"query_gradient takes one query (E,), got shape {shape_str(query.shape)}")
-    if not 0 <= feature < values.shape[-1]:
-        raise ValueError(f"feature={feature} is out of range for values of shape {shape_str(values.shape)}")
-    q = query.detach().clone().requires_grad_(True)
-    if mode == "soft":
-        out, _ = soft_lookup(q, keys, values, temperature)
-    else:
-        out, _ = hard_lookup(q, keys, values)
-    if not out.requires_grad:
-        return None
-    (grad,) = torch.autograd.grad(out[feature], q)
-    return grad
-
-
-def fit_query(
-    start: torch.Tensor,
-    target: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    *,
-    mode: str = "soft",
-    temperature: float = 1.0,
-    steps: int = 60,
-    lr: float = 0.5,
-) -> tuple[torch.Tensor, list[float]]:
-    """Learn a query by gradient descent so that its lookup retrieves ``target`` (Ev,).
-
-    Minimises the squared error ``||lookup(q) - target||^2`` with plain SGD from ``start`` (E,). Returns the final
-    query and the loss before each step (``steps + 1`` numbers). With ``mode="hard"`` there is never a gradient,
-    so the query and the loss stay where they started.
-    """
-    if mode not in ("soft", "hard"):
-        raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}")
-    start, keys, values = _check_lookup(start, keys, values)
-    target = check_float_tensor(target, "target")
-    if target.shape != values.shape[-1:]:
-        raise ValueError(f"target must be (Ev,) = ({values.shape[-1]},), got shape {shape_str(target.shape)}")
-    steps = check_positive_int(steps, "steps")
-    lr = check_positive_float(lr, "lr")
-    q = start.detach().clone().requires_grad_(True)
-    losses = []
-    for step in range(steps + 1):
-        if mode == "soft":
-            out, _ = soft_lookup(q, keys, values, temperature)
-        else:
-            out, _ = hard_lookup(q, keys, values)
-        loss = ((out - target) ** 2).sum()
-        losses.append(float(loss.detach()))
-        if step == steps or not loss.requires_grad:
-            continue
-        (grad,) = torch.autograd.grad(loss, q)
-        with torch.no_grad():
-            q -= lr * grad
-    return q.detach(), losses
-
-
 def render_lookup(angle: float = 30.0, temperature: float = 0.25, library: Library | None = None):
     """Figure of one search: where the query points, the soft weights per book, and what each lookup returns.
 
@@ -226,9 +78,12 @@ def render_lookup(angle: float = 30.0, temperature: float = 0.25, library: Libra
     lookup and by the soft lookup. Pure: returns a new ``matplotlib.figure.Figure``.
     """
     lib = make_library() if library is None else library
+    temperature = check_positive_float(temperature, "temperature")
     query = query_vector(angle, dtype=lib.keys.dtype)
-    soft_out, weights = soft_lookup(query, lib.keys, lib.values, temperature)
-    hard_out, index = hard_lookup(query, lib.keys, lib.values)
+    soft_out, weights = scaled_dot_product_attention(query[None], lib.keys, lib.values, scale=1.0 / temperature)
+    soft_out, weights = soft_out[0], weights[0]
+    index = (lib.keys @ query).argmax()
+    hard_out = lib.values[index]
 
     fig, axes = viz.new_figure(3, width=4.3, height=3.8)
     ax_space, ax_w, ax_out = axes[0]
@@ -241,7 +96,11 @@ def render_lookup(angle: float = 30.0, temperature: float = 0.25, library: Libra
     ax_space.annotate(
         "", xy=tuple(query.tolist()), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": "tab:red", "lw": 2}
     )
-    ax_space.text(*(1.12 * query).tolist(), "query", color="tab:red", ha="center", fontsize=8)
+    # label the arrow halfway along, on its clockwise side: the titles all sit at radius 1, clear of it
+    normal = torch.tensor([query[1], -query[0]])
+    ax_space.text(
+        *(0.5 * query + 0.22 * normal).tolist(), "query", color="tab:red", ha="center", va="center", fontsize=8
+    )
     ax_space.set_xlim(-2.4, 2.4)
     ax_space.set_ylim(-1.4, 1.4)
     ax_space.set_aspect("equal")

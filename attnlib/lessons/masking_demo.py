@@ -5,21 +5,20 @@ r"""Lesson 5 (masking): the mask explorer, and a tiny causal language model trai
 :func:`build_mask` combines a causal mask (either alignment) with a padding mask; :func:`masked_weights`
 attends with it; :func:`render_mask` draws the mask and the weights side by side (pure render function).
 
-**Tiny language model.** The corpus is generated, never downloaded: each line is a random three-letter word
-repeated, ``"cab cab cab cab"``. The first word of a line cannot be predicted; everything after it can, by
-copying the token three places back. :class:`TinyLM` is token embeddings + position embeddings, one
-:class:`attnlib.SelfAttention` layer, and a linear read-out (about 2,500 parameters).
-:func:`train_lm` trains it with or without the causal mask; :func:`generate` decodes greedily, one token at a time.
-Without the mask each position can see the token it is asked to predict, so the training loss collapses
-while generation, where the future does not exist yet, fails.
+**Tiny language model (a harness; the lesson's notebook writes its training loop).** The corpus is generated,
+never downloaded: each line is a random three-letter word and a space, repeated, ``"cab cab cab cab"``, so every
+line repeats with period 4. The first word of a line cannot be predicted; everything after it can, by copying the
+token four places back. :class:`TinyLM` is token embeddings + position embeddings, one
+:class:`attnlib.SelfAttention` layer, and a linear read-out (about 2,500 parameters); :func:`generate` decodes
+greedily, one token at a time, and :func:`future_weight` measures how much attention falls on later positions.
+Without the mask each position can see the token it is asked to predict, so the training loss collapses while
+generation, where the future does not exist yet, fails.
 
 Mask convention: boolean, True = may attend. Shapes: token ids (batch, T) int64; logits (batch, T, vocab);
 weights (batch, T, T).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,9 +42,6 @@ __all__ = [
     "decode",
     "make_corpus",
     "TinyLM",
-    "TrainResult",
-    "train_lm",
-    "lm_loss",
     "generate",
     "future_weight",
 ]
@@ -97,7 +93,11 @@ def render_mask(causal: bool = True, alignment: str = "bottom-right", n_queries:
     fig, axes = viz.new_figure(2, width=4.6, height=3.9)
     ax_m, ax_w = axes[0]
     what = (f"causal ({alignment})" if causal else "no causal mask") + (f" + {pad} padding" if pad else "")
-    viz.attention_heatmap(ax_m, mask.float(), q_labels, k_labels, title=f"mask: {what}", cmap="Greys_r", colorbar=False)
+    image = viz.attention_heatmap(
+        ax_m, mask.float(), q_labels, k_labels, title=f"mask: {what}", cmap="Greys_r", colorbar=False
+    )
+    bar = fig.colorbar(image, ax=ax_m, shrink=0.8, ticks=[0, 1])
+    bar.ax.set_yticklabels(["0: blocked", "1: may attend"])
     for text in ax_m.texts:  # write the mask as 1/0, not as weights
         text.set_text("1" if text.get_text() == "1.00" else "0")
         text.set_color("black" if text.get_text() == "1" else "white")
@@ -167,59 +167,6 @@ class TinyLM(nn.Module):
         mask = causal_mask(T, device=ids.device) if causal else None
         a, weights = self.attn(h, mask)
         return self.out(a), weights
-
-
-def lm_loss(model: TinyLM, lines: torch.Tensor, *, causal: bool) -> torch.Tensor:
-    """Mean next-token cross-entropy (nats) of ``model`` on ``lines`` (batch, block + 1): inputs are tokens
-    0..block-1, targets tokens 1..block."""
-    logits, _ = model(lines[:, :-1], causal=causal)
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lines[:, 1:].reshape(-1))
-
-
-@dataclass
-class TrainResult:
-    """A trained :class:`TinyLM`, its training losses per step, and whether it was trained with the mask."""
-
-    model: TinyLM
-    losses: list[float]
-    causal: bool
-
-
-def train_lm(
-    *,
-    causal: bool,
-    steps: int = 200,
-    batch: int = 64,
-    lr: float = 0.005,
-    seed: int = 0,
-    corpus: torch.Tensor | None = None,
-) -> TrainResult:
-    """Train a fresh :class:`TinyLM` (seeded) with Adam on random batches of ``corpus`` (default: 2,000 generated
-    lines); ``causal`` says whether the causal mask is used in training.
-
-    Runs on one CPU thread (restored afterwards): for a model this small, extra threads only add overhead, and
-    one thread makes the result independent of the machine's core count."""
-    steps, batch = check_positive_int(steps, "steps"), check_positive_int(batch, "batch")
-    data = make_corpus(2000, seed=seed + 1) if corpus is None else check_tensor(corpus, "corpus")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        model = TinyLM()
-        g = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        losses = []
-        for _ in range(steps):
-            idx = torch.randint(0, data.shape[0], (batch,), generator=g)
-            loss = lm_loss(model, data[idx], causal=causal)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    return TrainResult(model, losses, causal)
 
 
 @torch.no_grad()

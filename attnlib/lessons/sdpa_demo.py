@@ -1,36 +1,28 @@
-r"""Lesson 4 (scaled dot-product attention): the known-answer example, the "making" example, and its figures.
+r"""Lesson 4 (scaled dot-product attention): the known-answer example and the lesson's explorer figure. The loop,
+matrix and batched versions of attention are written in the lesson's notebook, by the learner.
 
 * :func:`known_answer` is the two-token example the course checks every implementation against
   (Q = K = [[1, 0, 2], [0, 4, 1]], V = [[0.5, 1.5], [2.5, 0.5]]).
-* The "making" example of the source material: one query ("making") scored against the nine tokens of
-  ``MAKING_TOKENS`` with ``MAKING_SCORES``. The source draws weights ``MAKING_ILLUSTRATED`` beside them, which are
-  **not** the softmax of those scores (they do not even sum to 1). :func:`temperature_loss` measures how far
-  ``softmax(scores / T)`` is from them and :func:`fit_temperature` finds the T that explains them best, with a
-  golden-section search over ``log T`` (no SciPy needed). Lesson 3 meets the example first, so the data and
-  both functions live in :mod:`attnlib.lessons.softmax_demo`; this module re-exports them.
-* :func:`render_temperature` is the pure render function behind the lesson's figure and widget.
+* :func:`explorer_example` is a fixed six-token example (pseudo-random queries, keys and values in [0, 1]);
+  :func:`render_attention` is the pure render function behind the lesson's figure and widget: the weights and
+  the outputs of :func:`attnlib.scaled_dot_product_attention` on it, with the scale multiplied by a factor.
 
-Shapes: scores and weights are 1-D (S,) tensors, one per key. Nothing modifies its inputs.
+Shapes: Q (L, d_k), K (S, d_k), V (S, d_v). Nothing modifies its inputs.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .. import viz
 from .._checks import check_positive_float
-from ..functional import softmax
-from .softmax_demo import MAKING_ILLUSTRATED, MAKING_SCORES, MAKING_TOKENS, fit_temperature, temperature_loss
+from ..functional import scaled_dot_product_attention
 
-__all__ = [
-    "MAKING_TOKENS",
-    "MAKING_SCORES",
-    "MAKING_ILLUSTRATED",
-    "known_answer",
-    "temperature_loss",
-    "fit_temperature",
-    "render_temperature",
-]
+__all__ = ["TOKENS", "known_answer", "explorer_example", "render_attention"]
+
+TOKENS = ("the", "cat", "sat", "on", "the", "mat")
 
 
 def known_answer(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,43 +32,38 @@ def known_answer(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torc
     return q, q.clone(), v
 
 
-def render_temperature(
-    temperature: float = 1.0,
-    *,
-    tokens: tuple[str, ...] = MAKING_TOKENS,
-    scores: tuple[float, ...] = MAKING_SCORES,
-    illustrated: tuple[float, ...] = MAKING_ILLUSTRATED,
-):
-    """Figure: the softmax of the "making" scores at ``temperature`` against the illustrated weights.
+def explorer_example(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Six tokens (``TOKENS``): Q, K (6, 8) ~ N(0, 1) and V (6, 4) uniform in [0, 1], float64, from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(len(TOKENS), 8, generator=g, dtype=torch.float64)
+    k = torch.randn(len(TOKENS), 8, generator=g, dtype=torch.float64)
+    v = torch.rand(len(TOKENS), 4, generator=g, dtype=torch.float64)
+    return q, k, v
 
-    Left: bars of ``softmax(scores / T)`` over the token-labelled keys, with the illustrated weights as red dots.
-    Right: the squared error against the illustrated weights as a function of T (log axis), the current T and
-    the best-fitting T marked. Pure: returns a new ``matplotlib.figure.Figure``.
+
+def render_attention(scale_factor: float = 1.0, *, seed: int = 0):
+    """Figure: attention on :func:`explorer_example` with scale ``scale_factor / sqrt(d_k)``.
+
+    Left: the weights (queries x keys, token-labelled). Middle: the outputs, one row per query. Right: the values,
+    for comparison. A small factor makes every row of weights uniform, so every output row tends to the mean of
+    the values; a large one makes each row one-hot, so each output row tends to a single value row. Pure: returns
+    a new ``matplotlib.figure.Figure``.
     """
-    temperature = check_positive_float(temperature, "temperature")
-    s = torch.tensor(scores, dtype=torch.float64)
-    target = torch.tensor(illustrated, dtype=torch.float64)
-    if len(tokens) != s.numel():
-        raise ValueError(f"got {len(tokens)} tokens for {s.numel()} scores")
-    p = softmax(s, temperature=temperature)
-    best_t, best_res = fit_temperature(s, target)
-
-    fig, axes = viz.new_figure(2, width=5.0, height=3.8)
-    ax_bars, ax_loss = axes[0]
-    viz.weight_bars(ax_bars, p, tokens, title=f'query "making": softmax(scores / {temperature:.2f})')
-    ax_bars.plot(range(len(tokens)), target.numpy(), "o", color="tab:red", label="illustrated in the source")
-    ax_bars.set_ylim(0, 0.6)
-    ax_bars.legend(fontsize=7, loc="upper left")
-    ax_bars.set_xlabel("key token")
-
-    grid = torch.logspace(-2, 1, 80, dtype=torch.float64)
-    losses = [temperature_loss(s, target, float(t)) for t in grid]
-    ax_loss.plot(grid.numpy(), losses, color="tab:blue")
-    ax_loss.axvline(temperature, color="tab:orange", linestyle="--", label=f"T = {temperature:.2f}")
-    ax_loss.plot([best_t], [best_res], "o", color="tab:red", label=f"best fit T = {best_t:.3f}")
-    ax_loss.set_xscale("log")
-    ax_loss.set_xlabel("temperature T")
-    ax_loss.set_ylabel("squared error vs illustrated weights")
-    ax_loss.set_title(f"error at this T: {temperature_loss(s, target, temperature):.4f}")
-    ax_loss.legend(fontsize=7)
+    scale_factor = check_positive_float(scale_factor, "scale_factor")
+    q, k, v = explorer_example(seed)
+    out, weights = scaled_dot_product_attention(q, k, v, scale=scale_factor / math.sqrt(q.shape[-1]))
+    features = [f"feature {c}" for c in range(v.shape[-1])]
+    fig, axes = viz.new_figure(3, width=4.0, height=3.8)
+    ax_w, ax_out, ax_v = axes[0]
+    viz.attention_heatmap(ax_w, weights, TOKENS, TOKENS, title=f"weights, scale x {scale_factor:.3g}")
+    for ax, data, title, ylabel in (
+        (ax_out, out, "output = weights @ V", "query"),
+        (ax_v, v, "values V", "key"),
+    ):
+        image = viz.attention_heatmap(
+            ax, data, TOKENS, features, title=title, colorbar=False, xlabel="value feature", ylabel=ylabel
+        )
+        fig.colorbar(image, ax=ax, shrink=0.8, label="value")
+    spread = float(out.std(dim=0).mean())
+    ax_out.set_title(f"output = weights @ V (spread across rows {spread:.2f})", fontsize=9)
     return fig

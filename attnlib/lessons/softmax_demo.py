@@ -1,15 +1,12 @@
-r"""Lesson 3 (softmax): overflow, stability, temperature, -inf entries and the online (streaming) softmax.
+r"""Lesson 3 (softmax): the lesson's data, measurements and figures. The softmaxes themselves (naive, stable,
+online) and the softmax Jacobian are written in the lesson's notebook, by the learner.
 
-* :func:`naive_softmax` is the textbook formula ``exp(x) / sum(exp(x))`` computed in ``x``'s own dtype: it
-  overflows to inf/NaN once a logit passes :math:`\ln(\text{largest float})`; :func:`exp_overflow_point` finds
-  that logit exactly for a dtype. :func:`max_shifted_softmax` subtracts the row maximum first (stable, but still
-  NaN on a row that is entirely ``-inf``; :func:`attnlib.softmax` returns zeros there).
-* :func:`online_softmax` computes the softmax one chunk at a time with a running maximum and a running sum, and
-  :func:`streaming_attention` uses the same recurrence to compute attention in one pass over key/value chunks,
-  the idea behind memory-efficient ("flash") attention. :func:`online_softmax_trace` records the running state.
+* :func:`exp_overflow_point` finds, for a dtype, the exact logit where ``exp`` overflows (the naive softmax's
+  breaking point), by stepping through the representable numbers;
 * The source material's "making" example (``MAKING_TOKENS``, ``MAKING_SCORES`` and the weights it illustrates,
   ``MAKING_ILLUSTRATED``, which sum to 1.12): :func:`temperature_loss` and :func:`fit_temperature` find the
-  temperature whose softmax comes closest to them (lesson 4 returns to it).
+  temperature whose softmax comes closest to them (``sdpa_demo`` re-exports the data).
+* :func:`entropy` measures a distribution's spread (for the widget);
 * :func:`render_temperature` (the lesson's widget) and :func:`render_online` are pure render functions.
 
 Everything works along the last dim and over any leading dims; nothing modifies its inputs.
@@ -29,15 +26,10 @@ __all__ = [
     "MAKING_TOKENS",
     "MAKING_SCORES",
     "MAKING_ILLUSTRATED",
-    "naive_softmax",
-    "max_shifted_softmax",
     "exp_overflow_point",
     "entropy",
     "temperature_loss",
     "fit_temperature",
-    "online_softmax_trace",
-    "online_softmax",
-    "streaming_attention",
     "render_temperature",
     "render_online",
 ]
@@ -47,25 +39,6 @@ __all__ = [
 MAKING_TOKENS = ("The", "Transformer", "is", "making", "it", "possible", "to", "understand", "language")
 MAKING_SCORES = (0.1, 0.8, 0.2, 0.9, 0.7, 0.3, 0.1, 0.6, 0.4)
 MAKING_ILLUSTRATED = (0.02, 0.25, 0.03, 0.35, 0.20, 0.04, 0.02, 0.15, 0.06)
-
-
-def naive_softmax(x: torch.Tensor) -> torch.Tensor:
-    """``exp(x) / exp(x).sum()`` along the last dim, in ``x``'s dtype: the version that overflows. Do not use."""
-    x = check_float_tensor(x, "x")
-    e = torch.exp(x)
-    return e / e.sum(dim=-1, keepdim=True)
-
-
-def max_shifted_softmax(x: torch.Tensor) -> torch.Tensor:
-    """Softmax along the last dim after subtracting each row's maximum, in ``x``'s dtype.
-
-    Never overflows (every exponent is <= 0 and the largest term is exactly 1), but a row that is entirely
-    ``-inf`` still gives NaN: its maximum is -inf and ``-inf - (-inf)`` is NaN. :func:`attnlib.softmax` adds
-    that case.
-    """
-    x = check_float_tensor(x, "x")
-    e = torch.exp(x - x.amax(dim=-1, keepdim=True))
-    return e / e.sum(dim=-1, keepdim=True)
 
 
 def exp_overflow_point(dtype: torch.dtype) -> dict[str, float]:
@@ -149,84 +122,6 @@ def fit_temperature(
     return t, temperature_loss(scores, target, t)
 
 
-# ------------------------------------------------------------------------------------------- online softmax
-def _chunks(n: int, chunk_size: int):
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    return [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
-
-
-def _update(m: torch.Tensor, total: torch.Tensor, chunk: torch.Tensor):
-    """One step of the recurrence: new running max, rescale factor for the old state, and the new sum."""
-    m_new = torch.maximum(m, chunk.amax(dim=-1, keepdim=True))
-    safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))  # all -inf so far: shift by 0
-    rescale = torch.exp(m - safe)  # exp(-inf) = 0 on the first chunk
-    total = total * rescale + torch.exp(chunk - safe).sum(dim=-1, keepdim=True)
-    return m_new, safe, rescale, total
-
-
-def online_softmax_trace(x: torch.Tensor, chunk_size: int) -> list[dict[str, torch.Tensor]]:
-    """Run the online-softmax recurrence over chunks of the last dim; one record per chunk.
-
-    Each record holds ``chunk`` ((start, stop)), ``max`` (running maximum m) and ``sum`` (running sum l of
-    exp(x - m) over everything seen so far), both of shape (..., 1). The last record's m and l are the row's
-    maximum and its softmax denominator.
-    """
-    x = check_float_tensor(x, "x")
-    if x.dim() == 0 or x.shape[-1] == 0:
-        raise ValueError(f"x must have at least one entry along its last dim, got shape {shape_str(x.shape)}")
-    m = torch.full((*x.shape[:-1], 1), -math.inf, dtype=x.dtype, device=x.device)
-    total = torch.zeros_like(m)
-    trace = []
-    for start, stop in _chunks(x.shape[-1], chunk_size):
-        m, _, _, total = _update(m, total, x[..., start:stop])
-        trace.append({"chunk": (start, stop), "max": m.clone(), "sum": total.clone()})
-    return trace
-
-
-def online_softmax(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    r"""Softmax along the last dim, computed chunk by chunk (the streaming form).
-
-    Pass 1 keeps only a running maximum :math:`m` and a running sum :math:`\ell` of :math:`e^{x - m}`; whenever
-    the maximum grows from :math:`m` to :math:`m'` the sum so far is rescaled by :math:`e^{m - m'}`. Pass 2
-    writes :math:`e^{x - m}/\ell`. A row that is entirely ``-inf`` gives zeros. Equals :func:`attnlib.softmax`.
-    """
-    trace = online_softmax_trace(x, chunk_size)
-    m, total = trace[-1]["max"], trace[-1]["sum"]
-    safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    e = torch.exp(x - safe)
-    return e / torch.where(total > 0, total, torch.ones_like(total))
-
-
-def streaming_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int, scale: float | None = None
-) -> torch.Tensor:
-    r"""Attention in **one pass** over key/value chunks, never holding the full (L, S) weight matrix.
-
-    q (..., L, E), k (..., S, E), v (..., S, Ev) -> output (..., L, Ev). For each chunk of keys: scores
-    :math:`s = q k^\top \cdot \text{scale}`, new running max :math:`m'`, and the un-normalised output
-    accumulator and the running sum are both rescaled by :math:`e^{m - m'}` before the chunk's
-    :math:`e^{s - m'} V` and :math:`\sum e^{s - m'}` are added. One division at the end. Queries whose scores are
-    all ``-inf`` give zeros. Equals ``softmax(q k^T * scale) v``.
-    """
-    q = check_float_tensor(q, "q")
-    k = check_float_tensor(k, "k")
-    v = check_float_tensor(v, "v")
-    if q.dim() < 2 or k.shape[:-2] != q.shape[:-2] or v.shape[:-1] != k.shape[:-1] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q, k, v must be (..., L, E), (..., S, E), (..., S, Ev) with shared leading dims, got "
-            f"q {shape_str(q.shape)}, k {shape_str(k.shape)}, v {shape_str(v.shape)}"
-        )
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else check_positive_float(scale, "scale")
-    m = torch.full((*q.shape[:-1], 1), -math.inf, dtype=q.dtype, device=q.device)
-    total = torch.zeros_like(m)
-    acc = torch.zeros((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
-    for start, stop in _chunks(k.shape[-2], chunk_size):
-        s = (q @ k[..., start:stop, :].transpose(-2, -1)) * scale  # (..., L, chunk)
-        m, safe, rescale, total = _update(m, total, s)
-        acc = acc * rescale + torch.exp(s - safe) @ v[..., start:stop, :]
-    return acc / torch.where(total > 0, total, torch.ones_like(total))
-
-
 # ------------------------------------------------------------------------------------------------- figures
 def render_temperature(temperature: float = 1.0, *, show_source: bool = True):
     """Widget view: softmax(MAKING_SCORES / temperature) over the sentence, and entropy against temperature.
@@ -241,6 +136,8 @@ def render_temperature(temperature: float = 1.0, *, show_source: bool = True):
     fig, axes = viz.new_figure(2, width=5.0, height=3.8)
     ax_w, ax_h = axes[0]
     viz.weight_bars(ax_w, w, MAKING_TOKENS, title=f'weights of the query "making", T = {temperature:.3g}')
+    for label in list(ax_w.texts):  # the bars' value labels would sit under the source's dots
+        label.remove()
     if show_source:
         ax_w.plot(
             range(len(MAKING_TOKENS)),
@@ -264,26 +161,29 @@ def render_temperature(temperature: float = 1.0, *, show_source: bool = True):
     return fig
 
 
-def render_online(x: torch.Tensor, chunk_size: int):
-    """The online softmax of one row ``x`` (S,) chunk by chunk: the scores with chunk boundaries and the running
-    maximum (left), and the running sum of exp(x - m) after each chunk (right)."""
+def render_online(x: torch.Tensor, trace) -> object:
+    """The online softmax of one row ``x`` (S,) chunk by chunk, from the ``trace`` the lesson's own
+    ``online_softmax`` records: one ``(start, stop, running max m, running sum l)`` per chunk. Left: the scores
+    with the chunk boundaries and the running maximum; right: the running sum of exp(x - m) after each chunk."""
     x = check_float_tensor(x, "x")
     if x.dim() != 1:
         raise ValueError(f"render_online draws one row: x must be (S,), got shape {shape_str(x.shape)}")
-    trace = online_softmax_trace(x.double(), chunk_size)
+    trace = [tuple(rec) for rec in trace]
+    if not trace or any(len(rec) != 4 for rec in trace) or trace[-1][1] != x.numel():
+        raise ValueError(f"trace must hold (start, stop, m, l) per chunk and end at S={x.numel()}, got {trace!r}")
+    chunk_size = trace[0][1] - trace[0][0]
     fig, axes = viz.new_figure(2, width=5.0, height=3.4)
     ax_x, ax_l = axes[0]
     ax_x.plot(range(x.numel()), x.double().numpy(), "o", color="tab:blue", ms=4, label="score")
-    for rec in trace:
-        start, stop = rec["chunk"]
+    for start, stop, m, _ in trace:
         ax_x.axvline(start - 0.5, color="grey", lw=0.8)
-        ax_x.hlines(float(rec["max"]), start - 0.5, stop - 0.5, color="tab:red", lw=2)
+        ax_x.hlines(float(m), start - 0.5, stop - 0.5, color="tab:red", lw=2)
     ax_x.plot([], [], color="tab:red", lw=2, label="running max after the chunk")
     ax_x.set_xlabel("key position")
     ax_x.set_ylabel("score")
     ax_x.set_title(f"chunks of {chunk_size}")
-    ax_x.legend(fontsize=8, loc="lower right")
-    ax_l.plot(range(1, len(trace) + 1), [float(r["sum"]) for r in trace], "s-", color="tab:green")
+    ax_x.legend(fontsize=8, loc="upper left")
+    ax_l.plot(range(1, len(trace) + 1), [float(rec[3]) for rec in trace], "s-", color="tab:green")
     ax_l.set_xticks(range(1, len(trace) + 1))
     ax_l.set_xlabel("chunks processed")
     ax_l.set_ylabel("running sum of exp(x - running max)")
