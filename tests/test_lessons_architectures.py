@@ -162,21 +162,6 @@ def test_padding_mask_shape_used_by_the_lesson_broadcasts_over_heads():
 # ---------------------------------------------------------------- lesson 8: multi-head attention
 
 
-@pytest.mark.parametrize("E,H", [(8, 1), (8, 2), (64, 8), (30, 3)])
-@pytest.mark.parametrize("bias", [True, False])
-def test_mha_param_count_matches_torch_and_attnlib(E, H, bias):
-    expected = heads_demo.mha_param_count(E, H, bias=bias)
-    assert expected == sum(p.numel() for p in torch.nn.MultiheadAttention(E, H, bias=bias).parameters())
-    assert expected == sum(p.numel() for p in attnlib.MultiHeadAttention(E, H, bias=bias).parameters())
-
-
-def test_mha_param_count_with_other_key_and_value_widths():
-    torch_mha = torch.nn.MultiheadAttention(16, 4, kdim=24, vdim=8)
-    assert heads_demo.mha_param_count(16, 4, kdim=24, vdim=8) == sum(p.numel() for p in torch_mha.parameters())
-    with pytest.raises(ValueError, match="divide"):
-        heads_demo.mha_param_count(10, 3)
-
-
 @given(st.integers(1, 30), st.integers(0, 2**31 - 1))
 def test_two_lookup_batches_hold_the_right_answers(batch_size, seed):
     b = heads_demo.make_batch(batch_size, torch.Generator().manual_seed(seed))
@@ -274,6 +259,17 @@ def test_render_head_is_labelled_and_follows_its_knobs(trained_heads):
     assert [t.get_text() for t in heat.get_yticklabels()] == labels
     assert _png(fig) != _png(heads_demo.render_head(model, b, head=1, example=0))
     assert _png(fig) != _png(heads_demo.render_head(model, b, head=0, example=1))
+    # the legend names the colours the bars really have, and the map's boxes use the same ones
+    bars_ax = next(ax for ax in fig.axes if ax.get_legend() is not None)
+    legend = {
+        t.get_text(): h.get_facecolor()
+        for t, h in zip(bars_ax.get_legend().get_texts(), bars_ax.get_legend().legend_handles, strict=True)
+    }
+    to_rgba = matplotlib.colors.to_rgba
+    assert legend["previous token (orange boxes)"] == to_rgba(heads_demo.PREV_COLOUR)
+    assert legend["earlier copy (magenta boxes)"] == to_rgba(heads_demo.MATCH_COLOUR)
+    box_colours = {p.get_edgecolor() for p in heat.patches}
+    assert box_colours == {to_rgba(heads_demo.PREV_COLOUR), to_rgba(heads_demo.MATCH_COLOUR)}
     with pytest.raises(ValueError, match="head"):
         heads_demo.render_head(model, b, head=2)
     with pytest.raises(ValueError, match="example"):
