@@ -98,7 +98,7 @@ LESSONS: list[Lesson] = [
         "notebooks/06_self_attention.ipynb",
         "Self-attention",
         2,
-        "Learned W_Q, W_K, W_V; why swapping Q and K is a bug; context changes a word's representation.",
+        "Write self-attention with W_Q, W_K, W_V as an nn.Module; swapping Q and K is a bug; context changes meaning.",
         "exercises/05_self_attention.ipynb",
     ),
     Lesson(
@@ -106,7 +106,7 @@ LESSONS: list[Lesson] = [
         "notebooks/07_cross_attention.ipynb",
         "Cross-attention",
         3,
-        "Decoder queries over encoder keys of another length and width; padding; a toy seq2seq learns an alignment.",
+        "Write cross-attention over encoder keys of another length and width; padding; train a toy seq2seq.",
         "exercises/06_cross_attention.ipynb",
     ),
     Lesson(
@@ -114,7 +114,7 @@ LESSONS: list[Lesson] = [
         "notebooks/08_multi_head_attention.ipynb",
         "Multi-head attention",
         3,
-        "Split and merge heads, count parameters, match nn.MultiheadAttention, measure what two heads specialise in.",
+        "Write split/merge heads and multi-head attention, match nn.MultiheadAttention, measure what two heads learn.",
         "exercises/07_multi_head_attention.ipynb",
     ),
     Lesson(
@@ -122,7 +122,7 @@ LESSONS: list[Lesson] = [
         "notebooks/12_cost_of_attention.ipynb",
         "The cost of attention",
         4,
-        "Measured O(n²) time and memory, chunked attention with the online softmax, decoding with a KV cache.",
+        "Measured O(n²) time and memory; write chunked attention on the online softmax; what a KV cache saves.",
         "exercises/02_softmax.ipynb",
     ),
     Lesson(
@@ -130,7 +130,7 @@ LESSONS: list[Lesson] = [
         "notebooks/14_inside_a_pretrained_model.ipynb",
         "Inside a pretrained model",
         4,
-        "All 6 × 12 heads of all-MiniLM-L6-v2, rebuilt from attnlib: what trained heads do, measured not asserted.",
+        "Load a MiniLM layer into your multi-head module; what its 72 heads do and what context does, measured.",
         "exercises/07_multi_head_attention.ipynb",
         budget_s=20.0,
     ),
