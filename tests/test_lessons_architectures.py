@@ -345,3 +345,19 @@ def test_peak_extra_memory_sees_the_score_matrix_and_not_the_chunked_path():
     assert chunked < scores / 4, f"chunked attention holds one block, not the scores: measured {chunked} B"
     # a call that allocates nothing lasting measures (close to) nothing
     assert cost_demo.peak_extra_memory(lambda: None) < 2**20
+
+
+# ---------------------------------------------------------------- lesson 14: the sentences of the bank measurement
+
+
+def test_bank_sentences_are_enough_distinct_sentences_with_one_bank_each():
+    from attnlib.lessons import heads_explorer as hx
+
+    assert set(hx.BANK_SENTENCES) == {"river", "money"}
+    every = [s for group in hx.BANK_SENTENCES.values() for s in group]
+    assert len(set(every)) == len(every)  # no sentence twice, none in both senses
+    for group in hx.BANK_SENTENCES.values():
+        assert len(group) >= 20
+        for sentence in group:
+            words = [w.strip(".,").lower() for w in sentence.split()]
+            assert words.count("bank") == 1, sentence
