@@ -130,7 +130,7 @@ def top_heads(scores: torch.Tensor, k: int = 5, *, largest: bool = True) -> list
 def render_head(attention: torch.Tensor, tokens: Sequence[str], layer: int, head: int, query: int):
     """One head in detail: its (n, n) token-labelled heatmap with the ``query`` row outlined, and that row's bars.
 
-    Returns a Figure with two axes: [heatmap, bars].
+    Returns a Figure whose first two axes are [heatmap, bars] (then the heatmap's colour bar).
     """
     from matplotlib.patches import Rectangle
 
@@ -142,9 +142,7 @@ def render_head(attention: torch.Tensor, tokens: Sequence[str], layer: int, head
     w = attention[layer, head]
     fig, axes = viz.new_figure(2, width=5.2, height=4.6)
     ax_map, ax_bar = axes[0]
-    viz.attention_heatmap(
-        ax_map, w, tokens, tokens, title=f"layer {layer}, head {head}", annotate=False, colorbar=False
-    )
+    viz.attention_heatmap(ax_map, w, tokens, tokens, title=f"layer {layer}, head {head}", annotate=False, colorbar=True)
     ax_map.add_patch(Rectangle((-0.5, query - 0.5), n, 1, fill=False, edgecolor="red", linewidth=2))
     viz.weight_bars(ax_bar, w[query], list(tokens), title=f"weights from {tokens[query]!r} (query {query})")
     return fig
