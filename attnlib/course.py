@@ -111,7 +111,7 @@ LESSONS: list[Lesson] = [
         "notebooks/06_self_attention.ipynb",
         "Self-attention",
         2,
-        "Learned W_Q, W_K, W_V; why swapping Q and K is a bug; context changes a word's representation.",
+        "Write self-attention with W_Q, W_K, W_V as an nn.Module; swapping Q and K is a bug; context changes meaning.",
         "exercises/06_self_attention.ipynb",
     ),
     Lesson(
@@ -119,7 +119,7 @@ LESSONS: list[Lesson] = [
         "notebooks/07_cross_attention.ipynb",
         "Cross-attention",
         3,
-        "Decoder queries over encoder keys of another length and width; padding; a toy seq2seq learns an alignment.",
+        "Write cross-attention over encoder keys of another length and width; padding; train a toy seq2seq.",
         "exercises/07_cross_attention.ipynb",
     ),
     Lesson(
@@ -127,7 +127,7 @@ LESSONS: list[Lesson] = [
         "notebooks/08_multi_head_attention.ipynb",
         "Multi-head attention",
         3,
-        "Split and merge heads, count parameters, match nn.MultiheadAttention, measure what two heads specialise in.",
+        "Write split/merge heads and multi-head attention, match nn.MultiheadAttention, measure what two heads learn.",
         "exercises/08_multi_head_attention.ipynb",
     ),
     Lesson(
@@ -136,7 +136,7 @@ LESSONS: list[Lesson] = [
         "Where positions come from",
         3,
         "Attention is permutation-equivariant; sinusoidal and learned tables, RoPE's offset-only scores, ALiBi.",
-        None,
+        "exercises/09_positions.ipynb",
     ),
     Lesson(
         10,
@@ -144,7 +144,7 @@ LESSONS: list[Lesson] = [
         "The Transformer block, end to end",
         3,
         "A pre-norm block matched to PyTorch, a tiny decoder trained on the CPU, KV-cache decoding, a copy head.",
-        None,
+        "exercises/10_transformer_block.ipynb",
         budget_s=20.0,
     ),
     Lesson(
@@ -153,14 +153,14 @@ LESSONS: list[Lesson] = [
         "Attention variants that real models use",
         3,
         "GQA/MQA and the KV cache they save, sliding windows, FlexAttention mask/score functions, linear attention.",
-        None,
+        "exercises/11_attention_variants.ipynb",
     ),
     Lesson(
         12,
         "notebooks/12_cost_of_attention.ipynb",
         "The cost of attention",
         4,
-        "Measured O(n²) time and memory, chunked attention with the online softmax, decoding with a KV cache.",
+        "Measured O(n²) time and memory; write chunked attention on the online softmax; what a KV cache saves.",
         "exercises/12_cost_of_attention.ipynb",
     ),
     Lesson(
@@ -168,7 +168,7 @@ LESSONS: list[Lesson] = [
         "notebooks/14_inside_a_pretrained_model.ipynb",
         "Inside a pretrained model",
         4,
-        "All 6 × 12 heads of all-MiniLM-L6-v2, rebuilt from attnlib: what trained heads do, measured not asserted.",
+        "Load a MiniLM layer into your multi-head module; what its 72 heads do and what context does, measured.",
         "exercises/14_inside_a_pretrained_model.ipynb",
         budget_s=20.0,
     ),

@@ -1,4 +1,6 @@
-r"""Lesson 12 (the cost of attention): memory from shapes, power-law fits, a readable chunked loop, a KV cache.
+r"""Lesson 12 (the cost of attention): sizes from shapes, timing and memory harnesses, the schedule figure.
+
+The lesson writes the chunked attention loop itself; this module holds the measuring around it.
 
 * :func:`score_matrix_bytes` / :func:`kv_cache_bytes` compute sizes from shapes (deterministic, no measuring);
 * :func:`peak_extra_memory` measures the peak memory one call adds (Linux), so the lesson can check the
@@ -6,12 +8,6 @@ r"""Lesson 12 (the cost of attention): memory from shapes, power-law fits, a rea
 * :func:`fit_power_law` fits ``y = c * n^p`` on a log-log scale (used on measured times in the lesson);
 * :func:`chunk_schedule` says which (query block, key block) pairs a chunked loop must compute; with a causal
   mask, blocks wholly above the diagonal are skipped;
-* :func:`chunked_attention_loop` is the teaching version of memory-efficient attention: it walks over blocks
-  with the **online softmax** (running max ``m``, running sum ``l``, unnormalised output ``acc``) and never holds
-  more than one block of scores;
-* :func:`decode_with_kv_cache` decodes one position at a time, appending each new key and value to a cache and
-  attending with a causal mask of the given alignment (``"bottom-right"`` is right; ``"top-left"`` is the classic
-  mistake: the single new query then sees only the first key);
 * :func:`render_cost` is the pure render function behind the lesson's widget.
 
 Shapes: q (..., L, E), k (..., S, E), v (..., S, Ev). Boolean masks: True = may attend. Inputs are never
@@ -22,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -30,9 +25,7 @@ import numpy as np
 import torch
 
 from .. import viz
-from .._checks import check_float_tensor, check_positive_int, shape_str
-from ..functional import scaled_dot_product_attention
-from ..masks import causal_mask
+from .._checks import check_positive_int
 
 __all__ = [
     "score_matrix_bytes",
@@ -42,9 +35,6 @@ __all__ = [
     "median_time",
     "peak_extra_memory",
     "chunk_schedule",
-    "chunked_attention_loop",
-    "kv_cache_append",
-    "decode_with_kv_cache",
     "render_cost",
 ]
 
@@ -157,102 +147,6 @@ def chunk_schedule(L: int, S: int, block_q: int, block_k: int, *, is_causal: boo
     if not is_causal:
         return torch.ones(len(q_last), len(k_first), dtype=torch.bool)
     return k_first[None, :] <= q_last[:, None]
-
-
-def chunked_attention_loop(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    is_causal: bool = False,
-    block_q: int = 64,
-    block_k: int = 64,
-    scale: float | None = None,
-) -> torch.Tensor:
-    r"""Attention computed block by block with the online softmax; equals the math path's output.
-
-    For each block of queries keep, per query row, the running max ``m``, the running sum ``l`` of
-    :math:`e^{s - m}` and the unnormalised output ``acc``. For each key block with scores ``s``:
-
-    .. math:: m' = \max(m, \max_j s_j),\quad \alpha = e^{m - m'},\quad
-              l \leftarrow \alpha l + \sum_j e^{s_j - m'},\quad acc \leftarrow \alpha\, acc + e^{s - m'} V_{block}
-
-    and finally ``out = acc / l``. Only one (block_q, block_k) block of scores exists at a time. ``is_causal``
-    is top-left aligned (query i sees keys j <= i), as in SDPA; blocks entirely above the diagonal are skipped.
-    """
-    q, k, v = check_float_tensor(q, "q"), check_float_tensor(k, "k"), check_float_tensor(v, "v")
-    if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim() or k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"q, k, v must be (..., L, E), (..., S, E), (..., S, Ev), got {shape_str(q.shape)}, "
-            f"{shape_str(k.shape)}, {shape_str(v.shape)}"
-        )
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must share the feature dim E, got {shape_str(q.shape)} and {shape_str(k.shape)}")
-    L, S = q.shape[-2], k.shape[-2]
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    schedule = chunk_schedule(L, S, block_q, block_k, is_causal=is_causal)
-    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
-    for bi, i0 in enumerate(range(0, L, block_q)):
-        qi = q[..., i0 : i0 + block_q, :]
-        rows = torch.arange(i0, i0 + qi.shape[-2], device=q.device)
-        m = torch.full((*qi.shape[:-1], 1), -math.inf, dtype=q.dtype, device=q.device)
-        l = torch.zeros_like(m)
-        acc = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
-        for bj, j0 in enumerate(range(0, S, block_k)):
-            if not schedule[bi, bj]:
-                continue  # wholly masked: nothing to add
-            s = (qi @ k[..., j0 : j0 + block_k, :].transpose(-2, -1)) * scale  # one block of scores
-            if is_causal:
-                cols = torch.arange(j0, j0 + s.shape[-1], device=q.device)
-                s = s.masked_fill(cols[None, :] > rows[:, None], -math.inf)
-            m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
-            safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-            alpha = torch.exp(m - safe)  # rescales what was accumulated against the old max
-            p = torch.exp(s - safe)
-            l = alpha * l + p.sum(dim=-1, keepdim=True)
-            acc = alpha * acc + p @ v[..., j0 : j0 + block_k, :]
-            m = m_new
-        out[..., i0 : i0 + qi.shape[-2], :] = acc / torch.where(l > 0, l, torch.ones_like(l))
-    return out
-
-
-def kv_cache_append(
-    cache: tuple[torch.Tensor, torch.Tensor] | None, k_new: torch.Tensor, v_new: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return a new ``(keys, values)`` cache with ``k_new`` (..., t, E) and ``v_new`` (..., t, Ev) appended
-    along the sequence axis. The old cache is not modified."""
-    k_new, v_new = check_float_tensor(k_new, "k_new"), check_float_tensor(v_new, "v_new")
-    if cache is None:
-        return k_new, v_new
-    keys, values = cache
-    return torch.cat([keys, k_new], dim=-2), torch.cat([values, v_new], dim=-2)
-
-
-def decode_with_kv_cache(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, alignment: str = "bottom-right"
-) -> torch.Tensor:
-    """Causal self-attention computed one position at a time, as a decoder generates: at step t append k[t],
-    v[t] to the cache and attend with the single query q[t] over the cache (L = 1, S = t + 1).
-
-    ``alignment`` is passed to :func:`attnlib.causal_mask`. ``"bottom-right"`` lets the new query see every
-    cached key and reproduces full causal attention; ``"top-left"`` (what ``is_causal=True`` means) lets it see
-    only key 0 — the mistake. Returns (..., L, Ev).
-    """
-    q, k, v = check_float_tensor(q, "q"), check_float_tensor(k, "k"), check_float_tensor(v, "v")
-    if q.shape[-2] != k.shape[-2] or k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"q, k, v must have the same length for self-attention decoding, got {shape_str(q.shape)}, "
-            f"{shape_str(k.shape)}, {shape_str(v.shape)}"
-        )
-    cache = None
-    outputs = []
-    for t in range(q.shape[-2]):
-        cache = kv_cache_append(cache, k[..., t : t + 1, :], v[..., t : t + 1, :])
-        keys, values = cache
-        mask = causal_mask(1, keys.shape[-2], alignment=alignment, device=q.device)
-        out, _ = scaled_dot_product_attention(q[..., t : t + 1, :], keys, values, mask)
-        outputs.append(out)
-    return torch.cat(outputs, dim=-2)
 
 
 def render_cost(n: int = 1024, block: int = 256, causal: bool = True, batch: int = 1, heads: int = 8):

@@ -1,4 +1,6 @@
-r"""Lesson 8 (multi-head attention): parameter counts, and a two-head layer whose heads specialise.
+r"""Lesson 8 (multi-head attention): the two-lookup task, a small two-head model and its training, and figures.
+
+The lesson writes split/merge and the multi-head module itself; this module holds the toy task around it.
 
 The toy task needs two different lookups at once. A sequence holds ``K`` distinct symbols in a random order,
 then the same ``K`` symbols again in another random order (``SEQ_LEN = 2K`` tokens). At every position ``i`` of
@@ -33,7 +35,6 @@ __all__ = [
     "K",
     "SEQ_LEN",
     "VOCAB",
-    "mha_param_count",
     "CopyBatch",
     "make_batch",
     "strictly_earlier_mask",
@@ -48,24 +49,7 @@ K = 6  # distinct symbols per sequence; the sequence is 2K tokens long
 SEQ_LEN = 2 * K
 VOCAB = 16
 EMBED, HEADS = 32, 2
-
-
-def mha_param_count(
-    embed_dim: int, num_heads: int, *, bias: bool = True, kdim: int | None = None, vdim: int | None = None
-) -> int:
-    """Parameters of a multi-head attention layer: W_Q, W_K, W_V (each embed_dim wide) and W_O, plus biases.
-
-    ``4 E^2 + 4 E`` when ``kdim = vdim = E``: the number of heads does **not** change it, because the heads split
-    the same ``E`` output features between them rather than each getting ``E`` of their own.
-    """
-    E = check_positive_int(embed_dim, "embed_dim")
-    H = check_positive_int(num_heads, "num_heads")
-    if E % H:
-        raise ValueError(f"num_heads={H} does not divide embed_dim={E}")
-    kd = E if kdim is None else check_positive_int(kdim, "kdim")
-    vd = E if vdim is None else check_positive_int(vdim, "vdim")
-    weights = E * E + E * kd + E * vd + E * E  # W_Q (E x E), W_K (E x kdim), W_V (E x vdim), W_O (E x E)
-    return weights + (4 * E if bias else 0)
+PREV_COLOUR, MATCH_COLOUR, OTHER_COLOUR = "tab:orange", "magenta", "tab:gray"  # boxes on the map = bars
 
 
 @dataclass(frozen=True)
@@ -186,8 +170,8 @@ def head_scores(weights: torch.Tensor, batch: CopyBatch) -> dict[str, torch.Tens
 
 @torch.no_grad()
 def render_head(model: TwoLookupModel, batch: CopyBatch, head: int = 0, example: int = 0):
-    """One head's attention map for one example (token-labelled, previous positions outlined in white, matching
-    earlier copies in red), and a bar chart of every head's :func:`head_scores` over the whole ``batch`` (the
+    """One head's attention map for one example (token-labelled, previous positions outlined in orange, matching
+    earlier copies in magenta), and a bar chart of every head's :func:`head_scores` over the whole ``batch`` (the
     chosen head's bars outlined in black)."""
     _, _, weights = model(batch.tokens)
     H = weights.shape[1]
@@ -206,14 +190,18 @@ def render_head(model: TwoLookupModel, batch: CopyBatch, head: int = 0, example:
     )
     for m in range(K):
         i = K + m
-        ax_map.add_patch(Rectangle((i - 1.5, i - 0.5), 1, 1, fill=False, edgecolor="white", linewidth=1.5))
+        ax_map.add_patch(Rectangle((i - 1.5, i - 0.5), 1, 1, fill=False, edgecolor=PREV_COLOUR, linewidth=1.5))
         j = int(batch.match[example, m])
-        ax_map.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="tab:red", linewidth=1.5))
+        ax_map.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=MATCH_COLOUR, linewidth=1.5))
     scores = head_scores(weights, batch)
     x = torch.arange(H).numpy()
-    kinds = (("prev", "previous token (white)"), ("match", "earlier copy (red)"), ("other_first", "other first-half"))
-    for offset, (key, label) in zip((-0.27, 0.0, 0.27), kinds, strict=True):
-        bars = ax_bar.bar(x + offset, scores[key].numpy(), width=0.27, label=label)
+    kinds = (
+        ("prev", "previous token (orange boxes)", PREV_COLOUR),
+        ("match", "earlier copy (magenta boxes)", MATCH_COLOUR),
+        ("other_first", "other first-half", OTHER_COLOUR),
+    )
+    for offset, (key, label, colour) in zip((-0.27, 0.0, 0.27), kinds, strict=True):
+        bars = ax_bar.bar(x + offset, scores[key].numpy(), width=0.27, label=label, color=colour)
         ax_bar.bar_label(bars, labels=[f"{b.get_height():.2f}" for b in bars], fontsize=7)
         bars[head].set_edgecolor("black")
         bars[head].set_linewidth(2)
@@ -222,5 +210,5 @@ def render_head(model: TwoLookupModel, batch: CopyBatch, head: int = 0, example:
     ax_bar.set_xlabel("head")
     ax_bar.set_ylabel("mean weight (second-half queries)")
     ax_bar.set_title("what each head looks at")
-    ax_bar.legend(fontsize=7, loc="upper center", ncols=3)
+    ax_bar.legend(fontsize=7, loc="upper center", ncols=2)
     return fig

@@ -29,6 +29,7 @@ __all__ = [
     "render_head",
     "render_all_heads",
     "render_head_scores",
+    "BANK_SENTENCES",
 ]
 
 SPECIAL_TOKENS = ("[CLS]", "[SEP]")
@@ -129,7 +130,7 @@ def top_heads(scores: torch.Tensor, k: int = 5, *, largest: bool = True) -> list
 def render_head(attention: torch.Tensor, tokens: Sequence[str], layer: int, head: int, query: int):
     """One head in detail: its (n, n) token-labelled heatmap with the ``query`` row outlined, and that row's bars.
 
-    Returns a Figure with two axes: [heatmap, bars].
+    Returns a Figure whose first two axes are [heatmap, bars] (then the heatmap's colour bar).
     """
     from matplotlib.patches import Rectangle
 
@@ -141,9 +142,7 @@ def render_head(attention: torch.Tensor, tokens: Sequence[str], layer: int, head
     w = attention[layer, head]
     fig, axes = viz.new_figure(2, width=5.2, height=4.6)
     ax_map, ax_bar = axes[0]
-    viz.attention_heatmap(
-        ax_map, w, tokens, tokens, title=f"layer {layer}, head {head}", annotate=False, colorbar=False
-    )
+    viz.attention_heatmap(ax_map, w, tokens, tokens, title=f"layer {layer}, head {head}", annotate=False, colorbar=True)
     ax_map.add_patch(Rectangle((-0.5, query - 0.5), n, 1, fill=False, edgecolor="red", linewidth=2))
     viz.weight_bars(ax_bar, w[query], list(tokens), title=f"weights from {tokens[query]!r} (query {query})")
     return fig
@@ -216,3 +215,61 @@ def render_head_scores(
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
     fig.colorbar(image, ax=ax, shrink=0.9, label=label)
     return fig
+
+
+# Short sentences that use "bank" in one sense each, for lesson 14's measurement of whether the encoder separates
+# the senses (hand-written for the course; every sentence holds the word "bank" exactly once).
+BANK_SENTENCES = {
+    "river": (
+        "We sat on the bank of the river.",
+        "The boat drifted toward the muddy bank.",
+        "Reeds grew thick along the bank.",
+        "He fished from the grassy bank all morning.",
+        "The flood washed away part of the bank.",
+        "Ducks rested on the far bank of the stream.",
+        "She climbed down the steep bank to the water.",
+        "Willows lined the bank of the canal.",
+        "The otter slid off the bank into the river.",
+        "They had a picnic on the river bank.",
+        "Erosion is eating away the bank of the creek.",
+        "The canoe scraped against the rocky bank.",
+        "A heron stood still near the bank.",
+        "Wild flowers covered the bank by the lake.",
+        "The children ran along the bank of the pond.",
+        "Mud from the bank slid into the water.",
+        "The fisherman pulled his boat onto the bank.",
+        "Frogs croaked from the wet bank at night.",
+        "The path follows the bank of the river for a mile.",
+        "Water rose over the bank after the storm.",
+        "We pitched our tent on the sandy bank.",
+        "Roots held the bank together against the current.",
+        "The dog swam back to the bank.",
+        "Tall grass hid the bank from the road.",
+    ),
+    "money": (
+        "I deposited my salary at the bank.",
+        "The bank approved the loan yesterday.",
+        "She opened a savings account at the bank.",
+        "The bank charges a fee for transfers.",
+        "He withdrew cash from the bank this morning.",
+        "The central bank raised interest rates.",
+        "Our bank closes at five on Fridays.",
+        "The bank sent me a new credit card.",
+        "They robbed the bank and escaped in a van.",
+        "The bank refused to lend him more money.",
+        "My mortgage is with a small local bank.",
+        "The bank froze the account after the fraud.",
+        "She works as a teller at the bank.",
+        "The bank pays little interest on savings.",
+        "I need to call the bank about my card.",
+        "The bank merged with a larger rival.",
+        "He keeps his gold in a bank vault.",
+        "The bank statement arrived by mail.",
+        "Investors pulled their money out of the bank.",
+        "The bank offered her a loan for the house.",
+        "You can pay the bill at any bank branch.",
+        "The bank manager reviewed the application.",
+        "The online bank has no branches at all.",
+        "A bank transfer takes one working day.",
+    ),
+}

@@ -1,17 +1,13 @@
-r"""Lesson 7 (cross-attention): a toy encoder-decoder that learns to reverse short digit strings.
+r"""Lesson 7 (cross-attention): data, metrics and figures for a toy encoder-decoder that reverses digit strings.
 
 The data: strings of ``MIN_LEN .. MAX_LEN`` digits, e.g. ``3 1 4``. The **source** is the string followed by an
 end marker ``</s>`` and padding up to ``S = MAX_LEN + 1`` slots; the **target** is the reversed string, padded to
 ``L = MAX_LEN`` decoder steps. Lengths vary inside a batch, so the encoder's padding must be masked.
 
-The model (a few thousand parameters, trained on the CPU in a second or two):
-
-* encoder: each source token's embedding plus two position embeddings, its index ``j`` and its distance from the
-  end of the string ``n - 1 - j`` (a bidirectional encoder can work this out; we hand it over so training is
-  fast). Width ``D_ENC``.
-* decoder: decoder step ``t`` has a learned query vector of width ``D_DEC`` (not the same width as the encoder).
-* one :class:`attnlib.CrossAttention` layer: queries from the decoder steps, keys and values from the encoder,
-  with :func:`attnlib.padding_mask` keeping the queries off the padding; a linear read-out predicts the digit.
+The lesson writes the model (encoder embeddings, one cross-attention layer, a read-out) and its training loop in
+its own cells. This module holds what is not its subject: the data (:func:`make_batch`), the metrics
+(:func:`evaluate`) and the figures. A model here is any ``nn.Module`` whose
+``forward(src, lengths, use_mask=True)`` returns ``(logits (B, L, 10), weights (B, L, S))``.
 
 Reversal means decoder step ``t`` should read source position ``n - 1 - t``: the anti-diagonal.
 :func:`expected_source` gives that position, :func:`alignment_score` measures how much weight lands on it, and
@@ -31,7 +27,6 @@ from torch import nn
 from .. import viz
 from .._checks import check_positive_int, check_tensor, shape_str
 from ..masks import padding_mask
-from ..modules import CrossAttention
 
 __all__ = [
     "MIN_LEN",
@@ -43,9 +38,6 @@ __all__ = [
     "make_batch",
     "token_labels",
     "expected_source",
-    "ReversalModel",
-    "init_model",
-    "train_reversal",
     "evaluate",
     "alignment_score",
     "padding_weight",
@@ -114,71 +106,8 @@ def expected_source(lengths: torch.Tensor, L: int = MAX_LEN) -> torch.Tensor:
     return torch.where(pos >= 0, pos, torch.full_like(pos, -1))
 
 
-class ReversalModel(nn.Module):
-    """Encoder embeddings -> :class:`attnlib.CrossAttention` (decoder queries, encoder keys/values) -> digits.
-
-    ``forward(src, lengths, use_mask=True)`` returns ``(logits (B, L, 10), weights (B, L, S))``. With
-    ``use_mask=False`` the padding is *not* masked (the mistake the lesson demonstrates).
-    """
-
-    def __init__(self, d_enc: int = D_ENC, d_dec: int = D_DEC, L: int = MAX_LEN, S: int = MAX_LEN + 1):
-        super().__init__()
-        self.L, self.S = L, S
-        self.token = nn.Embedding(VOCAB, d_enc)
-        self.position = nn.Embedding(S, d_enc)
-        self.from_end = nn.Embedding(S + 1, d_enc)  # distance from the end; index S for padding
-        self.steps = nn.Parameter(torch.randn(L, d_dec) * 0.5)  # the decoder's query per output step
-        self.cross = CrossAttention(d_query=d_dec, d_context=d_enc, d_k=d_dec, d_v=d_enc)
-        self.readout = nn.Linear(d_enc, 10)
-
-    def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, S) tokens -> (B, S, d_enc) encoder states."""
-        j = torch.arange(src.shape[1])[None, :]
-        from_end = lengths[:, None] - 1 - j
-        from_end = torch.where(from_end >= 0, from_end, torch.full_like(from_end, self.S))
-        return self.token(src) + self.position(j) + self.from_end(from_end)
-
-    def forward(self, src: torch.Tensor, lengths: torch.Tensor, use_mask: bool = True):
-        context = self.encode(src, lengths)  # (B, S, d_enc): keys and values come from here
-        queries = self.steps.expand(src.shape[0], -1, -1)  # (B, L, d_dec): queries come from the decoder
-        mask = padding_mask(lengths + 1, src.shape[1])[:, 0] if use_mask else None  # (B, 1, S)
-        out, weights = self.cross(queries, context, mask)
-        return self.readout(out), weights
-
-
-def init_model(seed: int = 0) -> ReversalModel:
-    """A freshly initialised :class:`ReversalModel` (eval mode); the same weights :func:`train_reversal` starts
-    from with the same ``seed``."""
-    torch.manual_seed(seed)
-    return ReversalModel().eval()
-
-
-def train_reversal(
-    steps: int = 120, batch_size: int = 64, lr: float = 0.02, seed: int = 0
-) -> tuple[ReversalModel, list[float]]:
-    """Train a fresh :class:`ReversalModel` with Adam; returns the model (in eval mode) and the loss per step.
-
-    Deterministic given ``seed``; ~1-2 s on one CPU core with the defaults.
-    """
-    steps = check_positive_int(steps, "steps")
-    model = init_model(seed).train()
-    gen = torch.Generator().manual_seed(seed + 1)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        batch = make_batch(batch_size, gen)
-        logits, _ = model(batch.src, batch.lengths)
-        valid = batch.target_valid
-        loss = nn.functional.cross_entropy(logits[valid], batch.tgt[valid])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return model.eval(), losses
-
-
 @torch.no_grad()
-def evaluate(model: ReversalModel, batch: Batch, use_mask: bool = True) -> dict[str, float]:
+def evaluate(model: nn.Module, batch: Batch, use_mask: bool = True) -> dict[str, float]:
     """Token accuracy, whole-string accuracy, :func:`alignment_score` and :func:`padding_weight` on ``batch``."""
     logits, weights = model(batch.src, batch.lengths, use_mask=use_mask)
     valid = batch.target_valid
@@ -230,7 +159,7 @@ def _check_example(batch: Batch, example: int) -> int:
 
 
 @torch.no_grad()
-def render_alignment(models: dict[str, ReversalModel], batch: Batch, example: int = 0):
+def render_alignment(models: dict[str, nn.Module], batch: Batch, example: int = 0):
     """One cross-attention heatmap per model (e.g. ``{"before training": m0, "after training": m1}``) for one
     example, token-labelled: rows are decoder steps (with the digit they should output), columns source tokens.
     The expected anti-diagonal cells are outlined in red."""
@@ -266,7 +195,7 @@ def _outline(x: int, y: int):
 
 
 @torch.no_grad()
-def render_cross_attention_row(model: ReversalModel, batch: Batch, example: int = 0, step: int = 0):
+def render_cross_attention_row(model: nn.Module, batch: Batch, example: int = 0, step: int = 0):
     """The cross-attention of one decoder ``step`` of one ``example``: the whole map with that row outlined
     (left) and the row's weights over the source tokens (right), with the prediction in the title."""
     example = _check_example(batch, example)
