@@ -3,9 +3,9 @@
 ``attnlib grade --sandbox {auto,bwrap,uid,none}``:
 
 * ``bwrap`` — `bubblewrap <https://github.com/containers/bubblewrap>`_: a new mount, PID, network, IPC, UTS,
-  cgroup and user namespace; only the interpreter, the Python environment, ``/usr`` and the job folder are
-  visible, all read-only (the course, its solutions, the submissions and the report folder are not there at
-  all); a private tmpfs is the only writable place; uid/gid 65534 with no capabilities, no further user
+  cgroup and user namespace; only the interpreter, the Python environment, ``/usr``, the attnlib package and
+  the job folder are visible, all read-only (the rest of the course, its solutions, the submissions and the
+  report folder are not there at all); a private tmpfs is the only writable place; uid/gid 65534 with no capabilities, no further user
   namespaces, ``--die-with-parent`` and ``--new-session``. When the grading ends its PID namespace is gone, so
   nothing started inside outlives it.
 * ``uid`` — where bwrap cannot run but the grader is root: the runner (which never executes submitted code)
@@ -88,6 +88,12 @@ def _binds() -> list[str]:
         for q in {p, os.path.realpath(p)}:
             if q and os.path.isdir(q) and not q.startswith("/usr/") and q != "/usr" and q not in seen:
                 seen.append(q)
+    # attnlib itself, read-only: exercises may build on the course's library (set 14 loads real weights into
+    # attnlib.MultiHeadAttention). An editable install lives outside the environment's prefix, so bind the package
+    # folder at its own path; what an exercise may not use is still refused by the scan and the poisoning.
+    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    if not any(package == s or package.startswith(s + "/") for s in seen):
+        seen.append(package)
     for p in sorted(seen, key=len):
         if not any(p.startswith(s + "/") for s in seen if s != p):
             args += ["--ro-bind", p, p]

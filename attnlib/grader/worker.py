@@ -3,7 +3,8 @@
 The grading process (:mod:`attnlib.grader.engine`) copies this file and :mod:`attnlib.grader.invoke` and
 :mod:`attnlib.grader.guard` into a fresh job folder and starts it as a script, ``python -I -u worker.py JOB``,
 inside the sandbox chosen by :mod:`attnlib.grader.sandbox` (bubblewrap, a dropped uid, or nothing). It imports
-nothing from attnlib: under bubblewrap the course is not even visible.
+nothing from attnlib itself; under bubblewrap only the attnlib package (read-only, for exercises that build on
+the library) is visible of the course.
 
 This process (the *runner*) makes itself non-dumpable (so nothing it starts can open its ``/proc`` files or
 attach to it), imports torch once, loads the checks' inputs (``.npy``, ``allow_pickle=False``), and then, per
