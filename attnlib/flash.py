@@ -52,7 +52,13 @@ from ._checks import (
     shape_str,
 )
 
-__all__ = ["FlashAttention2", "flash_attention", "flash_attention_loops", "flash_backward_loops"]
+__all__ = [
+    "FlashAttention2",
+    "flash_attention",
+    "flash_attention_loops",
+    "flash_backward_loops",
+    "flash_matmuls_only",
+]
 
 LOG2E = math.log2(math.e)  # exp(x) == exp2(x * LOG2E)
 LN2 = math.log(2.0)  # log(x) == log2(x) * LN2
@@ -292,10 +298,13 @@ def _forward_kernel(q, k, v, out, lse2, alpha, offset, block_q, block_k, matmuls
         lse2[:, i0:i1] = torch.where(seen, m + torch.log2(safe_l), math.inf)
 
 
-def _backward_kernel(q, k, v, grad_out, delta, lse2, dq, dk, dv, alpha, offset, block_q, block_k) -> None:
+def _backward_kernel(
+    q, k, v, grad_out, delta, lse2, dq, dk, dv, alpha, offset, block_q, block_k, matmuls_only=False
+) -> None:
     """Accumulates into zeroed dq, dk (both still to be multiplied by scale) and dv.
 
     ``delta`` is D - dlse (N, L): D_i = dO_i . O_i, less the gradient flowing into the logsumexp output if any.
+    ``matmuls_only``: only the five matmuls per block (a wrong answer; for the benchmark's bound).
     """
     N, L, S = q.shape[0], q.shape[1], k.shape[1]
     bufs: dict = {}
@@ -304,19 +313,22 @@ def _backward_kernel(q, k, v, grad_out, delta, lse2, dq, dk, dv, alpha, offset, 
         i1 = min(i0 + block_q, L)
         rows, end = i1 - i0, _key_end(offset, i1, S)
         qi, doi, dqi = q[:, i0:i1], grad_out[:, i0:i1], dq[:, i0:i1]
-        lse_i, delta_i = lse2[:, i0:i1].unsqueeze(-1), delta[:, i0:i1].unsqueeze(-1)
+        if not matmuls_only:
+            lse_i, delta_i = lse2[:, i0:i1].unsqueeze(-1), delta[:, i0:i1].unsqueeze(-1)
         for j0 in range(0, end, block_k):
             j1 = min(j0 + block_k, end)
             cols = j1 - j0
             p = _buffer(bufs, "p", (N, rows, cols), q)
             torch.baddbmm(p, qi, k[:, j0:j1].transpose(1, 2), beta=0.0, alpha=alpha, out=p)
-            if offset is not None and j1 - 1 > i0 + offset:
+            if offset is not None and j1 - 1 > i0 + offset and not matmuls_only:
                 p.masked_fill_(_causal_block(masks, rows, cols, i0 + offset - j0, q.device), -math.inf)
-            p.sub_(lse_i).exp2_()  # P, recomputed from the saved logsumexp
+            if not matmuls_only:
+                p.sub_(lse_i).exp2_()  # P, recomputed from the saved logsumexp
             dv[:, j0:j1].baddbmm_(p.transpose(1, 2), doi)  # dV += P^T dO
             ds = _buffer(bufs, "ds", (N, rows, cols), q)
             torch.bmm(doi, v[:, j0:j1].transpose(1, 2), out=ds)  # dP = dO V^T
-            ds.sub_(delta_i).mul_(p)  # dS = P * (dP - D)
+            if not matmuls_only:
+                ds.sub_(delta_i).mul_(p)  # dS = P * (dP - D)
             dqi.baddbmm_(ds, k[:, j0:j1])  # dQ += dS K
             dk[:, j0:j1].baddbmm_(ds.transpose(1, 2), qi)  # dK += dS^T Q
 
@@ -496,6 +508,33 @@ def _backward_impl(ctx, grad_out, grad_lse):
     dq = dq.mul_(scale).reshape(*batch, L, E).to(q.dtype)
     dk = dk.mul_(scale).reshape(*batch, S, E).to(k.dtype)
     return dq, dk, dv.reshape(*batch, S, Ev).to(v.dtype)
+
+
+def flash_matmuls_only(q, k, v, grad_out=None, *, is_causal=False, block_q=256, block_k=512) -> torch.Tensor:
+    """The fast path's loops, threads and buffers with **only their matmuls** (the result is not attention).
+
+    Its time is the floor under :func:`flash_attention` on this machine: what is left when the softmax bookkeeping
+    (max, exp2, sums, rescaling, masking; elementwise passes over every score block) costs nothing. ``attnlib
+    bench`` times it as ``flash-mm`` to show, measured, how much of the tiled path's time is outside the matmuls.
+    With ``grad_out`` it also runs the backward's five matmuls per block. Inputs (batch, heads, seq, dim), fp32/64.
+    """
+    _check_inputs(q, k, v, is_causal, "top-left", None, block_q, block_k)
+    batch, L, S = q.shape[:-2], q.shape[-2], k.shape[-2]
+    N = math.prod(batch)
+    offset = causal_offset(is_causal, "top-left", L, S)
+    q3, k3, v3 = (t.detach().reshape(N, t.shape[-2], t.shape[-1]).contiguous() for t in (q, k, v))
+    with torch.no_grad():
+        out, lse2 = _flash_forward(q3, k3, v3, 1.0, offset, block_q, block_k, matmuls_only=True)
+        if grad_out is None:
+            return out
+        do3 = grad_out.reshape(N, L, -1).contiguous()
+        dq, dk, dv = torch.zeros_like(q3), torch.zeros_like(k3), torch.zeros_like(v3)
+
+        def fn(q_, k_, v_, do_, dq_, dk_, dv_):
+            _backward_kernel(q_, k_, v_, do_, None, None, dq_, dk_, dv_, 1.0, offset, block_q, block_k, True)
+
+        _run_split(fn, N, _workers(q3, N, L, S), _rows_per_op(q3, N, block_q, block_k), q3, k3, v3, do3, dq, dk, dv)
+        return out
 
 
 def flash_attention(
