@@ -313,22 +313,25 @@ def _backward_kernel(
         i1 = min(i0 + block_q, L)
         rows, end = i1 - i0, _key_end(offset, i1, S)
         qi, doi, dqi = q[:, i0:i1], grad_out[:, i0:i1], dq[:, i0:i1]
-        if not matmuls_only:
-            lse_i, delta_i = lse2[:, i0:i1].unsqueeze(-1), delta[:, i0:i1].unsqueeze(-1)
+        if not matmuls_only:  # subtracted inside the matmuls (beta = 1 on a broadcast input): no extra pass
+            neg_lse_i, neg_delta_i = -lse2[:, i0:i1].unsqueeze(-1), -delta[:, i0:i1].unsqueeze(-1)
         for j0 in range(0, end, block_k):
             j1 = min(j0 + block_k, end)
             cols = j1 - j0
             p = _buffer(bufs, "p", (N, rows, cols), q)
-            torch.baddbmm(p, qi, k[:, j0:j1].transpose(1, 2), beta=0.0, alpha=alpha, out=p)
-            if offset is not None and j1 - 1 > i0 + offset and not matmuls_only:
-                p.masked_fill_(_causal_block(masks, rows, cols, i0 + offset - j0, q.device), -math.inf)
-            if not matmuls_only:
-                p.sub_(lse_i).exp2_()  # P, recomputed from the saved logsumexp
-            dv[:, j0:j1].baddbmm_(p.transpose(1, 2), doi)  # dV += P^T dO
             ds = _buffer(bufs, "ds", (N, rows, cols), q)
-            torch.bmm(doi, v[:, j0:j1].transpose(1, 2), out=ds)  # dP = dO V^T
-            if not matmuls_only:
-                ds.sub_(delta_i).mul_(p)  # dS = P * (dP - D)
+            if matmuls_only:
+                torch.baddbmm(p, qi, k[:, j0:j1].transpose(1, 2), beta=0.0, alpha=alpha, out=p)
+                dv[:, j0:j1].baddbmm_(p.transpose(1, 2), doi)
+                torch.bmm(doi, v[:, j0:j1].transpose(1, 2), out=ds)
+            else:
+                torch.baddbmm(neg_lse_i, qi, k[:, j0:j1].transpose(1, 2), alpha=alpha, out=p)  # s - lse (base 2)
+                if offset is not None and j1 - 1 > i0 + offset:
+                    p.masked_fill_(_causal_block(masks, rows, cols, i0 + offset - j0, q.device), -math.inf)
+                p.exp2_()  # P, recomputed from the saved logsumexp
+                dv[:, j0:j1].baddbmm_(p.transpose(1, 2), doi)  # dV += P^T dO
+                torch.baddbmm(neg_delta_i, doi, v[:, j0:j1].transpose(1, 2), out=ds)  # dP - D, dP = dO V^T
+                ds.mul_(p)  # dS = P * (dP - D)
             dqi.baddbmm_(ds, k[:, j0:j1])  # dQ += dS K
             dk[:, j0:j1].baddbmm_(ds.transpose(1, 2), qi)  # dK += dS^T Q
 
@@ -360,9 +363,11 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOLS[workers]
 
 
-# Scores per op on the CPU: (batch, head) rows per op x block_q x block_k. Ops this large spend their time in the
-# matmuls and exp2 rather than in dispatch; one 8 MiB fp32 block per worker.
-SCORES_PER_OP = 1 << 21
+# Scores per op on the CPU: (batch, head) rows per op x block_q x block_k. 2^18 fp32 scores (1 MiB, e.g. two rows of
+# 256 x 512 blocks) stay in a core's L2 cache across the elementwise passes, while each op is still large enough
+# that dispatch is small next to the matmuls (single-thread CPU time at L = 2048, B=4, H=8, D=64 on a busy machine:
+# 2^18 gave 0.79-0.84x SDPA forward, 2^21 0.67-0.75x, 2^23 0.63-0.70x; see `attnlib bench` for the real thing).
+SCORES_PER_OP = 1 << 18
 
 
 def _rows_per_op(q: torch.Tensor, N: int, block_q: int, block_k: int) -> int:
@@ -525,6 +530,7 @@ def flash_matmuls_only(q, k, v, grad_out=None, *, is_causal=False, block_q=256, 
     q3, k3, v3 = (t.detach().reshape(N, t.shape[-2], t.shape[-1]).contiguous() for t in (q, k, v))
     with torch.no_grad():
         out, lse2 = _flash_forward(q3, k3, v3, 1.0, offset, block_q, block_k, matmuls_only=True)
+        out = out.reshape(*batch, L, v.shape[-1])
         if grad_out is None:
             return out
         do3 = grad_out.reshape(N, L, -1).contiguous()
