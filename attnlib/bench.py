@@ -203,7 +203,8 @@ def markdown_summary(results: dict) -> str:
             f"D={cfg['head_dim']}, {cfg['dtype']}, {cfg['device']} ({machine['threads']} threads on "
             f"{machine['cpu_count']} CPUs), torch {machine['torch'].split('+')[0]}, blocks "
             f"{cfg['block_q']}x{cfg['block_k']}, median of {cfg['repeats']}; matmul peak measured in the same run: "
-            f"{machine['matmul_gflops']:.0f} GFLOP/s",
+            f"{machine['matmul_gflops']:.0f} GFLOP/s"
+            + (f", 1-minute load average {load[0]} to {load[1]}" if (load := machine.get("loadavg")) else ""),
             "",
             "| L = S | SDPA | chunked | chunked / SDPA | flash | flash / SDPA | flash's time in matmuls "
             "| triton / SDPA | extra memory, SDPA | extra memory, flash | math path |",
@@ -261,6 +262,8 @@ def format_bounds(entries: list[dict]) -> str:
                 f"{100 * (1 - b['matmul_share']):.0f}% is outside them (softmax bookkeeping); "
                 f"with that free it would be {b['matmul_floor_vs_sdpa']:.2f}x SDPA"
             )
+            if b["matmul_share"] > 1:  # a subset of the work took longer than all of it: the clock was disturbed
+                line += " [over 100%: noise dominates this run; re-run on a quiet machine with more --repeats]"
         lines.append(line)
     return "\n".join(lines)
 
@@ -463,6 +466,13 @@ def measure_peak_extra_bytes(impl: str, spec: dict) -> int | None:
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_bytes"]
 
 
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _triton_reason(device) -> str | None:
     if device.type != "cuda":
         return "Triton kernels are timed on CUDA only (on the CPU they run in the interpreter, for tests)"
@@ -538,8 +548,9 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         f"{device} ({torch.get_num_threads()} threads), repeats={args.repeats}, chunked blocks "
         f"{args.block_q}x{args.block_k}"
     )
+    load_start = _loadavg()
     peak = measure_matmul_gflops(device, dtype)
-    log(f"matmul peak (2n^3 flops, best of 4): {peak:.1f} GFLOP/s")
+    log(f"matmul peak (2n^3 flops, best of 4): {peak:.1f} GFLOP/s; 1-minute load average {load_start}")
     rows: list[dict] = []
     for mode, L in [(m, L) for m in modes for L in args.lengths]:
         spec = dict(config, L=L, device=str(device), causal=mode == "causal")
@@ -612,6 +623,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "platform": sys.platform,
+            # 1-minute load average at the start and the end: how busy the machine was (None where unknown)
+            "loadavg": [load_start, _loadavg()],
         },
         "results": rows,
     }

@@ -22,6 +22,7 @@ def test_bench_runs_end_to_end_and_writes_json_and_plot(tmp_path, capsys):
     rows = results["results"]
     assert [(r["L"], r["impl"]) for r in rows] == [(L, i) for L in (64, 128) for i in bench.IMPLS]
     assert results["machine"]["matmul_gflops"] > 0
+    assert len(results["machine"]["loadavg"]) == 2
     for r in rows:
         if r["impl"] == "triton":  # timed on CUDA only
             assert r["status"] == "skipped" and "CUDA" in r["reason"], r
@@ -86,7 +87,9 @@ def test_bounds_are_read_from_the_timings():
     assert b[1] == {"mode": "causal", "L": 4096, "flash_vs_sdpa": 0.5}
     text = bench.format_bounds(b)
     assert "flash 0.60x SDPA; its matmuls alone (flash-mm) take 75% of its time, 25% is outside them" in text
-    assert "it would be 0.80x SDPA" in text
+    assert "it would be 0.80x SDPA" in text and "noise" not in text
+    noisy = bench.format_bounds([dict(b[0], matmul_share=1.2)])
+    assert "over 100%: noise dominates this run" in noisy
 
 
 def test_bench_skips_what_does_not_fit_and_says_why(capsys):
