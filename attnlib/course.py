@@ -164,6 +164,14 @@ LESSONS: list[Lesson] = [
         "exercises/12_cost_of_attention.ipynb",
     ),
     Lesson(
+        13,
+        "notebooks/13_flash_attention.ipynb",
+        "FlashAttention",
+        4,
+        "Bytes moved, not FLOPs; FlashAttention-2's forward with the logsumexp, its backward with D; a Triton kernel.",
+        None,
+    ),
+    Lesson(
         14,
         "notebooks/14_inside_a_pretrained_model.ipynb",
         "Inside a pretrained model",

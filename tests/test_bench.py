@@ -16,25 +16,80 @@ def test_bench_runs_end_to_end_and_writes_json_and_plot(tmp_path, capsys):
     code = cli.run(["bench", *TINY, "--no-memory", "--json", str(out_json), "--plot", str(out_png)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "x SDPA speed" in printed and "chunked" in printed
+    assert "x SDPA speed" in printed and "chunked" in printed and "flash-mm" in printed
+    assert "What bounds the tiled PyTorch path" in printed and "outside them" in printed
     results = json.loads(out_json.read_text())
     rows = results["results"]
     assert [(r["L"], r["impl"]) for r in rows] == [(L, i) for L in (64, 128) for i in bench.IMPLS]
     assert results["machine"]["matmul_gflops"] > 0
+    assert len(results["machine"]["loadavg"]) == 2
     for r in rows:
+        if r["impl"] == "triton":  # timed on CUDA only
+            assert r["status"] == "skipped" and "CUDA" in r["reason"], r
+            continue
         assert r["status"] == "ok", r
-        assert r["median_s"] > 0 and r["gflops"] > 0 and r["max_err"] < 1e-5
+        assert r["median_s"] > 0 and r["gflops"] > 0
+        if r["impl"] == "flash-mm":  # not attention: no error to report
+            assert r["max_err"] is None and "not attention" in r["note"]
+        else:
+            assert r["max_err"] < 1e-5, r
+    assert [(b["mode"], b["L"]) for b in results["bounds"]] == [("full", 64), ("full", 128)]
+    for b in results["bounds"]:
+        assert b["matmul_share"] > 0 and b["flash_vs_sdpa"] > 0 and b["matmul_floor_vs_sdpa"] > 0
     assert all(r["speed_vs_sdpa"] == 1.0 for r in rows if r["impl"] == "sdpa")
     assert out_png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bench_backward_and_causal(tmp_path):
     out_json = tmp_path / "b.json"
-    args = ["bench", *TINY, "--no-memory", "--backward", "--causal", "--impls", "chunked", "sdpa", "numpy"]
+    args = ["bench", *TINY, "--no-memory", "--backward", "--causal", "--impls", "chunked", "flash", "sdpa", "numpy"]
     assert cli.run([*args, "--json", str(out_json)]) == 0
     rows = {(r["L"], r["impl"]): r for r in json.loads(out_json.read_text())["results"]}
     assert rows[64, "numpy"]["status"] == "skipped" and "no backward" in rows[64, "numpy"]["reason"]
     assert rows[128, "chunked"]["status"] == "ok" and rows[128, "chunked"]["max_err"] < 1e-5
+    assert rows[128, "flash"]["status"] == "ok" and rows[128, "flash"]["max_err"] < 1e-5
+    assert {r["mode"] for r in rows.values()} == {"causal"}
+
+
+def test_bench_runs_both_masks_in_one_run_with_ratios_to_sdpa_of_the_same_mask(tmp_path, capsys):
+    out_json = tmp_path / "m.json"
+    args = ["bench", *TINY, "--no-memory", "--modes", "full", "causal", "--impls", "flash", "flash-mm", "sdpa"]
+    assert cli.run([*args, "--json", str(out_json)]) == 0
+    table = capsys.readouterr().out
+    assert "causal" in table and "full" in table
+    results = json.loads(out_json.read_text())
+    assert results["config"]["modes"] == ["full", "causal"]
+    rows = {(r["mode"], r["L"], r["impl"]): r for r in results["results"]}
+    assert len(rows) == 2 * 2 * 3
+    for mode in ("full", "causal"):
+        flash, sdpa = rows[mode, 128, "flash"], rows[mode, 128, "sdpa"]
+        assert flash["speed_vs_sdpa"] == sdpa["median_s"] / flash["median_s"]
+        assert flash["max_err"] < 1e-5
+    assert len(results["bounds"]) == 4
+
+
+def test_bounds_are_read_from_the_timings():
+    rows = [
+        {"mode": "full", "L": 4096, "impl": "flash", "status": "ok", "median_s": 2.0},
+        {"mode": "full", "L": 4096, "impl": "flash-mm", "status": "ok", "median_s": 1.5},
+        {"mode": "full", "L": 4096, "impl": "sdpa", "status": "ok", "median_s": 1.2},
+        {"mode": "causal", "L": 4096, "impl": "flash", "status": "ok", "median_s": 1.0},
+        {"mode": "causal", "L": 4096, "impl": "sdpa", "status": "ok", "median_s": 0.5},
+    ]
+    b = bench.bounds(rows)
+    assert b[0] == {
+        "mode": "full",
+        "L": 4096,
+        "flash_vs_sdpa": pytest.approx(0.6),
+        "matmul_share": pytest.approx(0.75),
+        "matmul_floor_vs_sdpa": pytest.approx(0.8),
+    }
+    assert b[1] == {"mode": "causal", "L": 4096, "flash_vs_sdpa": 0.5}
+    text = bench.format_bounds(b)
+    assert "flash 0.60x SDPA; its matmuls alone (flash-mm) take 75% of its time, 25% is outside them" in text
+    assert "it would be 0.80x SDPA" in text and "noise" not in text
+    noisy = bench.format_bounds([dict(b[0], matmul_share=1.2)])
+    assert "over 100%: noise dominates this run" in noisy
 
 
 def test_bench_skips_what_does_not_fit_and_says_why(capsys):
@@ -57,6 +112,7 @@ def test_memory_estimates_scale_as_expected():
     assert est("math", 8192) > 16 * 2**30
     assert est("math", 8192) / est("math", 4096) > 3.5
     assert est("chunked", 16384) / est("chunked", 8192) < 2.1
+    assert est("flash", 16384) / est("flash", 8192) < 2.1
     assert bench.attention_flops(4, 8, 1024, 1024, 64) == 4 * 4 * 8 * 1024 * 1024 * 64
 
 
@@ -129,11 +185,22 @@ def test_markdown_summary_reads_ratios_memory_and_skips_from_the_results():
                 "speed_vs_sdpa": 1.0,
                 "mem_vs_sdpa": 1.0,
             },
+            {
+                "L": 4096,
+                "impl": "flash",
+                "status": "ok",
+                "median_s": 1.0,
+                "peak_extra_mib": 64.0,
+                "speed_vs_sdpa": 0.75,
+                "mem_vs_sdpa": 2.0,
+            },
+            {"L": 4096, "impl": "flash-mm", "status": "ok", "median_s": 0.6, "peak_extra_mib": None},
         ],
     }
     table = bench.markdown_summary(results)
     assert "forward: B=4, H=8, D=64, float32, cpu (2 threads on 2 CPUs), torch 2.13.0" in table
     row = table.splitlines()[-1]
-    assert (
-        row == "| 4096 | 750 ms | 1.50 s | 0.50x | 32 MiB | 96 MiB | 3.00x | skipped: needs ~6.1 GiB > 5.5 GiB budget |"
+    assert row == (
+        "| 4096 | 750 ms | 1.50 s | 0.50x | 1.00 s | 0.75x | 60% | - | 32 MiB | 64 MiB "
+        "| skipped: needs ~6.1 GiB > 5.5 GiB budget |"
     )

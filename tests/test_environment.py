@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.markers import Marker
 
 ROOT = Path(__file__).resolve().parents[1]
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)$")
@@ -19,11 +20,16 @@ def _norm(name: str) -> str:
 
 
 def parse_pins(lines: list[str], source: str) -> dict[str, str]:
+    """name -> version; a pin with an environment marker (``; sys_platform == "linux"``) counts where it holds."""
     pins = {}
     for raw in lines:
         line = raw.split("#", 1)[0].strip()
         if not line or line.startswith("-e") or line in {".", "-e ."}:
             continue
+        if ";" in line:
+            line, marker = (part.strip() for part in line.split(";", 1))
+            if not Marker(marker).evaluate():
+                continue
         match = PIN.match(line)
         if not match:
             raise AssertionError(f"{source}: {line!r} is not pinned as name==version")
@@ -85,3 +91,8 @@ def test_installed_version_is_the_pinned_one(name):
 def test_pin_parser_rejects_unpinned_lines():
     with pytest.raises(AssertionError, match="not pinned"):
         parse_pins(["torch>=2.0"], "example")
+
+
+def test_pin_parser_keeps_marked_pins_only_where_the_marker_holds():
+    pins = parse_pins(['a==1; sys_platform == "no-such-os"', 'b==2; python_version >= "3"'], "example")
+    assert pins == {"b": "2"}
