@@ -1,4 +1,4 @@
-"""Lessons 7, 8, 12 and 14 (attention inside architectures, its cost, a pretrained model): toy data, metrics,
+"""Lessons 7, 8, 12 and 14: toy data, metrics, harnesses and render functions (the mechanisms live in the notebooks).
 
 Every render function is checked to return a figure with labelled axes that changes when its knob changes.
 """
