@@ -1,4 +1,4 @@
-"""Lessons 7-9 (attention inside architectures, and its cost): toy data, models, metrics and render functions.
+"""Lessons 7, 8, 12 and 14: toy data, metrics, harnesses and render functions (the mechanisms live in the notebooks).
 
 Every render function is checked to return a figure with labelled axes that changes when its knob changes.
 """
