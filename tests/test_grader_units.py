@@ -128,7 +128,7 @@ def test_forbidden_uses_resolve_aliases_and_follow_helpers():
 
 
 def test_read_cells_reports_broken_files(tmp_path):
-    bad = tmp_path / "02_softmax.ipynb"
+    bad = tmp_path / "03_softmax.ipynb"
     bad.write_text("{oops")
     with pytest.raises(notebook.NotebookError, match="not valid notebook JSON"):
         notebook.read_cells(bad)
@@ -364,8 +364,8 @@ def test_exit_status_says_what_happened(tmp_path, monkeypatch, capsys):
     from attnlib import cli
     from attnlib.grader import engine
 
-    nb = tmp_path / "02_softmax.ipynb"
-    nb.write_bytes((ROOT / "exercises" / "02_softmax.ipynb").read_bytes())
+    nb = tmp_path / "03_softmax.ipynb"
+    nb.write_bytes((ROOT / "exercises" / "03_softmax.ipynb").read_bytes())
     out = tmp_path / "report"
 
     def status():
@@ -434,19 +434,19 @@ def test_value_answers_travel_back_from_the_sandbox(tmp_path, monkeypatch):
 
     answers = [("42", 42), ('"B"', "B"), ("0.25", 0.25)]
     ex = Exercise(
-        "02.9",
-        "02_softmax",
-        "answer",
-        "a conceptual question",
-        1,
-        "easy",
-        1,
-        "value",
-        ("out",),
-        (),
-        lambda rng: [Case("the answer")],
-        lambda case: {"out": np.asarray(0.0)},
-        lambda case: [],
+        key="03.9",
+        set="03_softmax",
+        entry="answer",
+        title="a conceptual question",
+        points=1,
+        difficulty="easy",
+        minutes=1,
+        kind="value",
+        returns=("out",),
+        forbidden=(),
+        cases=lambda rng: [Case("the answer")],
+        expect=lambda case: {"out": np.asarray(0.0)},
+        mistakes=lambda case: [],
     )
     monkeypatch.setattr(engine, "exercises_of", lambda name: [ex])
     monkeypatch.setattr(engine, "EXERCISES", [ex])
@@ -462,8 +462,8 @@ def test_value_answers_travel_back_from_the_sandbox(tmp_path, monkeypatch):
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_code_cell(f"answer = {answer}"), nbformat.v4.new_code_cell("print(answer)")]
         (tmp_path / str(n)).mkdir()
-        nbformat.write(nb, tmp_path / str(n) / "02_softmax.ipynb")
-        subs.append([tmp_path / str(n) / "02_softmax.ipynb"])
+        nbformat.write(nb, tmp_path / str(n) / "03_softmax.ipynb")
+        subs.append([tmp_path / str(n) / "03_softmax.ipynb"])
     reports = engine.grade_many(subs, engine.Options(seed=1))
     assert [r.results[0].score for r in reports] == [1, 1, 1]
     assert all(type(v) is np.ndarray and v.shape == () for v in seen)

@@ -166,12 +166,12 @@ def test_run_autograder_grades_a_submission_and_reports_in_gradescopes_schema(au
     root = _gradescope_layout(autograder_zip, tmp_path / "autograder")
     upload = root / "submission" / "my-fork" / "exercises"  # uploaded from GitHub: the repository's layout
     upload.mkdir(parents=True)
-    shutil.copy(ROOT / "solutions" / "02_softmax.ipynb", upload)  # a correct set
-    crashing = nbformat.read(ROOT / "exercises" / "01_soft_lookup.ipynb", as_version=4)
+    shutil.copy(ROOT / "solutions" / "03_softmax.ipynb", upload)  # a correct set
+    crashing = nbformat.read(ROOT / "exercises" / "01_qkv_analogy.ipynb", as_version=4)
     cell = next(c for c in crashing.cells if c.cell_type == "code" and "def hard_lookup" in c.source)
     cell.source = "import os\n\n\ndef hard_lookup(query, keys, values):\n    os._exit(3)\n"
-    nbformat.write(crashing, upload / "01_soft_lookup.ipynb")
-    (root / "submission" / "03_scaled_dot_product.ipynb").write_text("{ this is not a notebook")
+    nbformat.write(crashing, upload / "01_qkv_analogy.ipynb")
+    (root / "submission" / "04_scaled_dot_product_attention.ipynb").write_text("{ this is not a notebook")
 
     done, results = _run(root, sys.executable)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -181,13 +181,13 @@ def test_run_autograder_grades_a_submission_and_reports_in_gradescopes_schema(au
     correct = [
         t
         for name, t in tests.items()
-        if any(re.search(rf"\b{f}\b", name) for f in _defined(upload / "02_softmax.ipynb"))
+        if any(re.search(rf"\b{f}\b", name) for f in _defined(upload / "03_softmax.ipynb"))
     ]
     assert correct and all(t["status"] == "passed" and t["score"] == t["max_score"] > 0 for t in correct), correct
     crashed = [t for name, t in tests.items() if re.search(r"\bhard_lookup\b", name)]
     assert len(crashed) == 1 and crashed[0]["score"] == 0 and crashed[0]["status"] == "failed"
     assert "not found" not in crashed[0]["output"], crashed[0]
-    broken = [t for t in tests.values() if "03_scaled_dot_product" in t["output"]]
+    broken = [t for t in tests.values() if "04_scaled_dot_product_attention" in t["output"]]
     assert broken and all(t["score"] == 0 and "notebook" in t["output"] for t in broken)
     missing = [t for t in tests.values() if "not found" in t["output"]]
     assert missing and all(t["score"] == 0 for t in missing)
@@ -196,15 +196,15 @@ def test_run_autograder_grades_a_submission_and_reports_in_gradescopes_schema(au
     # Nothing of the grading is left in the upload, and the solutions were never needed.
     assert not (root / "source" / "solutions").exists()
     assert sorted(p.name for p in (root / "submission").rglob("*") if p.is_file()) == [
-        "01_soft_lookup.ipynb",
-        "02_softmax.ipynb",
-        "03_scaled_dot_product.ipynb",
+        "01_qkv_analogy.ipynb",
+        "03_softmax.ipynb",
+        "04_scaled_dot_product_attention.ipynb",
     ]
 
 
 def test_run_autograder_reports_even_when_the_grader_cannot_run(autograder_zip, tmp_path):
     root = _gradescope_layout(autograder_zip, tmp_path / "autograder")
-    shutil.copy(ROOT / "exercises" / "01_soft_lookup.ipynb", root / "submission")
+    shutil.copy(ROOT / "exercises" / "01_qkv_analogy.ipynb", root / "submission")
     (root / "results" / "results.json").write_text('{"score": 100}')  # stale: must not survive
     done, results = _run(root, shutil.which("false") or "/bin/false")
     assert done.returncode == 0, done.stdout + done.stderr
