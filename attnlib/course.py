@@ -113,6 +113,8 @@ LESSONS: list[Lesson] = [
         2,
         "Write self-attention with W_Q, W_K, W_V as an nn.Module; swapping Q and K is a bug; context changes meaning.",
         "exercises/06_self_attention.ipynb",
+        teaches=("SelfAttention", "projection", "hand_built", "contextualise", "weight_ratio"),
+        uses=("attention", "stable_softmax"),
     ),
     Lesson(
         7,
@@ -121,6 +123,8 @@ LESSONS: list[Lesson] = [
         3,
         "Write cross-attention over encoder keys of another length and width; padding; train a toy seq2seq.",
         "exercises/07_cross_attention.ipynb",
+        teaches=("CrossAttention", "ReversalModel", "train_reversal"),
+        uses=("SelfAttention", "padding_mask"),
     ),
     Lesson(
         8,
@@ -129,6 +133,8 @@ LESSONS: list[Lesson] = [
         3,
         "Write split/merge heads and multi-head attention, match nn.MultiheadAttention, measure what two heads learn.",
         "exercises/08_multi_head_attention.ipynb",
+        teaches=("split_heads", "merge_heads", "MultiHeadAttention", "load_from_torch"),
+        uses=("SelfAttention", "causal_mask", "padding_mask"),
     ),
     Lesson(
         9,
@@ -137,6 +143,8 @@ LESSONS: list[Lesson] = [
         3,
         "Attention is permutation-equivariant; sinusoidal and learned tables, RoPE's offset-only scores, ALiBi.",
         "exercises/09_positions.ipynb",
+        teaches=("sinusoidal_positions", "rotate_half", "apply_rope", "alibi_slopes", "alibi_bias"),
+        uses=("MultiHeadAttention", "causal_mask"),
     ),
     Lesson(
         10,
@@ -146,6 +154,8 @@ LESSONS: list[Lesson] = [
         "A pre-norm block matched to PyTorch, a tiny decoder trained on the CPU, KV-cache decoding, a copy head.",
         "exercises/10_transformer_block.ipynb",
         budget_s=20.0,
+        teaches=("TransformerBlock", "TinyDecoder", "causal_lm_loss", "decode_step", "generate"),
+        uses=("MultiHeadAttention", "split_heads", "merge_heads", "causal_mask", "apply_rope"),
     ),
     Lesson(
         11,
@@ -154,6 +164,15 @@ LESSONS: list[Lesson] = [
         3,
         "GQA/MQA and the KV cache they save, sliding windows, FlexAttention mask/score functions, linear attention.",
         "exercises/11_attention_variants.ipynb",
+        teaches=(
+            "repeat_kv",
+            "grouped_query_attention",
+            "sliding_window_mask",
+            "sliding_window_attention",
+            "elu_feature_map",
+            "linear_attention",
+        ),
+        uses=("attention", "causal_mask", "alibi_slopes", "alibi_bias", "decode_step"),
     ),
     Lesson(
         12,
@@ -162,6 +181,8 @@ LESSONS: list[Lesson] = [
         4,
         "Measured O(n²) time and memory; write chunked attention on the online softmax; what a KV cache saves.",
         "exercises/12_cost_of_attention.ipynb",
+        teaches=("online_update", "chunked_attention", "decode_without_cache"),
+        uses=("online_softmax", "causal_mask", "decode_step"),
     ),
     Lesson(
         13,
@@ -170,6 +191,8 @@ LESSONS: list[Lesson] = [
         4,
         "Bytes moved, not FLOPs; FlashAttention-2's forward with the logsumexp, its backward with D; a Triton kernel.",
         None,
+        teaches=("flash_forward", "flash_backward", "hbm_bytes"),
+        uses=("online_softmax", "chunked_attention"),
     ),
     Lesson(
         14,
@@ -179,6 +202,8 @@ LESSONS: list[Lesson] = [
         "Load a MiniLM layer into your multi-head module; what its 72 heads do and what context does, measured.",
         "exercises/14_inside_a_pretrained_model.ipynb",
         budget_s=20.0,
+        teaches=("load_layer_attention", "words_of", "word_attention", "leave_one_out_accuracy"),
+        uses=("MultiHeadAttention", "split_heads", "merge_heads", "padding_mask"),
     ),
 ]
 
