@@ -31,7 +31,7 @@ import attnlib  # noqa: F401 - the library the references use, imported before a
 import attnlib.reference  # noqa: F401 - the mistakes' NumPy softmax (imported lazily by the registry)
 
 from . import diagnose, sandbox
-from .exercises import ARG_NAMES, DEFAULT_SEED, EXERCISE_SETS, EXERCISES, Case, Exercise, exercises_of, set_of_path
+from .exercises import ARG_NAMES, DEFAULT_SEED, EXERCISE_SETS, Case, Exercise, exercises_of, set_of_path
 from .notebook import NotebookError, definitions, forbidden_uses, needed_statements, parse_cells, read_bytes
 
 GIB = 1 << 30

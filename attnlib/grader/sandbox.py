@@ -5,9 +5,9 @@
 * ``bwrap`` — `bubblewrap <https://github.com/containers/bubblewrap>`_: a new mount, PID, network, IPC, UTS,
   cgroup and user namespace; only the interpreter, the Python environment, ``/usr``, the attnlib package and
   the job folder are visible, all read-only (the rest of the course, its solutions, the submissions and the
-  report folder are not there at all); a private tmpfs is the only writable place; uid/gid 65534 with no capabilities, no further user
-  namespaces, ``--die-with-parent`` and ``--new-session``. When the grading ends its PID namespace is gone, so
-  nothing started inside outlives it.
+  report folder are not there at all); a private tmpfs is the only writable place; uid/gid 65534 with no
+  capabilities, no further user namespaces, ``--die-with-parent`` and ``--new-session``. When the grading ends
+  its PID namespace is gone, so nothing started inside outlives it.
 * ``uid`` — where bwrap cannot run but the grader is root: the runner (which never executes submitted code)
   stays root; each worker drops to a dedicated unprivileged uid/gid of its own run, with ``setsid``,
   ``PR_SET_NO_NEW_PRIVS``, rlimits and a private 0700 directory; every process of that uid is killed after each

@@ -1,7 +1,6 @@
 # expect: monkeypatching a library
 # class: shortcut
 # attempts: a top-level assignment to a library function (torch.special.expit) so the function's own code looks innocent
-import torch
 import torch.special as special
 
 special.expit = lambda t: t.softmax(-1)
