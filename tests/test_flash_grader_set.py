@@ -1,11 +1,20 @@
 """Exercise set 13's checks (attnlib/grader/sets/13_flash_attention.py), tested directly: a right answer passes
-every case, and each known mistake, run as code, gets its own hint. (The registry that discovers set modules
-lives on another branch; here the module is loaded from its file.)"""
+every case, and each known mistake, run as code, gets its own hint. The set's notebooks are graded too: the
+solutions' 13.1 and 13.2 over many seeds in this process; 13.3's Triton kernel (the given bug, each catalogued
+mistake as a broken copy of the solution, a seed sweep, and a machine without Triton) in a child process started
+with TRITON_INTERPRET=1, because this process may already have imported triton in compiled mode; and both
+notebooks end to end through the sandboxed grader."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import linecache
 import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +72,7 @@ def _judge(ex, fn):
 
 def test_the_set_module_follows_the_contract():
     assert set13.SET == "13_flash_attention" and set13.TITLE
-    assert [ex.key for ex in set13.EXERCISES] == ["13.1", "13.2"]
+    assert [ex.key for ex in set13.EXERCISES] == ["13.1", "13.2", "13.3"]
     for ex in set13.EXERCISES:
         assert ex.set == set13.SET and ex.points > 0 and ex.minutes > 0 and ex.difficulty in ("easy", "medium", "hard")
         assert "torch.nn.functional.scaled_dot_product_attention" in ex.forbidden and "attnlib" in ex.forbidden
@@ -104,3 +113,142 @@ def test_every_mistake_differs_from_the_reference_and_is_named(ex):
             ok, message = diagnose.diagnose(wrong, expected, ex.mistakes(case))
             assert not ok and message == hint, (case.name, hint, message)
     assert all(n > 0 for n in shown.values()), f"some mistakes are never visible in any case: {shown}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+SET = "13_flash_attention"
+KERNEL = BY_ENTRY["fixed_flash_kernel_forward"]
+
+
+def _load(folder: Path, replace: tuple[str, str] | None = None, *, strict: bool = True) -> dict:
+    """The notebook's kept definitions (what the sandbox runs), each statement's source in linecache as the
+    grader's worker does (@triton.jit needs it); ``replace`` = (old, new) makes a broken copy."""
+    import nbformat
+
+    from attnlib.grader.notebook import definitions
+
+    cells = [c.source for c in nbformat.read(folder / f"{SET}.ipynb", as_version=4).cells if c.cell_type == "code"]
+    if replace is not None:
+        old, new = replace
+        hits = [i for i, c in enumerate(cells) if old in c]
+        assert len(hits) == 1 and cells[hits[0]].count(old) == 1, f"{old!r} must occur once"
+        cells[hits[0]] = cells[hits[0]].replace(old, new)
+    namespace: dict = {"__name__": "__main__"}
+    for n, (label, code) in enumerate(definitions(cells).statements):
+        filename = f"<{SET} {label}, statement {n + 1}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        try:
+            exec(compile(code, filename, "exec"), namespace)  # noqa: S102 - the course's notebooks
+        except Exception:
+            if strict:
+                raise
+    return namespace
+
+
+def test_the_notebooks_state_points_hints_rules_and_self_checks():
+    from test_exercise_sets import test_notebooks_state_points_hints_rules_and_self_checks as rules
+
+    rules(SET)  # the checks every other set's notebooks pass (set 13 is not in that module's list)
+
+
+@pytest.mark.parametrize("entry", ["tiled_attention_forward", "attention_backward"])
+def test_the_solutions_pass_over_many_seeds(entry):
+    from exercise_harness import lost_points
+
+    fn = _load(ROOT / "solutions")[entry]
+    lost = {seed: lost_points(BY_ENTRY[entry], fn, seed) for seed in range(60)}
+    assert not any(lost.values()), {s: p for s, p in lost.items() if p}
+
+
+# (id, the solution's text, its replacement, regex of the hint every failed check must show)
+KERNEL_MISTAKES = [
+    ("acc-not-rescaled", "acc = acc * alpha[:, None] + tl.dot", "acc = acc + tl.dot", "accumulator acc is not"),
+    ("lse-base-2", "(m_i + tl.log2(l_i)) * 0.6931471805599453", "m_i + tl.log2(l_i)", "left in base 2"),
+    ("no-log2e", "qk_scale = math.log2(math.e) / math.sqrt(E)", "qk_scale = 1.0 / math.sqrt(E)", "lacks log2"),
+    ("tail-unmasked", 's = tl.where(offs_n[None, :] < S, s, float("-inf"))', "s = s + 0.0", "past the end"),
+]
+SEEDS = range(8)
+
+
+def _kernel_child() -> None:
+    """Run as a script with TRITON_INTERPRET=1: one JSON line per variant of 13.3's notebook code."""
+    from exercise_harness import grade, lost_points
+
+    from attnlib.flash_triton import HAS_TRITON
+
+    if not HAS_TRITON:
+        print(json.dumps({"unavailable": "triton is not installed"}))
+        return
+
+    def emit(ident, fn):
+        lost, messages = grade(KERNEL, fn, record=True)
+        print(json.dumps({"id": ident, "lost": lost, "messages": messages}), flush=True)
+
+    solution = _load(ROOT / "solutions")["fixed_flash_kernel_forward"]
+    emit("solution", solution)
+    lost = [lost_points(KERNEL, solution, seed) for seed in SEEDS]
+    print(json.dumps({"id": "seeds", "lost": lost}), flush=True)
+    emit("given-bug", _load(ROOT / "exercises", strict=False)["fixed_flash_kernel_forward"])
+    for ident, old, new, _ in KERNEL_MISTAKES:
+        emit(ident, _load(ROOT / "solutions", (old, new))["fixed_flash_kernel_forward"])
+    both = ("acc = acc * alpha[:, None] + tl.dot", "acc = acc + tl.dot")
+    emit("neither-rescaled", _load(ROOT / "exercises", both, strict=False)["fixed_flash_kernel_forward"])
+    for name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")]:
+        sys.modules[name] = None  # as on macOS: `import triton` fails
+    emit("no-triton", _load(ROOT / "solutions", strict=False)["fixed_flash_kernel_forward"])
+
+
+@pytest.fixture(scope="module")
+def kernel_results():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, __file__, "kernel-child"], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if lines and "unavailable" in lines[0]:
+        pytest.skip(lines[0]["unavailable"])
+    return {r["id"]: r for r in lines}
+
+
+def test_the_kernel_solution_passes_over_many_seeds(kernel_results):
+    assert kernel_results["solution"]["lost"] == 0, kernel_results["solution"]["messages"]
+    assert kernel_results["seeds"]["lost"] == [0] * len(SEEDS)
+
+
+@pytest.mark.parametrize(
+    ("ident", "hint"),
+    [
+        ("given-bug", "the running sum l_i is not rescaled"),
+        *((ident, hint) for ident, _, _, hint in KERNEL_MISTAKES),
+        ("neither-rescaled", "neither l_i nor acc is rescaled"),
+        ("no-triton", "Triton is not installed in this Python environment"),
+    ],
+)
+def test_each_kernel_mistake_loses_points_with_its_hint(kernel_results, ident, hint):
+    result = kernel_results[ident]
+    assert result["lost"] > 0, f"{ident} was not caught"
+    assert result["messages"] and all(re.search(re.escape(hint), m) for m in result["messages"]), result
+
+
+def test_the_sandboxed_grader_runs_the_kernel_full_marks_and_zero():
+    """End to end: the worker runs Triton's interpreter (TRITON_INTERPRET=1, the statements' source in
+    linecache), so the solutions score 100 % and the untouched exercises 0 %, 13.3 with the given bug's hint."""
+    from attnlib.flash_triton import HAS_TRITON
+    from attnlib.grader import engine
+
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    solved = engine.grade([ROOT / "solutions" / f"{SET}.ipynb"])
+    assert solved.percent == pytest.approx(100.0), [(r.exercise.key, r.message) for r in solved.results]
+    untouched = engine.grade([ROOT / "exercises" / f"{SET}.ipynb"])
+    assert untouched.percent == 0.0
+    messages = {r.exercise.key: r.message for r in untouched.results}
+    assert "the running sum l_i is not rescaled" in messages["13.3"], messages
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["kernel-child"]:
+    _kernel_child()

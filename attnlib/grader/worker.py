@@ -31,6 +31,7 @@ import base64
 import ctypes
 import io
 import json
+import linecache
 import os
 import resource
 import selectors
@@ -288,9 +289,13 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
         before = guard.snapshot()
         namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}
         problems = []
-        for label, code in exercise["statements"]:
+        for n, (label, code) in enumerate(exercise["statements"]):
+            # Each statement's source goes into linecache under its own name, as IPython does for a cell:
+            # inspect.getsource needs it, and @triton.jit refuses a function without source (exercise 13.3).
+            filename = f"<{label}, statement {n + 1}>"
+            linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
             try:
-                exec(compile(code, f"<{label}>", "exec"), namespace)  # noqa: S102 - this is the sandbox
+                exec(compile(code, filename, "exec"), namespace)  # noqa: S102 - this is the sandbox
             except BaseException as err:  # noqa: BLE001 - SystemExit, KeyboardInterrupt and custom ones too
                 problems.append(f"{label}: {_describe(err)}")
         if families:
@@ -457,6 +462,9 @@ def main(jobdir: str) -> int:
     arrays = {name: np.load(os.path.join(jobdir, "inputs", name), allow_pickle=False) for name in job["arrays"]}
     # Everything a worker needs is imported now: after dropping to the sandbox uid it may not read the
     # interpreter's files any more (the uid level), and nothing is imported from a place it could have changed.
+    # Triton kernels (exercise 13.3) run in Triton's interpreter: there is no GPU in the sandbox, and @triton.jit
+    # reads this when it decorates a function, Triton's own tl.zeros and tl.sum included (at `import triton`).
+    os.environ["TRITON_INTERPRET"] = "1"
     import math  # noqa: F401
     import traceback  # noqa: F401
 

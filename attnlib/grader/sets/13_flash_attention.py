@@ -1,6 +1,7 @@
-"""Checks of exercise set 13 (lesson 13, FlashAttention): the tiled forward that returns the logsumexp, and the
-backward's D term. References are computed in float64 with PyTorch; each known mistake is computed on the same
-inputs so that the grader can name it."""
+"""Checks of exercise set 13 (lesson 13, FlashAttention): the tiled forward that returns the logsumexp, the
+backward's D term, and a bug to find in a Triton forward kernel (run by the learner's code under Triton's
+interpreter, ``TRITON_INTERPRET=1``, at tiny sizes). References are computed in float64 with PyTorch; each known
+mistake is computed on the same inputs so that the grader can name it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import math
 
 import numpy as np
 
+from ..common import score_magnitude
 from ..exercises import ATTNLIB, MHA, SDPA, SOFTMAX, Case, Exercise
 
 SET = "13_flash_attention"
-TITLE = "Lesson 13: FlashAttention's tiled forward with the logsumexp, and its backward"
+TITLE = "Lesson 13: FlashAttention's tiled forward with the logsumexp, its backward, and a Triton kernel's bug"
 
 
 def _f(*shape, rng, scale=1.0):
@@ -188,6 +190,111 @@ def _backward_mistakes(case):
     ]
 
 
+# --------------------------------------------------------------------------------------------------------------
+# 13.3 (find the bug): fixed_flash_kernel_forward(q, k, v, block_m, block_n) -> (out, lse), a Triton kernel
+
+
+def _kernel_cases(rng):
+    cases = []
+    for B, H, L, S, E, Ev in (
+        (1, 1, 20, 40, 8, 8),  # 3 key blocks, the last one half full
+        (2, 2, 17, 33, 16, 4),  # 2 query blocks, the last key block holds 1 key
+        (1, 3, 5, 48, 4, 6),  # S a multiple of the block; E and Ev below BLOCK_D = 16
+    ):
+        q, k, v = _f(B, H, L, E, rng=rng), _f(B, H, S, E, rng=rng), _f(B, H, S, Ev, rng=rng)
+        k[..., -1, :] = 2.0 * q[..., -1, :]  # the last query's max rises in the last key block, on every seed
+        cases.append(
+            Case(
+                f"q ({B}, {H}, {L}, {E}), k ({B}, {H}, {S}, {E}), v ({B}, {H}, {S}, {Ev}), blocks 16 x 16",
+                (q, k, v, 16, 16),
+                magnitude=score_magnitude(q, k),
+            )
+        )
+    return cases
+
+
+def _kernel_np(q, k, v, block_n, *, rescale_l=True, rescale_acc=True, mask_tail=True, log2e=True, to_natural=True):
+    """The kernel's loop in float64 (base 2, like the kernel), with switches for its classic mistakes."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    S = k.shape[-2]
+    pad = -S % block_n
+    kp = np.concatenate([k, np.zeros((*k.shape[:-2], pad, k.shape[-1]))], axis=-2)  # masked loads read 0
+    vp = np.concatenate([v, np.zeros((*v.shape[:-2], pad, v.shape[-1]))], axis=-2)
+    qk_scale = (math.log2(math.e) if log2e else 1.0) / math.sqrt(q.shape[-1])
+    m = np.full(q.shape[:-1], -np.inf)
+    l = np.zeros(q.shape[:-1])
+    acc = np.zeros((*q.shape[:-1], v.shape[-1]))
+    for j in range(0, S + pad, block_n):
+        s = q @ np.swapaxes(kp[..., j : j + block_n, :], -1, -2) * qk_scale
+        if mask_tail:
+            s = np.where(np.arange(j, j + block_n) < S, s, -np.inf)
+        m_new = np.maximum(m, s.max(axis=-1))
+        alpha = np.exp2(m - m_new)
+        p = np.exp2(s - m_new[..., None])
+        l = (l * alpha if rescale_l else l) + p.sum(axis=-1)
+        acc = (acc * alpha[..., None] if rescale_acc else acc) + p @ vp[..., j : j + block_n, :]
+        m = m_new
+    lse = m + np.log2(l)
+    return {"out": acc / l[..., None], "lse": lse * math.log(2.0) if to_natural else lse}
+
+
+def _kernel_expect(case):
+    q, k, v, _, _ = case.args
+    out, lse = _forward(q, k, v)
+    return {"out": out, "lse": lse}
+
+
+def _kernel_mistakes(case):
+    q, k, v, _, bn = case.args
+    found = [
+        (
+            "the running sum l_i is not rescaled: when a key block raises the max from m_i to m_new, l_i (a sum of "
+            "exp2(s - m_i)) must be multiplied by alpha = exp2(m_i - m_new) before the block's sum is added, as acc is",
+            _kernel_np(q, k, v, bn, rescale_l=False),
+        ),
+        (
+            "the accumulator acc is not rescaled: multiply it by alpha = exp2(m_i - m_new) before adding p @ v, "
+            "as l_i is",
+            _kernel_np(q, k, v, bn, rescale_acc=False),
+        ),
+        (
+            "neither l_i nor acc is rescaled when the max rises: both were accumulated under the old max; multiply "
+            "both by alpha = exp2(m_i - m_new)",
+            _kernel_np(q, k, v, bn, rescale_l=False, rescale_acc=False),
+        ),
+        (
+            "the lse is left in base 2: the kernel's m_i + log2(l_i) is a base-2 logsumexp; multiply it by ln 2",
+            _kernel_np(q, k, v, bn, to_natural=False),
+        ),
+        (
+            "qk_scale lacks log2(e): exp2(scale * q.k) is exp(ln 2 * scale * q.k); the base-2 trick needs "
+            "qk_scale = log2(e) / sqrt(E)",
+            _kernel_np(q, k, v, bn, log2e=False),
+        ),
+    ]
+    if k.shape[-2] % bn:
+        found.append(
+            (
+                f"the keys past the end (S={k.shape[-2]} is not a multiple of BLOCK_N={bn}) are not masked: the "
+                "masked load reads them as 0, so each adds exp2(0 - m) to l_i; set their scores to -inf with "
+                "tl.where(offs_n[None, :] < S, s, float('-inf'))",
+                _kernel_np(q, k, v, bn, mask_tail=False),
+            )
+        )
+    return found
+
+
+NO_TRITON = (
+    "Triton is not installed in this Python environment (it has Linux wheels only; on macOS there is none), so "
+    "this kernel cannot run here and exercise 13.3 cannot be checked on this machine: grade it on Linux (the "
+    "course's CI does), where `pip install triton` works"
+)
+
+
+def _kernel_raises(case):
+    return [(r"No module named '?triton|name '(triton|tl)' is not defined", NO_TRITON)]
+
+
 FORBIDDEN = (*SOFTMAX, *SDPA, *MHA, *ATTNLIB)
 
 EXERCISES = [
@@ -220,5 +327,23 @@ EXERCISES = [
         cases=_backward_cases,
         expect=_backward_expect,
         mistakes=_backward_mistakes,
+    ),
+    Exercise(
+        key="13.3",
+        set=SET,
+        entry="fixed_flash_kernel_forward",
+        title="Find the bug: a Triton forward kernel that is right for one key block only",
+        points=4,
+        difficulty="medium",
+        minutes=20,
+        kind="function",
+        returns=("out", "lse"),
+        forbidden=FORBIDDEN,
+        cases=_kernel_cases,
+        expect=_kernel_expect,
+        mistakes=_kernel_mistakes,
+        raises=_kernel_raises,
+        arg_names=("q", "k", "v", "block_m", "block_n"),
+        style="fix",
     ),
 ]
