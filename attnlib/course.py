@@ -190,7 +190,7 @@ LESSONS: list[Lesson] = [
         "FlashAttention",
         4,
         "Bytes moved, not FLOPs; FlashAttention-2's forward with the logsumexp, its backward with D; a Triton kernel.",
-        None,
+        "exercises/13_flash_attention.ipynb",
         teaches=("flash_forward", "flash_backward", "hbm_bytes"),
         uses=("online_softmax", "chunked_attention"),
     ),
