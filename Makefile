@@ -20,7 +20,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
 SERVER_CONFIG := $(VENV)/etc/jupyter/jupyter_server_config.json
 
-install: $(STAMP) $(LAB_OVERRIDES) $(SERVER_CONFIG) sandbox
+install: $(STAMP) $(LAB_OVERRIDES) $(SERVER_CONFIG)
 
 $(LAB_OVERRIDES): jupyter/overrides.json | $(STAMP)
 	mkdir -p $(@D) && cp $< $@
@@ -28,8 +28,9 @@ $(LAB_OVERRIDES): jupyter/overrides.json | $(STAMP)
 $(SERVER_CONFIG): jupyter/jupyter_server_config.json | $(STAMP)
 	mkdir -p $(@D) && cp $< $@
 
-# The grader's sandbox, bubblewrap (Debian's package `bubblewrap`): installed when missing, as root or through
-# sudo, where apt-get exists. Never fails: without it (macOS, no root) `attnlib grade` uses a fallback level
+# The grader's sandbox, bubblewrap (Debian's package `bubblewrap`): installed with the environment (or by
+# `make sandbox` alone) when missing, as root or through sudo, where apt-get exists. Never fails: without it
+# (macOS, no root) `attnlib grade` uses a fallback level
 # and says so in its report (docs/grading.md, "Sandbox levels").
 sandbox:
 	@command -v bwrap >/dev/null 2>&1 || { \
@@ -56,6 +57,7 @@ $(PY):
 
 # Re-installs only when the pins or the package metadata change.
 $(STAMP): requirements.txt constraints.txt pyproject.toml | $(PY)
+	@$(MAKE) --no-print-directory sandbox
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Attention course (attnlib)" >/dev/null

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import re
 import shutil
 import sys
 import tempfile
@@ -192,6 +193,28 @@ def _copy_mathjax(static: Path) -> None:
     shutil.copytree(source, static / "mathjax", ignore=skip, dirs_exist_ok=True)
 
 
+_NOTEBOOK_LINK = re.compile(r"\]\(((?:\.\./)?(?:notebooks|exercises)/[0-9][0-9]_[A-Za-z0-9_]+)\.ipynb(#[^)]*)?\)")
+
+
+def link_outputs(nb) -> int:
+    """Point links to course notebooks in Markdown *outputs* (the lessons' exercise pointers) at their pages.
+
+    Sphinx resolves links in Markdown cells, not in what a cell printed, so ``](../exercises/05_masking.ipynb)``
+    in an output is rewritten to the page ``../exercises/05_masking.html``. Returns how many were rewritten."""
+    count = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            text = out.get("data", {}).get("text/markdown")
+            if text is None:
+                continue
+            joined = "".join(text) if isinstance(text, list) else text
+            fixed, n = _NOTEBOOK_LINK.subn(lambda m: f"]({m.group(1)}.html{m.group(2) or ''})", joined)
+            if n:
+                out["data"]["text/markdown"] = fixed
+                count += n
+    return count
+
+
 def stage_sources(src: Path, root: Path = ROOT) -> list[Page]:
     """Write what Sphinx reads into ``src``: index.md, frozen copies of the notebooks, _static. Returns the pages."""
     import nbformat
@@ -200,6 +223,7 @@ def stage_sources(src: Path, root: Path = ROOT) -> list[Page]:
     for page in all_pages:
         nb = nbformat.read(root / page.source, as_version=4)
         freeze_widgets(nb)
+        link_outputs(nb)
         target = src / page.source
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target)

@@ -112,3 +112,19 @@ def test_build_refuses_to_replace_a_folder_that_is_not_a_site(tmp_path):
     with pytest.raises(FileExistsError, match="not a site"):
         site._replace_folder(tmp_path, tmp_path / "nowhere")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_links_to_course_notebooks_in_outputs_point_at_their_pages():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    shown = "[set](../exercises/05_masking.ipynb), [lesson](../notebooks/03_softmax.ipynb#goals), [x](other.ipynb)"
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "pointer()", outputs=[nbformat.v4.new_output("display_data", {"text/markdown": shown})]
+        )
+    ]
+    assert site.link_outputs(nb) == 2
+    assert nb.cells[0].outputs[0]["data"]["text/markdown"] == (
+        "[set](../exercises/05_masking.html), [lesson](../notebooks/03_softmax.html#goals), [x](other.ipynb)"
+    )
