@@ -462,3 +462,11 @@ def test_an_uncatalogued_mistake_gets_where_the_output_differs_not_a_diagnosis(c
     assert lost > 0
     for m in messages:
         assert re.match(r"(out|weights|lse) (differs from the reference at|is wrong at) \d+ of \d+", m), (ident, m)
+
+
+def test_the_instructor_guide_lists_the_sets_the_registry_has():
+    from attnlib.grader.exercises import SETS_TABLE_END, SETS_TABLE_START, sets_markdown
+
+    guide = (ROOT / "docs" / "grading.md").read_text()
+    block = guide.split(SETS_TABLE_START, 1)[1].split(SETS_TABLE_END, 1)[0]
+    assert block.strip() == sets_markdown(), "docs/grading.md's table of sets is stale: paste sets_markdown()"
