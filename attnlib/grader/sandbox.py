@@ -53,7 +53,9 @@ class Plan:
 
 
 NOTES = {
-    "bwrap": "sandbox: bubblewrap (read-only system, no course files, no network, own PID namespace, uid 65534)",
+    "bwrap": (
+        "sandbox: bubblewrap (read-only system, no course files but attnlib, no network, own PID namespace, uid 65534)"
+    ),
     "uid": (
         "sandbox: unprivileged uid {uid} with rlimits, a private directory and a kill of its processes "
         "(bubblewrap was not available: {why})"
@@ -112,6 +114,12 @@ def bwrap_argv(bwrap: str, jobdir: str, info_fd: int | None = None) -> list[str]
         str(SANDBOX_UID),
         "--gid",
         str(SANDBOX_UID),
+        # The private tmpfs first: binds made after it stay visible, so a course (and its .venv) that lives under
+        # /tmp, as a CI clone may, is still there; mounted after them, the tmpfs would hide it.
+        "--size",
+        str(TMPFS_BYTES),
+        "--tmpfs",
+        "/tmp",
         *_binds(),
         "--ro-bind",
         jobdir,
@@ -120,10 +128,6 @@ def bwrap_argv(bwrap: str, jobdir: str, info_fd: int | None = None) -> list[str]
         "/proc",
         "--dev",
         "/dev",
-        "--size",
-        str(TMPFS_BYTES),
-        "--tmpfs",
-        "/tmp",
         "--chdir",
         "/tmp",
     ]
