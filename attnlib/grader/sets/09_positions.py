@@ -6,26 +6,14 @@ returns for the same inputs, with the hint that names it.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from ..exercises import Case, Exercise
+from ..common import Case, Exercise, f32
 
 SET = "09_positions"
 TITLE = "Lesson 9: the sinusoidal table, RoPE, rotating the right pairs"
 
 ATTNLIB = ("attnlib",)
-
-
-def _optional(**fields):
-    """Fields that newer versions of :class:`Exercise` have (``arg_names``, ``style``), passed only where known."""
-    known = {f.name for f in dataclasses.fields(Exercise)}
-    return {k: v for k, v in fields.items() if k in known}
-
-
-def _f32(*shape, rng):
-    return rng.standard_normal(shape).astype(np.float32)
 
 
 def _omega(d, *, base=10000.0, per_feature=False):
@@ -92,7 +80,7 @@ def table_mistakes(case):
 def rope_cases(rng):
     cases = []
     for B, H, L, D, start in ((1, 1, 5, 4, 0), (2, 3, 6, 8, 0), (1, 2, 4, 16, 10), (2, 1, 1, 6, 7), (1, 4, 9, 32, 0)):
-        x = _f32(B, H, L, D, rng=rng)
+        x = f32(B, H, L, D, rng=rng)
         positions = np.arange(start, start + L, dtype=np.int64)
         cases.append(Case(f"x ({B}, {H}, {L}, {D}), positions {start}..{start + L - 1}", (x, positions)))
     return cases
@@ -182,7 +170,7 @@ EXERCISES = [
         expect=table_expect,
         mistakes=table_mistakes,
         distribution=None,
-        **_optional(arg_names=("n", "d")),
+        arg_names=("n", "d"),
     ),
     Exercise(
         key="09.2",
@@ -199,7 +187,7 @@ EXERCISES = [
         expect=rope_expect,
         mistakes=rope_mistakes,
         distribution=None,
-        **_optional(arg_names=("x", "positions")),
+        arg_names=("x", "positions"),
     ),
     Exercise(
         key="09.3",
@@ -216,6 +204,7 @@ EXERCISES = [
         expect=rope_expect,
         mistakes=_fix_mistakes,
         distribution=None,
-        **_optional(arg_names=("x", "positions"), style="fix"),
+        arg_names=("x", "positions"),
+        style="fix",
     ),
 ]

@@ -8,12 +8,11 @@ same inputs, with the hint that names it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
-from ..exercises import Case, Exercise
+from ..common import Case, Exercise, f32
 
 SET = "10_transformer_block"
 TITLE = "Lesson 10: the pre-norm block, the causal LM loss, a decoding step with a KV cache"
@@ -23,16 +22,6 @@ MHA = ("torch.nn.MultiheadAttention", "torch.nn.functional.multi_head_attention_
 ENCODER = ("torch.nn.TransformerEncoderLayer", "torch.nn.TransformerEncoder", "torch.nn.Transformer")
 ATTNLIB = ("attnlib",)
 CROSS_ENTROPY = ("torch.nn.functional.cross_entropy", "torch.nn.CrossEntropyLoss", "torch.nn.functional.nll_loss")
-
-
-def _optional(**fields):
-    """Fields that newer versions of :class:`Exercise` have (``arg_names``, ``style``), passed only where known."""
-    known = {f.name for f in dataclasses.fields(Exercise)}
-    return {k: v for k, v in fields.items() if k in known}
-
-
-def _f32(*shape, rng, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 def _t(a):
@@ -69,9 +58,9 @@ def block_cases(rng):
             weights[f"attn.{proj}.weight"], weights[f"attn.{proj}.bias"] = w, b
         weights["mlp.0.weight"], weights["mlp.0.bias"] = _linear(rng, d_ff, d)
         weights["mlp.2.weight"], weights["mlp.2.bias"] = _linear(rng, d, d_ff)
-        x = _f32(B, L, d, rng=rng, scale=2.0)
+        x = f32(B, L, d, rng=rng, scale=2.0)
         args = (x, np.tril(np.ones((L, L), dtype=bool))) if causal else (x,)
-        cases.append(Case(name, args, init=(d, H, d_ff), weights=weights, grad_output=_f32(B, L, d, rng=rng)))
+        cases.append(Case(name, args, init=(d, H, d_ff), weights=weights, grad_output=f32(B, L, d, rng=rng)))
     return cases
 
 
@@ -175,7 +164,7 @@ def block_mistakes(case):
 def loss_cases(rng):
     cases = []
     for B, T, V, scale in ((2, 5, 7, 1.0), (1, 8, 4, 3.0), (3, 2, 11, 1.0), (2, 6, 13, 10.0)):
-        logits = _f32(B, T, V, rng=rng, scale=scale)
+        logits = f32(B, T, V, rng=rng, scale=scale)
         tokens = rng.integers(0, V, (B, T)).astype(np.int64)
         cases.append(Case(f"logits ({B}, {T}, {V}), scale {scale:g}", (logits, tokens)))
     return cases
@@ -236,8 +225,8 @@ def loss_mistakes(case):
 def step_cases(rng):
     cases = []
     for B, H, t, D, Dv in ((1, 1, 3, 4, 4), (2, 2, 5, 8, 8), (1, 4, 1, 8, 6), (2, 2, 0, 4, 4), (1, 2, 9, 16, 16)):
-        q, k, v = _f32(B, H, 1, D, rng=rng), _f32(B, H, 1, D, rng=rng), _f32(B, H, 1, Dv, rng=rng)
-        k_cache, v_cache = _f32(B, H, t, D, rng=rng), _f32(B, H, t, Dv, rng=rng)
+        q, k, v = f32(B, H, 1, D, rng=rng), f32(B, H, 1, D, rng=rng), f32(B, H, 1, Dv, rng=rng)
+        k_cache, v_cache = f32(B, H, t, D, rng=rng), f32(B, H, t, Dv, rng=rng)
         label = "an empty cache (the first token)" if t == 0 else f"{t} cached tokens"
         cases.append(Case(f"batch {B}, {H} heads, {label}, d={D}, d_v={Dv}", (q, k, v, k_cache, v_cache)))
     return cases
@@ -315,7 +304,7 @@ EXERCISES = [
         expect=block_expect,
         mistakes=block_mistakes,
         distribution="weights",
-        **_optional(arg_names=("x", "attn_mask")),
+        arg_names=("x", "attn_mask"),
     ),
     Exercise(
         key="10.2",
@@ -332,7 +321,7 @@ EXERCISES = [
         expect=loss_expect,
         mistakes=loss_mistakes,
         distribution=None,
-        **_optional(arg_names=("logits", "tokens")),
+        arg_names=("logits", "tokens"),
     ),
     Exercise(
         key="10.3",
@@ -349,6 +338,6 @@ EXERCISES = [
         expect=step_expect,
         mistakes=step_mistakes,
         distribution=None,
-        **_optional(arg_names=("q", "k", "v", "k_cache", "v_cache")),
+        arg_names=("q", "k", "v", "k_cache", "v_cache"),
     ),
 ]

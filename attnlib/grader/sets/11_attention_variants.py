@@ -6,28 +6,17 @@ the same inputs, with the hint that names it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
-from ..exercises import Case, Exercise
+from ..common import Case, Exercise, f32
 
 SET = "11_attention_variants"
 TITLE = "Lesson 11: grouped-query attention, sliding windows, linear attention"
 
 SDPA = ("torch.nn.functional.scaled_dot_product_attention",)
 ATTNLIB = ("attnlib",)
-
-
-def _optional(**fields):
-    """Fields that newer versions of :class:`Exercise` have (``arg_names``, ``style``), passed only where known."""
-    known = {f.name for f in dataclasses.fields(Exercise)}
-    return {k: v for k, v in fields.items() if k in known}
-
-
-def _f32(*shape, rng, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 def _t(a):
@@ -60,8 +49,8 @@ def gqa_cases(rng):
         (2, 4, 1, 2, 6, 4, 4),
         (1, 4, 4, 3, 5, 8, 8),
     ):
-        q = _f32(B, Hq, L, D, rng=rng)
-        k, v = _f32(B, Hkv, S, D, rng=rng), _f32(B, Hkv, S, Dv, rng=rng)
+        q = f32(B, Hq, L, D, rng=rng)
+        k, v = f32(B, Hkv, S, D, rng=rng), f32(B, Hkv, S, Dv, rng=rng)
         cases.append(Case(f"q ({B}, {Hq}, {L}, {D}), k/v with {Hkv} heads, S={S}", (q, k, v)))
     return cases
 
@@ -147,8 +136,8 @@ def window_mistakes(case):
 def linear_cases(rng):
     cases = []
     for B, H, L, S, D, Dv in ((1, 1, 4, 4, 4, 4), (2, 2, 5, 7, 8, 6), (1, 3, 6, 6, 16, 16), (2, 1, 1, 5, 4, 3)):
-        q, k = _f32(B, H, L, D, rng=rng), _f32(B, H, S, D, rng=rng)
-        v = _f32(B, H, S, Dv, rng=rng)
+        q, k = f32(B, H, L, D, rng=rng), f32(B, H, S, D, rng=rng)
+        v = f32(B, H, S, Dv, rng=rng)
         cases.append(Case(f"q ({B}, {H}, {L}, {D}), S={S}, d_v={Dv}", (q, k, v)))
     return cases
 
@@ -209,7 +198,7 @@ EXERCISES = [
         expect=gqa_expect,
         mistakes=gqa_mistakes,
         distribution="weights",
-        **_optional(arg_names=("q", "k", "v")),
+        arg_names=("q", "k", "v"),
     ),
     Exercise(
         key="11.2",
@@ -226,7 +215,7 @@ EXERCISES = [
         expect=window_expect,
         mistakes=window_mistakes,
         distribution=None,
-        **_optional(arg_names=("L", "window")),
+        arg_names=("L", "window"),
     ),
     Exercise(
         key="11.3",
@@ -243,6 +232,6 @@ EXERCISES = [
         expect=linear_expect,
         mistakes=linear_mistakes,
         distribution=None,
-        **_optional(arg_names=("q", "k", "v")),
+        arg_names=("q", "k", "v"),
     ),
 ]
