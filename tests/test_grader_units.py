@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -289,11 +290,10 @@ def _npy(arr) -> dict:
 
 
 def test_outputs_are_validated_before_they_are_judged():
-    from attnlib.grader import engine
+    from attnlib.grader import wire
 
-    ok = engine._decode(_npy(np.arange(6.0).reshape(2, 3)))
+    ok = wire.decode(_npy(np.arange(6.0).reshape(2, 3)))
     assert type(ok) is np.ndarray and ok.shape == (2, 3)
-    assert engine._decode({"json": 42}) == 42 and engine._decode({"json": "B"}) == "B"  # value answers
     bad = [
         _npy(np.array([object()], dtype=object)),  # a pickle inside
         _npy(np.zeros(3, dtype=[("a", "f4")])),  # structured
@@ -316,22 +316,7 @@ def test_outputs_are_validated_before_they_are_judged():
     bad.append({"npy": base64.b64encode(header).decode()})  # a header that claims 10^10 elements
     for spec in bad:
         with pytest.raises((ValueError, TypeError)):
-            engine._decode(spec)
-
-
-def test_value_answers_come_back_as_plain_values():
-    from attnlib.grader.invoke import SubmissionError, value_output
-
-    assert value_output(42) == 42 and value_output("B") == "B" and value_output(0.5) == 0.5
-    assert value_output(torch.tensor([1.0, 2.0])).tolist() == [1.0, 2.0]
-
-    class Sneaky(str):
-        def __eq__(self, other):
-            return True
-
-    for bad in (Sneaky("B"), [1, 2], {"a": 1}, "x" * 5000, np.array([object()], dtype=object)):
-        with pytest.raises(SubmissionError):
-            value_output(bad)
+            wire.decode(spec)
 
 
 def test_reports_are_written_atomically_and_never_through_links(tmp_path):
@@ -394,7 +379,7 @@ def test_poisoned_entry_points_raise_inside_a_worker():
 
     code = (
         "import sys; sys.path.insert(0, GRADER)\n"
-        "import torch, worker\n"
+        "import torch, traps as worker\n"
         "n = worker.poison({'softmax'}, set())\n"
         "x = torch.randn(3)\n"
         "for f in (lambda: torch.softmax(x, 0), lambda: x.softmax(0), lambda: torch.nn.functional.softmax(x, 0),\n"
@@ -407,7 +392,7 @@ def test_poisoned_entry_points_raise_inside_a_worker():
         "    except worker.ForbiddenCall:\n"
         "        pass\n"
         "print('ok', n, float(torch.exp(x).sum() > 0))\n"
-    ).replace("GRADER", repr(str(ROOT / "attnlib" / "grader")))
+    ).replace("GRADER", repr(str(ROOT / "attnlib" / "grader" / "inside")))
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "NOT POISONED" not in proc.stdout and proc.stdout.startswith("ok"), proc.stdout
@@ -424,46 +409,84 @@ def test_a_value_answer_is_scanned_and_run_with_what_it_needs():
     assert notebook.forbidden_uses(src.tree, "answer", SOFTMAX_FORBIDDEN) == []
 
 
-def test_value_answers_travel_back_from_the_sandbox(tmp_path, monkeypatch):
-    """A conceptual question answered as a value (``answer = 42``, ``"B"``) comes back from the sandbox as
-    validated JSON, as a NumPy scalar the judge receives (judging non-float values is the registry's part)."""
+def test_an_exercise_memory_budget_fails_the_answer_that_builds_the_big_matrix(tmp_path, monkeypatch):
+    """``Exercise.memory_limit_bytes`` is the worker's address-space budget on top of the runner's: an answer that
+    allocates far more fails that exercise with "ran out of its memory budget", a frugal one passes."""
     import nbformat
 
     from attnlib.grader import engine
     from attnlib.grader.exercises import Case, Exercise
 
-    answers = [("42", 42), ('"B"', "B"), ("0.25", 0.25)]
     ex = Exercise(
         key="03.9",
         set="03_softmax",
-        entry="answer",
-        title="a conceptual question",
-        points=1,
+        entry="row_sums",
+        title="row sums without the big matrix",
+        points=2,
         difficulty="easy",
         minutes=1,
-        kind="value",
-        returns=("out",),
-        forbidden=(),
-        cases=lambda rng: [Case("the answer")],
-        expect=lambda case: {"out": np.asarray(0.0)},
-        mistakes=lambda case: [],
+        cases=lambda rng: [Case("4096 x 4096", (np.ones(4096, np.float32), np.ones(4096, np.float32)))],
+        expect=lambda case: {"out": np.full(4096, 4096.0)},
+        memory_limit_bytes=32 << 20,
     )
     monkeypatch.setattr(engine, "exercises_of", lambda name: [ex])
-    seen = []
-
-    def judge(ex, case, reference, outputs):
-        seen.append(outputs["out"])
-        return True, "correct"
-
-    monkeypatch.setattr(engine, "_judge", judge)
+    bodies = {
+        "frugal": "    return q * k.sum()",
+        "big": "    return (q[:, None] * k[None, :] + torch.zeros(64, 4096, 4096)[0]).sum(dim=1)",
+    }
     subs = []
-    for n, (answer, _) in enumerate(answers):
+    for name, body in bodies.items():
         nb = nbformat.v4.new_notebook()
-        nb.cells = [nbformat.v4.new_code_cell(f"answer = {answer}"), nbformat.v4.new_code_cell("print(answer)")]
-        (tmp_path / str(n)).mkdir()
-        nbformat.write(nb, tmp_path / str(n) / "03_softmax.ipynb")
-        subs.append([tmp_path / str(n) / "03_softmax.ipynb"])
-    reports = engine.grade_many(subs, engine.Options(seed=1))
-    assert [r.results[0].score for r in reports] == [1, 1, 1]
-    assert all(type(v) is np.ndarray and v.shape == () for v in seen)
-    assert [v.item() for v in seen] == [a for _, a in answers]
+        nb.cells = [
+            nbformat.v4.new_code_cell("import torch"),
+            nbformat.v4.new_code_cell(f"def row_sums(q, k):\n{body}"),
+        ]
+        (tmp_path / name).mkdir()
+        nbformat.write(nb, tmp_path / name / "03_softmax.ipynb")
+        subs.append([tmp_path / name / "03_softmax.ipynb"])
+    frugal, big = engine.grade_many(subs, engine.Options(seed=1, timeout=10))
+    assert frugal.results[0].score == 2, frugal.results[0].message
+    assert big.results[0].score == 0 and "ran out of its memory budget of 32 MiB" in big.results[0].message
+
+
+def test_what_runs_beside_submitted_code_imports_nothing_from_attnlib():
+    """attnlib/grader/inside/ is copied into the sandbox alone: its modules import the standard library, NumPy,
+    torch and each other (relatively, or as sibling scripts), never attnlib; and the job folder gets only them."""
+    import ast
+
+    from attnlib.grader import inside
+
+    folder = Path(inside.__file__).parent
+    siblings = {p.stem for p in folder.glob("*.py")}
+    assert set(inside.FILES) == {p.name for p in folder.glob("*.py")} - {"__init__.py"}
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    assert (node.module or "") in siblings | {""}, (path.name, node.module)
+                    continue
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top != "attnlib", f"{path.name} imports {name}"
+                assert top in siblings | {"torch", "numpy", "__future__"} or top in sys.stdlib_module_names, name
+
+
+def test_the_job_folder_holds_only_the_inside_files_and_declared_infrastructure():
+    import shutil
+
+    from attnlib.grader import supervise
+
+    jobdir = supervise.job_folder({"attnlib.MultiHeadAttention"})
+    try:
+        files = sorted(str(p.relative_to(jobdir)) for p in jobdir.rglob("*") if p.is_file())
+        assert [f for f in files if f.startswith("code/")] == sorted(f"code/{n}" for n in supervise.FILES)
+        lib = [f for f in files if f.startswith("lib/")]
+        assert lib and all(f.startswith("lib/attnlib-MultiHeadAttention/attnlib/") for f in lib)
+        assert not any("grader" in f or "sets" in f for f in files)
+    finally:
+        shutil.rmtree(jobdir)

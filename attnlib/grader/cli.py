@@ -10,7 +10,12 @@ the exit status says what happened:
 * 2 — the grader itself failed (a bug; every exercise scores zero in the report);
 * 3 — the sandbox could not run (the ``--sandbox`` level asked for is not available here, or it failed to
   start); nothing was graded;
-* 4 — the grader's own modules could not be imported (a broken installation).
+* 4 — the grader's own modules could not be imported (a broken installation);
+* 5 — nothing to grade: no PATH exists or holds an exercise notebook (``NN_name.ipynb``).
+
+Exit status 3 also covers a sandbox that failed to start even after retries: the exercises it could not run are
+reported "not graded" with the reason (an error in every report format), never as 0 points. When ``--out``
+cannot be written (a read-only checkout), the report goes to a fresh temporary folder and the output says where.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import tempfile
 import traceback
 from pathlib import Path
 
-EXIT_OK, EXIT_BELOW, EXIT_GRADER, EXIT_SANDBOX, EXIT_IMPORT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_BELOW, EXIT_GRADER, EXIT_SANDBOX, EXIT_IMPORT, EXIT_NOTHING = 0, 1, 2, 3, 4, 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address-space limit of the sandbox in GiB (default 4; torch needs ~1)",
     )
     parser.add_argument("--seed", type=int, help="seed of the checks' inputs (default: a fixed seed, printed)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=900.0,
+        help="wall-clock seconds for the whole grading (default 900); "
+        "exercises not reached by then are reported as not graded",
+    )
     parser.add_argument(
         "--fail-under", type=float, metavar="PCT", help="exit with 1 when the total is below PCT percent"
     )
@@ -87,6 +101,7 @@ def main(args: argparse.Namespace) -> int:
         from . import diagnose, exercises, invoke, notebook, sandbox  # noqa: F401
         from . import report as rep
         from .engine import Options, Report, Result, grade
+        from .results import NOT_GRADED
     except Exception as err:  # noqa: BLE001 - a broken installation must still leave a report behind
         traceback.print_exc()
         _last_resort(paths, f"the grader could not be imported: {type(err).__name__}: {err}")
@@ -104,23 +119,47 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = grade(
             args.paths,
-            Options(timeout=args.timeout, memory_gib=args.memory_gib, seed=args.seed, sandbox=args.sandbox),
+            Options(
+                timeout=args.timeout,
+                memory_gib=args.memory_gib,
+                seed=args.seed,
+                sandbox=args.sandbox,
+                budget_s=args.budget,
+            ),
         )
-        if result.status == "sandbox failed":
+        if result.status == NOT_GRADED:
             code = EXIT_SANDBOX
+        elif result.status == "nothing to grade":
+            code = EXIT_NOTHING
     except sandbox.SandboxUnavailable as err:
         result, code = failed("sandbox unavailable", str(err)), EXIT_SANDBOX
+        for r in result.results:
+            r.status = NOT_GRADED
     except Exception as err:  # noqa: BLE001 - a grader bug must still leave a report behind
         traceback.print_exc()
         result, code = failed("grader failed", f"the grader failed: {type(err).__name__}: {err}"), EXIT_GRADER
+        for r in result.results:
+            r.status = NOT_GRADED
     print(rep.table(result))
+    if code == EXIT_NOTHING:
+        print(f"nothing to grade: {'; '.join(result.notes[1:]) or 'no exercise notebook given'}", file=sys.stderr)
     try:
-        for path in rep.write(result, out=out, **paths):
-            print(f"wrote {path}")
+        written = rep.write(result, out=out, **paths)
+    except OSError as err:  # a read-only checkout: write the report elsewhere and say where
+        fallback = Path(tempfile.mkdtemp(prefix="attnlib-grade-report-"))
+        print(f"cannot write the report to {out} ({err.strerror or err}); writing it to {fallback} instead")
+        moved = {k: fallback / p.name for k, p in paths.items()}
+        try:
+            written = rep.write(result, out=fallback, **moved)
+        except Exception as err2:  # noqa: BLE001
+            print(f"the report could not be written: {err2}", file=sys.stderr)
+            return EXIT_GRADER
     except Exception as err:  # noqa: BLE001
         traceback.print_exc()
         _last_resort(paths, f"the report could not be written: {err}")
         return EXIT_GRADER
+    for path in written:
+        print(f"wrote {path}")
     if code:
         print(f"exit status {code}: {result.status}")
         return code

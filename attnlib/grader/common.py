@@ -95,12 +95,20 @@ class Exercise:
     expect: Callable[[Case], Outputs]
     mistakes: Callable[[Case], list[Mistake]] = _no_mistakes
     raises: Callable[[Case], list[tuple[str, str]]] = _no_raises
-    kind: str = "function"  # "function" | "module"
+    kind: str = "function"  # "function" | "module" (a class: built with the case's init, then called)
     returns: tuple[str, ...] = ("out",)
     forbidden: tuple[str, ...] = ()
     distribution: str | None = None  # the output whose rows must sum to 1
     arg_names: tuple[str, ...] = ()  # the arguments' names, for messages ("modified its input q in place")
     style: str = "write"  # "write" | "fix" (find the bug) | "question" (a value or a choice)
+    # The address space the learner's code may add while graded (the worker's RLIMIT_AS on top of what the
+    # sandbox's runner already holds); None: only the sandbox-wide --memory-gib. For tasks that say "do not build
+    # the L x S matrix": a check sized so that the matrix does not fit fails with "ran out of its memory budget".
+    memory_limit_bytes: int | None = None
+    # Parts of the course's library handed to the learner as infrastructure (the names of
+    # attnlib.grader.supervise.INFRASTRUCTURE): copied into the sandbox for this exercise only. Nothing else of
+    # attnlib, and nothing of the grader, is ever inside the sandbox.
+    provides: tuple[str, ...] = ()
 
     @property
     def header(self) -> str:

@@ -7,7 +7,10 @@
   dropped: grading calls the learner's functions itself.
 * :func:`forbidden_uses` walks the AST of one exercise's function or class (and the notebook functions it calls)
   and names every use of a forbidden library call (``F.softmax``, ``x.softmax(...)``, anything from attnlib),
-  resolving import aliases.
+  resolving import aliases. What is forbidden is declared once, in :mod:`attnlib.grader.inside.policy`.
+
+Every step is linear in the size of the notebook (a notebook of 20,000 definitions or 30,000 ``getattr`` calls is
+read in seconds), and a notebook beyond :data:`MAX_NODES` syntax nodes is "too complex to grade".
 """
 
 from __future__ import annotations
@@ -18,9 +21,22 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .guard import FAMILIES, LIBRARIES, family_of
+from .inside.policy import (
+    ATTNLIB,
+    ESCAPES,
+    LIBRARIES,
+    OTHER_LIBRARIES,
+    SCRATCH_FAMILIES,
+    SYS_TRICKS,
+    TRICK_CHAINS,
+    TRICK_MODULES,
+    TRICK_NAMES,
+    families_of,
+    name_hit,
+)
 
 MAX_BYTES = 20_000_000
+MAX_NODES = 2_000_000  # syntax nodes of a notebook's kept statements: far beyond any exercise notebook
 _KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
 
 
@@ -87,11 +103,18 @@ def parse_cells(raw: bytes, name: str) -> list[str]:
 
 
 def _strip_magics(src: str) -> str:
-    lines = []
-    for line in src.splitlines():
-        stripped = line.lstrip()
-        lines.append("# " + line if stripped.startswith(("%", "!")) else line)
-    return "\n".join(lines)
+    """The cell as IPython would run it: cell magics, line magics and ``!cmd`` at the start of a logical line
+    become ``get_ipython()`` calls (dropped later with the rest of the top-level expressions), exactly as
+    IPython's own input transformer decides; a continuation line such as ``!= -1`` inside brackets, or
+    ``x = 5 % 3``, is left alone."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+    except ImportError:  # IPython is part of the grading environment; without it, cells are parsed as they are
+        return src
+    try:
+        return TransformerManager().transform_cell(src)
+    except Exception:  # noqa: BLE001 - a cell IPython cannot transform is parsed as it is (and may not parse)
+        return src
 
 
 def definitions(cells: list[str]) -> Source:
@@ -113,7 +136,7 @@ def definitions(cells: list[str]) -> Source:
                 except (RecursionError, ValueError):
                     out.problems.append(f"code cell {n}: a statement could not be read back and was skipped")
                     continue
-                out.statements.append((f"code cell {n}", code))
+                out.statements.append((f"code cell {n}, line {node.lineno}", code))
                 out.tree.body.append(node)
     return out
 
@@ -167,109 +190,31 @@ def _used(node: ast.AST) -> set[str]:
 
 
 def _closure(body: list[ast.stmt], entry: str) -> list[int]:
-    """Indices of the top-level statements ``entry`` needs: those binding (or changing) a name it uses, recursively."""
-    need, chosen = {entry}, set()
-    changed = True
-    while changed:
-        changed = False
-        for i, node in enumerate(body):
-            if i in chosen:
-                continue
-            if (_bound(node) | _mutated(node)) & need:
+    """Indices of the top-level statements ``entry`` needs: those binding (or changing) a name it uses, recursively.
+
+    A worklist over an index of name -> statements: each statement and each name is visited once."""
+    binders: dict[str, list[int]] = {}
+    for i, node in enumerate(body):
+        for name in _bound(node) | _mutated(node):
+            binders.setdefault(name, []).append(i)
+    chosen: set[int] = set()
+    seen_names: set[str] = set()
+    todo = [entry]
+    while todo:
+        name = todo.pop()
+        if name in seen_names:
+            continue
+        seen_names.add(name)
+        for i in binders.get(name, ()):
+            if i not in chosen:
                 chosen.add(i)
-                need |= _used(node)
-                changed = True
+                todo.extend(_used(body[i]) - seen_names)
     return sorted(chosen)
 
 
 def needed_statements(source: Source, entry: str) -> list[tuple[str, str]]:
     """The (label, code) statements one exercise runs: only what its entry point needs, in notebook order."""
     return [source.statements[i] for i in _closure(source.tree.body, entry)]
-
-
-# What no exercise needs and what would hide a library call from this scan (names, modules, attributes).
-_TRICKS = {
-    "eval",
-    "exec",
-    "compile",
-    "__import__",
-    "globals",
-    "locals",
-    "vars",
-    "setattr",
-    "delattr",
-    "__builtins__",
-    "breakpoint",
-    "memoryview",
-}
-_TRICK_MODULES = {
-    "importlib",
-    "ctypes",
-    "gc",
-    "inspect",
-    "builtins",
-    "pickle",
-    "marshal",
-    "dill",
-    "cloudpickle",
-    "code",
-    "codeop",
-    "runpy",
-    "pydoc",
-    "imp",
-    "pkgutil",
-    "zipimport",
-    "operator",
-    "_operator",
-}
-_TRICK_CHAINS = ("torch.ops", "torch.library", "torch.jit", "torch.hub", "torch.fx", "torch.utils.cpp_extension")
-_SYS_TRICKS = {
-    "modules",
-    "_getframe",
-    "meta_path",
-    "path_hooks",
-    "path",
-    "path_importer_cache",
-    "settrace",
-    "setprofile",
-}
-# Attributes that reach code, frames, namespaces or originals behind a wrapper
-_ESCAPES = {
-    "__dict__",
-    "__globals__",
-    "__builtins__",
-    "__subclasses__",
-    "__bases__",
-    "__base__",
-    "__mro__",
-    "__code__",
-    "__closure__",
-    "__wrapped__",
-    "__getattribute__",
-    "__getattr__",
-    "__setattr__",
-    "__delattr__",
-    "__import__",
-    "__loader__",
-    "__spec__",
-    "__self__",
-    "__func__",
-    "__reduce__",
-    "__reduce_ex__",
-    "__defaults__",
-    "__kwdefaults__",
-    "__objclass__",
-    "f_globals",
-    "f_locals",
-    "f_back",
-    "f_builtins",
-    "tb_frame",
-    "gi_frame",
-    "cr_frame",
-    "ag_frame",
-}
-# Other libraries' softmax or attention: not torch, not numpy (for "from scratch" exercises)
-_OTHER_LIBRARIES = ("scipy", "jax", "flax", "tensorflow", "keras", "sklearn", "xformers", "flash_attn", "transformers")
 
 
 def _aliases(nodes) -> dict[str, str]:
@@ -314,14 +259,6 @@ def _chain(node: ast.AST) -> list[str] | None:
     return None
 
 
-def _families(forbidden: tuple[str, ...]) -> set[str]:
-    return {f for f in (family_of(c) for c in forbidden) if f}
-
-
-def _name_hit(name: str, fams: set[str]) -> bool:
-    return any(FAMILIES[f].search(name) for f in fams if f in FAMILIES)
-
-
 def forbidden_uses(tree: ast.Module, entry: str, forbidden: tuple[str, ...]) -> list[str]:
     """Forbidden uses in every statement ``entry`` needs (its function or class, the notebook functions, imports
     and assignments it reaches), e.g. ``['F.softmax', 'getattr with a computed name']``.
@@ -337,8 +274,10 @@ def forbidden_uses(tree: ast.Module, entry: str, forbidden: tuple[str, ...]) -> 
     if not any(entry in _bound(n) for n in body):  # not defined: the run says so
         return []
     nodes = [body[i] for i in _closure(body, entry)]
-    fams = _families(forbidden)
-    scratch = bool(fams & {"softmax", "sdpa", "mha"})
+    fams = families_of(forbidden)
+    scratch = bool(fams & SCRATCH_FAMILIES)
+    if sum(1 for node in nodes for _ in ast.walk(node)) > MAX_NODES:
+        return ["a notebook too complex to grade (far more code than any exercise needs)"]
     aliases = _aliases(nodes)
     for node in nodes:
         aliases.update(_aliases(n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))))
@@ -346,41 +285,42 @@ def forbidden_uses(tree: ast.Module, entry: str, forbidden: tuple[str, ...]) -> 
 
     def module_hit(module: str) -> str | None:
         top = module.split(".")[0]
-        if top in _TRICK_MODULES:
+        if top in TRICK_MODULES:
             return f"import {module} (dynamic code or attribute tricks)"
-        if "attnlib" in fams and top == "attnlib":
+        if ATTNLIB in fams and top == ATTNLIB:
             return f"import {module}"
-        if scratch and top in _OTHER_LIBRARIES:
+        if scratch and top in OTHER_LIBRARIES:
             return f"import {module} (another library's implementation)"
         parts = module.split(".")
         if any(p.startswith("_") for p in parts[1:]) and top in LIBRARIES:
             return f"import {module} (a library's private internals)"
-        if any(module == c or module.startswith(c + ".") for c in _TRICK_CHAINS):
+        if any(module == c or module.startswith(c + ".") for c in TRICK_CHAINS):
             return f"import {module}"
-        if _name_hit(parts[-1], fams):
+        if name_hit(parts[-1], fams):
             return f"import {module}"
         return None
 
     def resolved_hit(text: str, resolved: list[str]) -> str | None:
         top = resolved[0]
         dotted = ".".join(resolved)
-        if top == "sys" and len(resolved) > 1 and resolved[1] in _SYS_TRICKS:
+        if top == "sys" and len(resolved) > 1 and resolved[1] in SYS_TRICKS:
             return f"{text} (the interpreter's module table or frames)"
-        if top in _TRICK_MODULES:
+        if top in TRICK_MODULES:
             return f"{text} (dynamic code or attribute tricks)"
-        if any(dotted == c or dotted.startswith(c + ".") for c in _TRICK_CHAINS):
+        if any(dotted == c or dotted.startswith(c + ".") for c in TRICK_CHAINS):
             return f"{text} (operators reached by name)"
         if top in LIBRARIES and any(p.startswith("_") and not p.startswith("__") for p in resolved[1:]):
             return f"{text} (a library's private internals)"
-        if "attnlib" in fams and top == "attnlib":
+        if ATTNLIB in fams and top == ATTNLIB:
             return text
-        if scratch and top in _OTHER_LIBRARIES:
+        if scratch and top in OTHER_LIBRARIES:
             return f"{text} (another library's implementation)"
         return None
 
     for stmt in nodes:
         inner = {id(n.value) for n in ast.walk(stmt) if isinstance(n, ast.Attribute)}
         inner |= {id(n.args[0]) for n in ast.walk(stmt) if _is_const_getattr(n)}
+        called = {id(n.func) for n in ast.walk(stmt) if isinstance(n, ast.Call)}
         for sub in ast.walk(stmt):
             if isinstance(sub, (ast.Import, ast.ImportFrom)):
                 if isinstance(sub, ast.Import):
@@ -393,30 +333,32 @@ def forbidden_uses(tree: ast.Module, entry: str, forbidden: tuple[str, ...]) -> 
                     if hit:
                         found.append(hit)
             elif isinstance(sub, ast.Name):
-                if sub.id in _TRICKS:
+                if sub.id in TRICK_NAMES:
                     found.append(f"{sub.id} (dynamic code or attribute tricks)")
-                elif sub.id == "getattr" and not _is_getattr_call_parent(stmt, sub):
+                elif sub.id == "getattr" and id(sub) not in called:
                     found.append("getattr with a computed name (dynamic attribute access)")
                 if id(sub) not in inner and sub.id in aliases:
                     resolved = aliases[sub.id].split(".")
                     hit = resolved_hit(sub.id, resolved)
                     if hit:
                         found.append(hit)
-                    elif _name_hit(resolved[-1], fams) and resolved[0] != "__main__":
+                    elif name_hit(resolved[-1], fams) and resolved[0] != "__main__":
                         found.append(sub.id)
             elif isinstance(sub, ast.Attribute):
-                if sub.attr in _ESCAPES:
+                if sub.attr in ESCAPES:
                     found.append(f".{sub.attr} (dynamic code or attribute tricks)")
-                if _name_hit(sub.attr, fams):
+                if name_hit(sub.attr, fams):
                     chain = _chain(sub)
                     found.append(".".join(chain) if chain else f".{sub.attr}")
             elif isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "getattr":
                 if not _is_const_getattr(sub):
                     found.append("getattr with a computed name (dynamic attribute access)")
-                elif _name_hit(sub.args[1].value, fams):
+                elif sub.args[1].value in ESCAPES or sub.args[1].value.startswith("_"):
+                    found.append(f'getattr(..., "{sub.args[1].value}") (dynamic code or attribute tricks)')
+                elif name_hit(sub.args[1].value, fams):
                     found.append(f'getattr(..., "{sub.args[1].value}")')
             elif isinstance(sub, ast.Constant) and isinstance(sub.value, str):
-                if sub.value.isidentifier() and _name_hit(sub.value, fams):
+                if sub.value.isidentifier() and name_hit(sub.value, fams):
                     found.append(f'the name "{sub.value}" as a string')
             if isinstance(sub, (ast.Attribute, ast.Call)) and id(sub) not in inner:
                 chain = _chain(sub)
@@ -444,8 +386,3 @@ def _is_const_getattr(node: ast.AST) -> bool:
         and isinstance(node.args[1], ast.Constant)
         and isinstance(node.args[1].value, str)
     )
-
-
-def _is_getattr_call_parent(stmt: ast.AST, name: ast.Name) -> bool:
-    """Whether this ``getattr`` Name is the function of a call (other uses, e.g. passing it around, are tricks)."""
-    return any(isinstance(n, ast.Call) and n.func is name for n in ast.walk(stmt))

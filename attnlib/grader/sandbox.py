@@ -3,15 +3,18 @@
 ``attnlib grade --sandbox {auto,bwrap,uid,none}``:
 
 * ``bwrap`` — `bubblewrap <https://github.com/containers/bubblewrap>`_: a new mount, PID, network, IPC, UTS,
-  cgroup and user namespace; only the interpreter, the Python environment, ``/usr``, the attnlib package and
-  the job folder are visible, all read-only (the rest of the course, its solutions, the submissions and the
-  report folder are not there at all); a private tmpfs is the only writable place; uid/gid 65534 with no
-  capabilities, no further user namespaces, ``--die-with-parent`` and ``--new-session``. When the grading ends
-  its PID namespace is gone, so nothing started inside outlives it.
+  cgroup and user namespace; only ``/usr``, the interpreter and the Python environment (with any installed copy
+  of attnlib hidden) and the job folder are visible, all read-only (the course, attnlib and its grader, the
+  solutions, the submissions and the report folder are not there at all); a private tmpfs is the only writable
+  place, emptied between exercises; uid/gid 65534 with no capabilities, no further user namespaces,
+  ``--die-with-parent`` and ``--new-session``. When the grading ends its PID namespace is gone, so nothing
+  started inside outlives it.
 * ``uid`` — where bwrap cannot run but the grader is root: the runner (which never executes submitted code)
   stays root; each worker drops to a dedicated unprivileged uid/gid of its own run, with ``setsid``,
   ``PR_SET_NO_NEW_PRIVS``, rlimits and a private 0700 directory; every process of that uid is killed after each
-  exercise and at the end.
+  exercise and at the end. The workers can still read every world-readable file (the course and its
+  grader, solutions/, other students' notebooks) and reach the network: **unfit for grading a class**, and the
+  report says so.
 * ``none`` — neither is possible (not root, no bwrap): the code runs as the grader's own user in a separate
   process with rlimits; the report says plainly that the run was not isolated.
 * ``auto`` (default) — the first of bwrap, uid, none that can run here; the report names the level used.
@@ -19,6 +22,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 import shutil
@@ -28,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 LEVELS = ("auto", "bwrap", "uid", "none")
@@ -40,25 +44,14 @@ class SandboxUnavailable(Exception):
     """The requested sandbox level cannot run on this machine; the message says why."""
 
 
-@dataclass
-class Plan:
-    """How to start the runner at one level."""
-
-    level: str
-    note: str
-    bwrap: str | None = None
-    uid: int | None = None
-    gid: int | None = None
-    pidns: set[str] = field(default_factory=set)  # bwrap: the PID namespaces started (to check for survivors)
-
-
 NOTES = {
     "bwrap": (
-        "sandbox: bubblewrap (read-only system, no course files but attnlib, no network, own PID namespace, uid 65534)"
+        "sandbox: bubblewrap (read-only system, no course or grader files, no network, own PID namespace, uid 65534)"
     ),
     "uid": (
         "sandbox: unprivileged uid {uid} with rlimits, a private directory and a kill of its processes "
-        "(bubblewrap was not available: {why})"
+        "(bubblewrap was not available: {why}); UNFIT FOR GRADING A CLASS: the submission could read every "
+        "world-readable file (the course, solutions, other students' work) and reach the network"
     ),
     "none": (
         "WARNING: this run was NOT isolated: the submission ran as the grader's own user ({why}); "
@@ -75,8 +68,38 @@ def bwrap_binary() -> str | None:
     return shutil.which("bwrap")
 
 
-def _binds() -> list[str]:
-    """Read-only binds: /usr (and the /bin, /lib... links to it), the interpreter's and environment's prefixes."""
+def _prefixes() -> list[str]:
+    """The interpreter's and the environment's folders outside /usr (bound read-only at their own paths)."""
+    seen: list[str] = []
+    exe = os.path.realpath(sys.executable)
+    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(exe)):
+        for q in {p, os.path.realpath(p)}:
+            if q and os.path.isdir(q) and not q.startswith("/usr/") and q != "/usr" and q not in seen:
+                seen.append(q)
+    return [p for p in sorted(seen, key=len) if not any(p.startswith(s + "/") for s in seen if s != p)]
+
+
+def _hidden_packages(bound: list[str]) -> list[str]:
+    """Installed copies of attnlib inside the bound folders (a non-editable install in site-packages): hidden
+    under an empty read-only folder, so that the grader's registry, references and keys are not in the sandbox."""
+    import importlib.util
+
+    found = []
+    spec = importlib.util.find_spec("attnlib")
+    for folder in list(spec.submodule_search_locations or []) if spec else []:
+        real = os.path.realpath(folder)
+        if any(real == b or real.startswith(b.rstrip("/") + "/") for b in bound):
+            found.append(real)
+    for b in bound:  # any other copy in a site-packages folder
+        for site in glob.glob(os.path.join(b, "lib", "python*", "site-packages", "attnlib")):
+            if os.path.realpath(site) not in found:
+                found.append(os.path.realpath(site))
+    return sorted(found)
+
+
+def _binds(empty: str) -> list[str]:
+    """Read-only binds: /usr (and the /bin, /lib... links to it), the interpreter's and environment's prefixes,
+    with attnlib hidden: nothing of the course is bound (exercises that need part of it get it in the job)."""
     args: list[str] = ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
@@ -84,25 +107,16 @@ def _binds() -> list[str]:
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
     args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    seen: list[str] = []
-    exe = os.path.realpath(sys.executable)
-    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(exe)):
-        for q in {p, os.path.realpath(p)}:
-            if q and os.path.isdir(q) and not q.startswith("/usr/") and q != "/usr" and q not in seen:
-                seen.append(q)
-    # attnlib itself, read-only: exercises may build on the course's library (set 14 loads real weights into
-    # attnlib.MultiHeadAttention). An editable install lives outside the environment's prefix, so bind the package
-    # folder at its own path; what an exercise may not use is still refused by the scan and the poisoning.
-    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-    if not any(package == s or package.startswith(s + "/") for s in seen):
-        seen.append(package)
-    for p in sorted(seen, key=len):
-        if not any(p.startswith(s + "/") for s in seen if s != p):
-            args += ["--ro-bind", p, p]
+    bound = _prefixes()
+    for p in bound:
+        args += ["--ro-bind", p, p]
+    for p in _hidden_packages(["/usr", *bound]):
+        args += ["--ro-bind", empty, p]
     return args
 
 
 def bwrap_argv(bwrap: str, jobdir: str, info_fd: int | None = None) -> list[str]:
+    """The bubblewrap command line of a sandbox over ``jobdir`` (which must hold an empty folder ``empty``)."""
     argv = [
         bwrap,
         "--unshare-all",
@@ -114,13 +128,13 @@ def bwrap_argv(bwrap: str, jobdir: str, info_fd: int | None = None) -> list[str]
         str(SANDBOX_UID),
         "--gid",
         str(SANDBOX_UID),
-        # The private tmpfs first: binds made after it stay visible, so a course (and its .venv) that lives under
-        # /tmp, as a CI clone may, is still there; mounted after them, the tmpfs would hide it.
+        # The private tmpfs first: binds made after it stay visible, so a Python environment that lives under
+        # /tmp, as a CI clone's may, is still there; mounted after them, the tmpfs would hide it.
         "--size",
         str(TMPFS_BYTES),
         "--tmpfs",
         "/tmp",
-        *_binds(),
+        *_binds(os.path.join(jobdir, "empty")),
         "--ro-bind",
         jobdir,
         "/job",
@@ -146,6 +160,7 @@ def bwrap_works(bwrap: str | None) -> tuple[bool, str]:
     if bwrap in _CHECKED:
         return _CHECKED[bwrap]
     with tempfile.TemporaryDirectory(prefix="attnlib-bwrap-check-") as d:
+        os.mkdir(os.path.join(d, "empty"))
         try:
             proc = subprocess.run(
                 [*bwrap_argv(bwrap, d), sys.executable, "-I", "-c", "pass"],
@@ -173,8 +188,223 @@ def _free_uid() -> int:
     raise SandboxUnavailable("no free uid found")
 
 
-def choose(requested: str = "auto") -> Plan:
-    """The plan for ``requested``; raises :class:`SandboxUnavailable` when an explicit level cannot run."""
+@dataclass
+class Started:
+    proc: subprocess.Popen
+    info_r: int | None = None
+
+
+class Level:
+    """One sandbox level. The same small interface at every level:
+
+    * ``name``, ``note`` (the report's first note), ``uid`` (the workers' uid, or None);
+    * :meth:`workroot` — where the workers' private folders go, and the host folder to remove afterwards;
+    * :meth:`start` — the runner (``worker.py`` of the job folder) started inside the sandbox;
+    * :meth:`stop` — the runner, its session and every process of the sandbox killed, the runner reaped;
+    * :meth:`survivors` / :meth:`kill_survivors` — processes of this level's sandboxes still alive.
+    """
+
+    name = ""
+    uid: int | None = None
+    gid: int | None = None
+
+    def __init__(self, note: str):
+        self.note = note
+
+    @property
+    def level(self) -> str:  # the name, as the reports and the job call it
+        return self.name
+
+    def workroot(self) -> tuple[str, str | None]:
+        root = tempfile.mkdtemp(prefix="attnlib-work-")
+        os.chmod(root, 0o700)
+        return root, root
+
+    def _argv(self, jobdir: Path) -> tuple[list[str], int | None, int | None]:
+        return [sys.executable, "-I", "-u", str(jobdir / "code" / "worker.py"), str(jobdir)], None, None
+
+    def start(self, jobdir: Path, memory_bytes: int, env: dict[str, str], stderr) -> Started:
+        import resource
+
+        def limits():
+            for limit, value in ((resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CORE, 0)):
+                try:
+                    resource.setrlimit(limit, (value, value))
+                except (ValueError, OSError):  # e.g. macOS cannot lower RLIMIT_AS; the timeout still applies
+                    pass
+
+        argv, info_r, info_w = self._argv(jobdir)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=str(jobdir),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                preexec_fn=limits,
+                start_new_session=True,
+                pass_fds=(info_w,) if info_w is not None else (),
+            )
+        finally:
+            if info_w is not None:
+                os.close(info_w)
+        started = Started(proc, info_r)
+        self._started(started)
+        return started
+
+    def _started(self, started: Started) -> None:
+        pass
+
+    def processes(self) -> list[int]:
+        """Host pids of the processes of this level's sandboxes (none known at the ``none`` level)."""
+        return []
+
+    def stop(self, started: Started) -> None:
+        proc = started.proc
+        for target in (-proc.pid, proc.pid):
+            try:
+                os.kill(target, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(0.005)
+        if started.info_r is not None:
+            os.close(started.info_r)
+            started.info_r = None
+        self.kill_survivors()
+        if proc.stdout:
+            proc.stdout.close()
+
+    def survivors(self) -> list[int]:
+        """Processes of this level's sandboxes that are still alive (tests assert there are none)."""
+        alive = []
+        for pid in self.processes():
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+                    if fh.read().rsplit(")", 1)[-1].split()[0] != "Z":
+                        alive.append(pid)
+            except OSError:
+                pass
+        return alive
+
+    def kill_survivors(self, rounds: int = 100) -> int:
+        """Kill whatever of this level's sandboxes is still running; returns how many processes were found."""
+        total = 0
+        for _ in range(rounds):
+            left = self.survivors()  # zombies are already dead: their parent (or the kernel) reaps them
+            if not left:
+                break
+            total += len(left)
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        return total
+
+
+class Bwrap(Level):
+    name = "bwrap"
+
+    def __init__(self, binary: str):
+        super().__init__(NOTES["bwrap"])
+        self.binary = binary
+        self.pidns: set[str] = set()  # the PID namespaces started (to look for survivors)
+
+    def workroot(self) -> tuple[str, str | None]:
+        return "/tmp", None  # the sandbox's own tmpfs
+
+    def _argv(self, jobdir: Path) -> tuple[list[str], int | None, int | None]:
+        info_r, info_w = os.pipe()
+        argv = [
+            *bwrap_argv(self.binary, str(jobdir), info_w),
+            sys.executable,
+            "-I",
+            "-u",
+            "/job/code/worker.py",
+            "/job",
+        ]
+        return argv, info_r, info_w
+
+    def _started(self, started: Started) -> None:
+        """Remember the PID namespace of the sandbox (from ``--info-fd``) to look for survivors later."""
+        import json
+        import select
+
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and b"}" not in data:
+            ready, _, _ = select.select([started.info_r], [], [], 0.2)
+            if ready:
+                chunk = os.read(started.info_r, 4096)
+                if not chunk:
+                    break
+                data += chunk
+        os.close(started.info_r)
+        started.info_r = None
+        try:
+            child = int(json.loads(data.decode())["child-pid"])
+            self.pidns.add(os.readlink(f"/proc/{child}/ns/pid"))
+        except (ValueError, KeyError, OSError, TypeError):
+            pass
+
+    def processes(self) -> list[int]:
+        return _pids(lambda pid: os.readlink(f"/proc/{pid}/ns/pid") in self.pidns)
+
+
+class Uid(Level):
+    name = "uid"
+
+    def __init__(self, uid: int, why: str):
+        super().__init__(NOTES["uid"].format(uid=uid, why=why))
+        self.uid = self.gid = uid
+
+    def workroot(self) -> tuple[str, str | None]:
+        root = tempfile.mkdtemp(prefix="attnlib-work-")
+        os.chmod(root, 0o711)
+        return root, root
+
+    def processes(self) -> list[int]:
+        def mine(pid: str) -> bool:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("Uid:"):
+                        return self.uid in [int(x) for x in line.split()[1:]]
+            return False
+
+        return _pids(mine)
+
+    def stop(self, started: Started) -> None:
+        super().stop(started)
+        remove_files_of(self.uid)
+
+
+class Unisolated(Level):
+    name = "none"
+
+
+def _pids(belongs) -> list[int]:
+    if not os.path.isdir("/proc"):
+        return []
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if belongs(entry):
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def choose(requested: str = "auto") -> Level:
+    """The level for ``requested``; raises :class:`SandboxUnavailable` when an explicit level cannot run."""
     if requested not in LEVELS:
         raise SandboxUnavailable(f"unknown sandbox level {requested!r}; choose one of {', '.join(LEVELS)}")
     linux = sys.platform.startswith("linux")
@@ -183,144 +413,19 @@ def choose(requested: str = "auto") -> Plan:
         binary = bwrap_binary()
         ok, why = bwrap_works(binary) if linux else (False, f"bubblewrap needs Linux (this is {sys.platform})")
         if ok:
-            return Plan("bwrap", NOTES["bwrap"], bwrap=binary)
+            return Bwrap(binary)
         if requested == "bwrap":
             raise SandboxUnavailable(f"--sandbox bwrap: {why}")
     else:
         why = "not requested"
     if requested in ("auto", "uid"):
         if root and linux:
-            uid = int(os.environ.get("ATTNLIB_SANDBOX_UID") or _free_uid())
-            return Plan("uid", NOTES["uid"].format(uid=uid, why=why), uid=uid, gid=uid)
+            return Uid(int(os.environ.get("ATTNLIB_SANDBOX_UID") or _free_uid()), why)
         reason = "the grader is not root" if linux else f"the uid level needs Linux (this is {sys.platform})"
         if requested == "uid":
             raise SandboxUnavailable(f"--sandbox uid: {reason}")
         why = f"{why}; {reason}"
-    return Plan("none", NOTES["none"].format(why=why if requested == "auto" else "--sandbox none"))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Starting and stopping the runner
-
-
-@dataclass
-class Started:
-    proc: subprocess.Popen
-    info_r: int | None = None
-
-
-def prepare_workroot(plan: Plan) -> tuple[str, str | None]:
-    """Where the workers' private directories go (inside bwrap: its own tmpfs), and the host folder to remove."""
-    if plan.level == "bwrap":
-        return "/tmp", None
-    root = tempfile.mkdtemp(prefix="attnlib-work-")
-    os.chmod(root, 0o711 if plan.level == "uid" else 0o700)
-    return root, root
-
-
-def start(plan: Plan, jobdir: Path, memory_bytes: int, env: dict[str, str], stderr) -> Started:
-    """Start the runner (worker.py copied into ``jobdir/code``) at the plan's level."""
-    import resource
-
-    def limits():
-        for limit, value in ((resource.RLIMIT_AS, memory_bytes), (resource.RLIMIT_CORE, 0)):
-            try:
-                resource.setrlimit(limit, (value, value))
-            except (ValueError, OSError):  # e.g. macOS cannot lower RLIMIT_AS; the timeout still applies
-                pass
-
-    info_r = info_w = None
-    if plan.level == "bwrap":
-        info_r, info_w = os.pipe()
-        argv = [*bwrap_argv(plan.bwrap, str(jobdir), info_w), sys.executable, "-I", "-u", "/job/code/worker.py", "/job"]
-    else:
-        argv = [sys.executable, "-I", "-u", str(jobdir / "code" / "worker.py"), str(jobdir)]
-    proc = subprocess.Popen(
-        argv,
-        cwd=str(jobdir),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        env=env,
-        preexec_fn=limits,
-        start_new_session=True,
-        pass_fds=(info_w,) if info_w is not None else (),
-    )
-    if info_w is not None:
-        os.close(info_w)
-    return Started(proc, info_r)
-
-
-def record_namespace(plan: Plan, started: Started) -> None:
-    """bwrap: remember the PID namespace of the sandbox (from ``--info-fd``) to look for survivors later."""
-    if started.info_r is None:
-        return
-    import json
-    import select
-
-    data = b""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and b"}" not in data:
-        ready, _, _ = select.select([started.info_r], [], [], 0.2)
-        if ready:
-            chunk = os.read(started.info_r, 4096)
-            if not chunk:
-                break
-            data += chunk
-    os.close(started.info_r)
-    started.info_r = None
-    try:
-        child = int(json.loads(data.decode())["child-pid"])
-        plan.pidns.add(os.readlink(f"/proc/{child}/ns/pid"))
-    except (ValueError, KeyError, OSError, TypeError):
-        pass
-
-
-def _processes_of(plan: Plan) -> list[int]:
-    """Host pids of processes that belong to this plan's sandboxes (bwrap: its PID namespaces; uid: its uid)."""
-    if not os.path.isdir("/proc"):
-        return []
-    me, found = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            if plan.level == "bwrap":
-                if os.readlink(f"/proc/{entry}/ns/pid") in plan.pidns:
-                    found.append(int(entry))
-            elif plan.level == "uid":
-                with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as fh:
-                    for line in fh:
-                        if line.startswith("Uid:"):
-                            if plan.uid in [int(x) for x in line.split()[1:]]:
-                                found.append(int(entry))
-                            break
-        except OSError:
-            pass
-    return found
-
-
-def stop(plan: Plan, started: Started) -> None:
-    """Kill the runner, its session, and (bwrap, uid) every process of the sandbox; reap the runner."""
-    proc = started.proc
-    for target in (-proc.pid, proc.pid):
-        try:
-            os.kill(target, signal.SIGKILL)
-        except OSError:
-            pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    time.sleep(0.005)
-    if started.info_r is not None:
-        os.close(started.info_r)
-        started.info_r = None
-    kill_survivors(plan)
-    if plan.level == "uid":
-        remove_files_of(plan.uid)
-    if proc.stdout:
-        proc.stdout.close()
+    return Unisolated(NOTES["none"].format(why=why if requested == "auto" else "--sandbox none"))
 
 
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
@@ -358,33 +463,3 @@ def remove_files_of(uid: int | None, folders: tuple[str, ...] = WORLD_WRITABLE) 
                     keep.append(name)
             dirs[:] = keep
     return removed
-
-
-def kill_survivors(plan: Plan, rounds: int = 100) -> int:
-    """Kill whatever of the plan's sandboxes is still running; returns how many processes were found."""
-    total = 0
-    for _ in range(rounds):
-        left = survivors(plan)  # zombies are already dead: their parent (or the kernel) reaps them
-        if not left:
-            break
-        total += len(left)
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.02)
-    return total
-
-
-def survivors(plan: Plan) -> list[int]:
-    """Processes of the plan's sandboxes that are still alive (tests assert there are none)."""
-    alive = []
-    for pid in _processes_of(plan):
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-                if fh.read().rsplit(")", 1)[-1].split()[0] != "Z":
-                    alive.append(pid)
-        except OSError:
-            pass
-    return alive

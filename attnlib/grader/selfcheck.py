@@ -6,13 +6,14 @@ the weights should sum to 1.00 but row (0,) sums to 1.12: did you normalise over
 
 This is for feedback only: it runs in the same process as the code it checks, so it could be fooled. Scores
 come from ``attnlib grade``, which runs submissions in a separate, limited process. Both use the same checks
-(:mod:`attnlib.grader.exercises`) and the same diagnosis (:mod:`attnlib.grader.diagnose`).
+(:mod:`attnlib.grader.exercises`) and the same scoring path (:mod:`attnlib.grader.scoring`).
 """
 
 from __future__ import annotations
 
-from . import diagnose, guard
-from .exercises import ARG_NAMES, BY_ENTRY, EXERCISES, Case, Exercise
+from . import record as _recorder
+from . import scoring
+from .exercises import BY_ENTRY, EXERCISES, Case, Exercise
 from .invoke import SubmissionError, run_case
 
 SEED = 2024
@@ -30,34 +31,23 @@ def _as_dict(case: Case) -> dict:
     }
 
 
-class _Lazy:
-    """An exercise's known-mistake outputs for one check, computed only if the check fails."""
-
-    def __init__(self, ex: Exercise, case: Case):
-        self.ex, self.case, self._items = ex, case, None
-
-    def __iter__(self):
-        if self._items is None:
-            self._items = self.ex.mistakes(self.case)
-        return iter(self._items)
-
-
 def run_checks(
     ex: Exercise, target, seed: int = SEED, *, record: bool = True
 ) -> tuple[int, int, list[tuple[str, str]], list[str]]:
     """(passed, total, [(check, message) for failures], forbidden calls) for ``target`` on ``ex``'s checks.
 
     ``seed`` draws the checks' inputs (the grader's seed gives the grader's inputs); ``record=False`` skips
-    recording library calls (the tests' seed sweep, which runs only trusted code)."""
+    recording library calls (the tests' seed sweep, which runs only trusted code). Each check is judged by
+    :mod:`attnlib.grader.scoring`, the grader's own path."""
     cases = ex.cases(ex.rng(seed))
     failures: list[tuple[str, str]] = []
     passed = 0
-    saved = guard.install() if record else None
+    saved = _recorder.install() if record else None
     called: set[str] = set()
     try:
         for case in cases:
             try:
-                with guard.recording() as calls:
+                with _recorder.recording() as calls:
                     try:
                         outputs = run_case(target, ex.kind, list(ex.returns), _as_dict(case))
                     finally:
@@ -69,26 +59,17 @@ def run_checks(
                 failures.append((case.name, str(err)))
                 continue
             except Exception as err:  # noqa: BLE001 - any error of the learner's code is feedback
-                failures.append((case.name, diagnose.error_message(f"{type(err).__name__}: {err}", ex.raises(case))))
+                failures.append((case.name, scoring.error_case(ex, case, f"{type(err).__name__}: {err}")[0]))
                 continue
-            ok, message = diagnose.judge(
-                case.args,
-                ARG_NAMES.get(ex.entry, ()),
-                outputs,
-                ex.expect(case),
-                _Lazy(ex, case),
-                distribution=ex.distribution,
-                magnitude=case.magnitude,
-            )
+            ok, message, _ = scoring.judge_case(ex, case, ex.expect(case), outputs)
             if ok:
                 passed += 1
             else:
                 failures.append((case.name, message))
     finally:
         if record:
-            guard.uninstall(saved)
-    used = sorted(c for c in called if any(c == f or c.startswith(f + ".") for f in ex.forbidden))
-    return passed, len(cases), failures, used
+            _recorder.uninstall(saved)
+    return passed, len(cases), failures, _recorder.forbidden(called, ex.forbidden)
 
 
 def check(entry: str, target) -> None:

@@ -196,6 +196,7 @@ EXERCISES = [
         mistakes=bert_mistakes,
         distribution="weights",
         arg_names=ARGS,
+        provides=("attnlib.MultiHeadAttention",),
     ),
     Exercise(
         key="14.2",
@@ -224,6 +225,7 @@ EXERCISES = [
         mistakes=bert_mistakes,
         distribution="weights",
         arg_names=ARGS,
+        provides=("attnlib.MultiHeadAttention",),
         style="fix",
     ),
 ]

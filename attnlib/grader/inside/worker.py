@@ -1,28 +1,27 @@
-"""Inside the sandbox: the only place submitted code runs.
+"""The runner and its workers: the only place submitted code runs.
 
-The grading process (:mod:`attnlib.grader.engine`) copies this file and :mod:`attnlib.grader.invoke` and
-:mod:`attnlib.grader.guard` into a fresh job folder and starts it as a script, ``python -I -u worker.py JOB``,
-inside the sandbox chosen by :mod:`attnlib.grader.sandbox` (bubblewrap, a dropped uid, or nothing). It imports
-nothing from attnlib itself; under bubblewrap only the attnlib package (read-only, for exercises that build on
-the library) is visible of the course.
+The grading process (:mod:`attnlib.grader.engine`) copies the files of this folder (and nothing else of the
+course) into a fresh job folder and starts this one as a script, ``python -I -u worker.py JOB``, inside the
+sandbox level chosen by :mod:`attnlib.grader.sandbox`. It imports nothing from attnlib (see the package's
+docstring); the job folder holds the checks' inputs (``.npy``, JSON) and, for an exercise that is handed part of
+the course's library as infrastructure, that part (``lib/``), put on ``sys.path`` for that exercise only.
 
-This process (the *runner*) makes itself non-dumpable (so nothing it starts can open its ``/proc`` files or
-attach to it), imports torch once, loads the checks' inputs (``.npy``, ``allow_pickle=False``), and then, per
-exercise, forks a fresh *worker* that
+This process (the *runner*) makes itself non-dumpable, imports torch once, loads the inputs
+(``allow_pickle=False``) and then, per exercise, forks a fresh *worker* that
 
 1. starts its own session, points stdin/stdout/stderr at /dev/null, closes every other file descriptor but its
-   result pipe, enters a private empty directory, drops to the unprivileged uid (uid level), sets
-   ``PR_SET_NO_NEW_PRIVS`` and rlimits (file size, processes, CPU time, open files);
-2. *poisons* the exercise's forbidden entry points (torch's softmax / attention functions, the matching
-   ``torch.ops.aten`` operators, other libraries' versions, attnlib) with functions that raise, before any
-   submitted statement runs, and again after the definitions have loaded (for modules they imported);
-3. executes the statements the exercise needs, statement by statement, and calls the learner's code on every
-   check, writing one JSON line per check to the pipe: outputs as base64 ``.npy`` bytes (or a JSON scalar for
-   value answers).
+   result pipe, enters a fresh private directory under a random name, drops to the unprivileged uid (uid level),
+   sets ``PR_SET_NO_NEW_PRIVS`` and rlimits (file size, CPU time, open files, processes; the exercise's memory
+   budget as its address space on top of what the runner already holds);
+2. sets the exercise's traps (:mod:`traps`: dispatcher kernels and poisoned names for its forbidden families,
+   an audit hook) before any submitted statement runs, and poisons again after loading what it imported;
+3. executes the statements the exercise needs and calls the learner's code on every check, writing one JSON line
+   per check to the pipe: outputs as base64 ``.npy`` bytes.
 
-When a worker is done (or its time is up) the runner kills it and every process it left behind, then forks the
-next one. The runner decides nothing: what it relays is validated and judged by the grading process, which also
-keeps its own deadline per exercise and restarts the sandbox if the runner is killed or stopped.
+When a worker is done (or its time is up) the runner kills it and every process it left behind, and empties the
+writable places (its tmpfs and /dev/shm under bubblewrap, the private work folder elsewhere), so that the next
+exercise starts from a fresh state whatever the last one did to the space or the inodes there. The runner
+decides nothing: what it relays is validated and judged by the grading process, which keeps its own deadline.
 """
 
 from __future__ import annotations
@@ -34,12 +33,15 @@ import json
 import linecache
 import os
 import resource
+import secrets
 import selectors
+import shutil
 import signal
+import stat
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # invoke.py and guard.py, copied beside this file
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # traps.py, policy.py, invoke.py beside this file
 
 import numpy as np  # noqa: E402
 
@@ -67,107 +69,19 @@ COMMON_MODULES = (
 )
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
 
-from guard import FAMILIES, LIBRARIES, family_of  # noqa: E402
+import traps  # noqa: E402
+from traps import HITS, apply_poison, find_targets  # noqa: E402
 
-
-class ForbiddenCall(Exception):
-    """Raised by a poisoned entry point."""
-
-
-HITS: list[str] = []
-
-
-class _Poison:
-    """Stands in for a forbidden entry point: calling it (or an overload, ``torch.ops.aten.softmax.int``) raises."""
-
-    __slots__ = ("label",)
-    __attnlib_poison__ = True
-
-    def __init__(self, label: str):
-        self.label = label
-
-    def __call__(self, *args, **kwargs):
-        HITS.append(self.label)
-        raise ForbiddenCall(f"{self.label} may not be used in this exercise")
-
-    def __getattr__(self, name: str):
-        return self
-
-
-def find_targets(families: set[str], done: set[int], torch_too: bool = True) -> list[tuple[object, str, str]]:
-    """(owner, attribute, label) of every forbidden entry point of the families among the imported library
-    modules not in ``done`` (their ids are added), and of ``torch.Tensor`` and ``torch.ops``."""
-    patterns = [FAMILIES[f] for f in families if f in FAMILIES]
-    out: list[tuple[object, str, str]] = []
-
-    def hit(name: str) -> bool:
-        return any(p.search(name) for p in patterns)
-
-    for modname, module in list(sys.modules.items()):
-        if module is None or id(module) in done:
-            continue
-        top = modname.split(".")[0]
-        if top == "attnlib":
-            if "attnlib" in families:
-                done.add(id(module))
-                out += [
-                    (module, name, f"{modname}.{name}")
-                    for name, value in list(vars(module).items())
-                    if callable(value) and not name.startswith("__")
-                ]
-            continue
-        if top not in LIBRARIES or not patterns:
-            continue
-        done.add(id(module))
-        out += [
-            (module, name, f"{modname}.{name}")
-            for name, value in list(vars(module).items())
-            if hit(name) and callable(value) and not isinstance(value, _Poison)
-        ]
-    if torch_too and patterns and "torch" in sys.modules:
-        import torch
-
-        for owner, label in ((torch.Tensor, "torch.Tensor"), (torch.nn.Module, "torch.nn.Module")):
-            # inherited names too: Tensor.softmax comes from the C base class, which cannot be changed itself
-            out += [(owner, name, f"{label}.{name}") for name in dir(owner) if hit(name)]
-        try:
-            ops = torch._C._dispatch_get_all_op_names()
-        except Exception:  # noqa: BLE001 - an older torch: the module attributes above still apply
-            ops = []
-        for op in ops:
-            ns, _, rest = op.partition("::")
-            base = rest.split(".")[0]
-            if ns in ("aten", "quantized") and hit(base):
-                out.append((getattr(torch.ops, ns), base, f"torch.ops.{ns}.{base}"))
-    return out
-
-
-def apply_poison(targets: list[tuple[object, str, str]]) -> int:
-    count = 0
-    for owner, name, label in targets:
-        try:
-            if not isinstance(vars(owner).get(name), _Poison):
-                setattr(owner, name, _Poison(label))
-                count += 1
-        except Exception:  # noqa: BLE001 - an attribute that cannot be set: the static scan still applies
-            pass
-    return count
-
-
-def poison(families: set[str], done: set[int]) -> int:
-    """Replace every forbidden entry point reachable from the imported library modules; returns how many."""
-    if not families:
-        return 0
-    return apply_poison(find_targets(families, done))
-
-
-# The runner finds the targets once for every family (before forking), so that each worker only applies them.
+# The runner finds the poison targets once per family (before forking), so that each worker only applies them.
 PRECOMPUTED: dict[str, list[tuple[object, str, str]]] = {}
 SCANNED: set[int] = set()
+MEMORY_BUDGET = "MemoryBudget"  # the prefix of an error that is the exercise's memory budget running out
 
 
 def precompute() -> None:
-    for fam in (*FAMILIES, "attnlib"):
+    from policy import FAMILIES
+
+    for fam in FAMILIES:
         done: set[int] = set()
         PRECOMPUTED[fam] = find_targets({fam}, done)
         SCANNED.update(done)
@@ -197,13 +111,22 @@ def _case(raw, arrays):
     }
 
 
-def _describe(err: BaseException) -> str:
+def _describe(err: BaseException, budget: int | None = None) -> str:
     try:
         text = str(err)
     except BaseException:  # noqa: BLE001 - a hostile __str__
         text = "<unprintable>"
     name = type(err).__name__ if isinstance(type(err).__name__, str) else "Exception"
-    return f"{name}: {text}"[:400]
+    if budget and (isinstance(err, MemoryError) or "can't allocate memory" in text or "not enough memory" in text):
+        name = f"{MEMORY_BUDGET} {budget}: {name}"
+    line = ""
+    tb = err.__traceback__
+    while tb is not None:  # the last line of the submission's own code that the error went through
+        name_of = tb.tb_frame.f_code.co_filename
+        if name_of.startswith(traps.SUBMISSION_PREFIX):
+            line = f" [{name_of.strip('<>')}, line {tb.tb_lineno} of the statement]"
+        tb = tb.tb_next
+    return f"{name}: {text}"[:400] + line
 
 
 def send_raw(fd: int, obj: dict) -> None:
@@ -228,6 +151,18 @@ def _limit(which: int, value: int) -> None:
         resource.setrlimit(which, (value, value))
     except (ValueError, OSError):
         pass
+
+
+def _address_space() -> int:
+    """Bytes of address space this process holds now (VmSize), 0 when unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _drop_privileges(job: dict, home: str) -> None:
@@ -267,10 +202,12 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
         _limit(resource.RLIMIT_CPU, int(job["timeout"]) + 2)
         if job["level"] == "uid":
             _limit(resource.RLIMIT_NPROC, 64)
+        budget = exercise.get("memory_bytes")
+        if budget:
+            _limit(resource.RLIMIT_AS, _address_space() + int(budget))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        import guard
         import torch
-        from invoke import run_case, value_output
+        from invoke import run_case
 
         torch.set_num_threads(1)
         sys.setrecursionlimit(5000)
@@ -282,17 +219,24 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
             while view:
                 view = view[write(pipe_w, view) :]
 
-        families = {f for f in (family_of(c) for c in exercise.get("forbidden", [])) if f}
+        families = set(exercise.get("families", []))
         done = set(SCANNED)
         if families:
             apply_poison([t for f in sorted(families) for t in PRECOMPUTED.get(f) or find_targets({f}, set())])
-        before = guard.snapshot()
+            traps.trap_operators(families)
+        for folder in exercise.get("provides", []):  # part of the course handed to this exercise as infrastructure
+            sys.path.insert(0, os.path.join(job["jobdir"], "lib", folder))
+        traps.install_audit_hook(families)
+        for folder in exercise.get("provides", []):
+            traps.allow_import(folder.split("-")[0])
+        before = traps.snapshot()
         namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}
         problems = []
-        for n, (label, code) in enumerate(exercise["statements"]):
+        traps.arm()
+        for label, code in exercise["statements"]:
             # Each statement's source goes into linecache under its own name, as IPython does for a cell:
             # inspect.getsource needs it, and @triton.jit refuses a function without source (exercise 13.3).
-            filename = f"<{label}, statement {n + 1}>"
+            filename = f"<{label}>"
             linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
             try:
                 exec(compile(code, filename, "exec"), namespace)  # noqa: S102 - this is the sandbox
@@ -308,22 +252,20 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
                 error, outputs = None, {}
                 hits = len(HITS)
                 try:
-                    if exercise["kind"] == "value":
-                        outputs = {"out": value_output(target)}
-                    else:
-                        outputs = run_case(target, exercise["kind"], exercise["returns"], case)
+                    outputs = run_case(target, exercise["kind"], exercise["returns"], case)
                 except BaseException as err:  # noqa: BLE001
-                    error = _describe(err)
+                    error = _describe(err, budget)
                 if len(sys.modules) != modules and families:
                     apply_poison(find_targets(families, done, torch_too=False))
                     modules = len(sys.modules)
                 encoded = {}
-                for k, v in outputs.items():
-                    encoded[k] = {"json": v} if isinstance(v, (bool, int, float, str)) else {"npy": _encode(v)}
+                try:
+                    for k, v in outputs.items():
+                        encoded[k] = {"npy": _encode(v)}
+                except BaseException as err:  # noqa: BLE001 - e.g. the memory budget while encoding
+                    encoded, error = {}, _describe(err, budget)
                 send({"event": "case", "i": i, "error": error, "calls": sorted(set(HITS[hits:])), "outputs": encoded})
-                if exercise["kind"] == "value":
-                    break
-        patched = guard.changed(before, guard.snapshot(), set())
+        patched = traps.changed(before, traps.snapshot(), set())
         send({"event": "finished", "patched": patched[:10], "calls": sorted(set(HITS))[:10]})
         os._exit(0)
     except BaseException as err:  # noqa: BLE001
@@ -385,6 +327,26 @@ def clean_up(level: str, uid: int | None, pgid: int) -> int:
             break
         time.sleep(0.01)
     return killed
+
+
+def wipe(folder: str) -> None:
+    """Remove everything inside ``folder`` (not the folder): links are removed, never followed; folders a worker
+    made unreadable are opened up first (the runner owns them, or is root)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        path = entry.path
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                os.chmod(path, stat.S_IRWXU)
+                wipe(path)
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _reap() -> None:
@@ -459,6 +421,7 @@ def main(jobdir: str) -> int:
 
     with open(os.path.join(jobdir, "job.json"), encoding="utf-8") as fh:
         job = json.load(fh)
+    job["jobdir"] = jobdir
     arrays = {name: np.load(os.path.join(jobdir, "inputs", name), allow_pickle=False) for name in job["arrays"]}
     # Everything a worker needs is imported now: after dropping to the sandbox uid it may not read the
     # interpreter's files any more (the uid level), and nothing is imported from a place it could have changed.
@@ -468,7 +431,6 @@ def main(jobdir: str) -> int:
     import math  # noqa: F401
     import traceback  # noqa: F401
 
-    import guard
     import invoke  # noqa: F401
     import torch  # noqa: F401 - imported once here, shared by every forked worker
     import torch.nn.functional  # noqa: F401
@@ -479,17 +441,20 @@ def main(jobdir: str) -> int:
         except ImportError:
             pass
 
-    guard.snapshot()
+    traps.snapshot()
     _prctl(0, 0)  # loads libc for ctypes now
     precompute()
 
     workroot = job["workroot"]
+    scratch = [workroot, "/dev/shm"] if job["level"] == "bwrap" else [workroot]  # noqa: S108 - the sandbox's own
     emit({"event": "ready", "level": job["level"], "uid": os.getuid()})
-    for n, exercise in enumerate(job["exercises"]):
+    for exercise in job["exercises"]:
         cases = [_case(c, arrays) for c in exercise["cases"]]
         emit({"event": "start", "key": exercise["key"]})
-        home = os.path.join(workroot, f"w{n}")
+        home = os.path.join(workroot, "w" + secrets.token_hex(8))  # a name the last worker could not guess
         status, detail = _run_one(job, exercise, cases, home, emit)
+        for folder in scratch:  # every process of the last worker is dead: nothing can race this
+            wipe(folder)
         emit({"event": "end", "key": exercise["key"], "status": status, "detail": detail})
     emit({"event": "done"})
     return 0

@@ -1,0 +1,144 @@
+"""Supervision of the sandbox: the job folder, starting the runner, its clock, and what came back per exercise.
+
+The job folder holds only what the sandbox may see: the files of :mod:`attnlib.grader.inside`, the checks'
+inputs (``inputs/*.npy`` and ``job.json``) and, for the exercises that declare it (``Exercise.provides``), the
+parts of the course's library handed to the learner as infrastructure (:data:`INFRASTRUCTURE`), which hold no
+answers of any exercise that may use them. This process keeps its own clock: the runner must be ready within
+:data:`STARTUP_S`, and each exercise must end within its timeout plus :data:`GRACE_S`; otherwise the whole sandbox
+is killed, the exercise that was running is marked as timed out, and the caller starts a new sandbox for the rest.
+Nothing the runner sends is trusted beyond its framing: keys must be ones this job sent and lines are
+size-limited; every output is validated later (:mod:`attnlib.grader.wire`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from . import sandbox
+from .inside import FILES
+from .inside import HERE as INSIDE
+
+GIB = 1 << 30
+MAX_LINE = 40_000_000
+STARTUP_S = 120.0  # the runner must be ready (torch imported) within this
+GRACE_S = 5.0  # beyond an exercise's timeout, for the runner's fork and clean-up
+LIBRARY = Path(__file__).resolve().parents[1]  # the attnlib package
+
+# name -> (files of attnlib copied, the package's __init__): what an exercise may be handed as infrastructure.
+INFRASTRUCTURE = {
+    "attnlib.MultiHeadAttention": (
+        ("_checks.py", "functional.py", "masks.py", "modules.py"),
+        '"""The part of attnlib that set 14 hands the learner: the multi-head module of set 08."""\n\n'
+        "from .modules import MultiHeadAttention  # noqa: F401\n",
+    ),
+}
+
+
+def infrastructure_folder(name: str) -> str:
+    return name.replace(".", "-")
+
+
+def job_folder(provides: set[str]) -> Path:
+    """A fresh job folder with the sandbox's code, an empty folder (bwrap hides installed copies of attnlib under
+    it) and the infrastructure the job's exercises are handed."""
+    jobdir = Path(tempfile.mkdtemp(prefix="attnlib-job-"))
+    os.chmod(jobdir, 0o755)  # read-only for the sandbox (bwrap binds it read-only; the uid level reads as root)
+    for sub in ("inputs", "code", "empty", "lib"):
+        (jobdir / sub).mkdir()
+    for name in FILES:
+        shutil.copyfile(Path(INSIDE) / name, jobdir / "code" / name)
+    for name in sorted(provides):
+        files, init = INFRASTRUCTURE[name]
+        package = jobdir / "lib" / infrastructure_folder(name) / name.split(".")[0]
+        package.mkdir(parents=True)
+        for f in files:
+            shutil.copyfile(LIBRARY / f, package / f)
+        (package / "__init__.py").write_text(init, encoding="utf-8")
+    for folder, dirs, files in os.walk(jobdir):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), 0o755)
+        for f in files:
+            os.chmod(os.path.join(folder, f), 0o644)
+    return jobdir
+
+
+def run(jobdir: Path, job: dict, timeout: float, memory_gib: float, level: sandbox.Level, deadline_s: float):
+    """Run the runner on ``job``; returns (per-exercise ``{"lines", "status", "detail"}``, started: whether the
+    runner said it was ready, the runner's stderr tail)."""
+    workroot, host_workroot = level.workroot()
+    job = {**job, "level": level.name, "uid": level.uid, "gid": level.gid, "workroot": workroot}
+    (jobdir / "job.json").write_text(json.dumps(job), encoding="utf-8")
+    os.chmod(jobdir / "job.json", 0o644)
+    env = {"PATH": "/usr/bin:/bin", "HOME": workroot, "TMPDIR": workroot, "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}
+    keys = [e["key"] for e in job["exercises"]]
+    per: dict[str, dict] = {}
+    current, ready = None, False
+    logdir = Path(tempfile.mkdtemp(prefix="attnlib-log-"))
+    stderr_path = logdir / "runner.stderr"
+    try:
+        with open(stderr_path, "wb") as err:
+            started = level.start(jobdir, int(memory_gib * GIB), env, err)
+            proc = started.proc
+            deadline = time.monotonic() + min(STARTUP_S, max(1.0, deadline_s - time.monotonic()))
+            sel = selectors.DefaultSelector()
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            buf = b""
+            try:
+                while True:
+                    left = min(deadline, deadline_s) - time.monotonic()
+                    if left <= 0:
+                        if current is not None:
+                            per[current]["status"] = "timeout"
+                            per[current]["detail"] = f"after {timeout:g} s"
+                        break
+                    if not sel.select(left):
+                        continue
+                    chunk = os.read(proc.stdout.fileno(), 1 << 16)
+                    if not chunk:
+                        break
+                    buf += chunk
+                    if len(buf) > MAX_LINE:
+                        break
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        try:
+                            event = json.loads(line)
+                        except (ValueError, RecursionError):
+                            continue
+                        kind = event.get("event") if isinstance(event, dict) else None
+                        key = event.get("key") if isinstance(event, dict) else None
+                        if kind == "ready":
+                            ready = True
+                            deadline = time.monotonic() + timeout + GRACE_S
+                        elif kind == "start" and key in keys and key not in per and current is None:
+                            current = key
+                            per[key] = {"lines": [], "status": None, "detail": ""}
+                            deadline = time.monotonic() + timeout + GRACE_S
+                        elif kind == "worker" and key == current:
+                            text = event.get("line")
+                            if isinstance(text, str) and len(per[key]["lines"]) < 10_000:
+                                per[key]["lines"].append(text)
+                        elif kind == "end" and key == current:
+                            per[key]["status"] = str(event.get("status"))[:40]
+                            per[key]["detail"] = str(event.get("detail", ""))[:200]
+                            current = None
+                            deadline = time.monotonic() + timeout + GRACE_S
+                        elif kind == "done":
+                            deadline = min(deadline, time.monotonic() + 5)
+            finally:
+                sel.close()
+                level.stop(started)
+    finally:
+        if host_workroot:
+            shutil.rmtree(host_workroot, ignore_errors=True)
+    if current is not None and per[current]["status"] is None:
+        per[current]["status"] = "runner died"
+    tail = stderr_path.read_bytes()[-2000:].decode("utf-8", "replace")
+    shutil.rmtree(logdir, ignore_errors=True)
+    return per, ready, tail
