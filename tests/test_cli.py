@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -62,3 +63,34 @@ def test_notebook_runner_raises_on_a_failing_cell(tmp_path):
     _tiny_notebook(path, "1 / 0")
     with pytest.raises(CellExecutionError, match="ZeroDivisionError"):
         notebooks.execute(path, write=False)
+
+
+def test_grade_a_folder_that_does_not_exist_or_holds_no_exercise_exits_non_zero(tmp_path, capsys):
+    """Nothing to grade is said, with exit status 5 (it used to print "total 0.00/0" and exit 0)."""
+    missing = tmp_path / "no-such-folder"
+    assert cli.run(["grade", str(missing), "--out", str(tmp_path / "r1")]) == 5
+    captured = capsys.readouterr()
+    assert "nothing to grade" in captured.err and "no such file or folder" in captured.err
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.ipynb").write_text("{}")
+    assert cli.run(["grade", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 5
+    assert "no exercise notebook" in capsys.readouterr().err
+
+
+def test_grade_in_a_read_only_place_writes_the_report_elsewhere_and_says_where(tmp_path, capsys, monkeypatch):
+    from attnlib.grader import report
+
+    real = report.write_folder
+
+    def read_only(folder, files):
+        if str(folder).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied")
+        return real(folder, files)
+
+    monkeypatch.setattr(report, "write_folder", read_only)
+    code = cli.run(["grade", str(tmp_path / "missing"), "--out", str(tmp_path / "report")])
+    out = capsys.readouterr().out
+    assert code == 5 and "Traceback" not in out
+    assert "cannot write the report to" in out and "writing it to" in out
+    where = out.split("writing it to ", 1)[1].split(" instead", 1)[0]
+    assert (Path(where) / "results.json").is_file()

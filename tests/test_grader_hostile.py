@@ -50,6 +50,19 @@ UID_LEVEL = [
     "forge_result_lines",
     "write_files",
     "shortcut_distributions",
+    "fs_plant_next_homes",
+]
+# the routes to a forbidden implementation that the static scan refuses by spelling: graded again with the scan
+# switched off, to show that the sandbox's traps (dispatcher kernels, poisoned names, the audit hook) and the
+# missing attnlib stop each of them on their own
+UNSCANNED = [
+    "shortcut_base_class_dunder",
+    "shortcut_variable_functions",
+    "shortcut_builtins_exec",
+    "shortcut_attnlib_sys_modules",
+    "shortcut_private_torch",
+    "shortcut_torch_ops",
+    "knowledge_read_grader",
 ]
 # at the uid level these attacks are refused outright (the runner is root): the check fails for that reason
 UID_EXPECT = {"kill_parent": "PermissionError", "proc_kill_everything": "expected a torch.Tensor"}
@@ -132,6 +145,10 @@ def _grade(subs: dict[str, list[Path]], report_dir: Path, level: str) -> dict:
     plan = sandbox.choose(level)
     start = time.monotonic()
     reports = grade_many(list(subs.values()), Options(**OPTS, sandbox=level), plan=plan)
+    if "report_injection" in by_name_of(subs, reports):
+        injected = report.contents(by_name_of(subs, reports)["report_injection"])
+    else:
+        injected = {}
     seconds = time.monotonic() - start
     by_name = dict(zip(subs, reports, strict=True))
     # the real report is written after grading, into a fresh folder over anything planted there
@@ -152,8 +169,13 @@ def _grade(subs: dict[str, list[Path]], report_dir: Path, level: str) -> dict:
         "unchanged": before == {p: p.read_bytes() for p in files},
         "course_changed": sorted(k for k, v in _course_digest().items() if course.get(k) != v),
         "report_dir": report_dir,
-        "survivors": sandbox.survivors(plan),
+        "survivors": plan.survivors(),
+        "injected": injected,
     }
+
+
+def by_name_of(subs, reports):
+    return dict(zip(subs, reports, strict=True))
 
 
 def _require_bwrap() -> None:
@@ -204,7 +226,7 @@ def test_hostile_submission_loses_only_the_attacked_exercise(graded, path):
 def test_the_corpus_covers_every_class_of_attack():
     classes = [_header(p)["class"] for p in SUBMISSIONS]
     assert len(SUBMISSIONS) >= 25
-    for kind in ("classic", "file-system", "processes", "self-report", "shortcut", "reports"):
+    for kind in ("classic", "file-system", "processes", "self-report", "shortcut", "reports", "knowledge"):
         assert classes.count(kind) >= 1, kind
 
 
@@ -215,6 +237,7 @@ def test_grading_the_corpus_is_bounded_and_ran_in_bubblewrap(graded):
     rep = graded["reports"]["write_files"]
     assert rep.level == "bwrap" and "bubblewrap" in rep.notes[0]
     assert graded["plan"].pidns, "the sandboxes' PID namespaces were not recorded: the survivor check would be empty"
+    assert "no course or grader files" in rep.notes[0]
 
 
 def test_syntax_error_and_missing_function(graded):
@@ -291,11 +314,12 @@ def graded_uid(tmp_path_factory):
             os.environ["ATTNLIB_BWRAP"] = old
     # what the workers could create at all, empty files and links in world-writable folders, was removed
     out["planted"] = [
-        p
+        Path(top, name)
         for folder in sandbox.WORLD_WRITABLE
         if os.path.isdir(folder)
-        for p in Path(folder).rglob("*")
-        if _owner(p) == out["plan"].uid
+        for top, dirs, files in os.walk(folder, onerror=lambda err: None)  # other runs come and go in /tmp
+        for name in dirs + files
+        if _owner(Path(top, name)) == out["plan"].uid
     ]
     return out
 
@@ -305,6 +329,7 @@ def test_uid_level_contains_file_and_process_attacks(graded_uid, name):
     rep = graded_uid["reports"][name]
     res = _results(rep)
     assert rep.level == "uid" and "bubblewrap was not available" in rep.notes[0]
+    assert "UNFIT FOR GRADING A CLASS" in rep.notes[0]
     expect = UID_EXPECT.get(name) or _header(ROOT / "tests" / "submissions" / f"{name}.py")["expect"]
     assert res["03.1"].score == 0 and expect in res["03.1"].message, res["03.1"].message
     assert res["03.2"].score == res["03.2"].max_score, res["03.2"].message
@@ -365,7 +390,184 @@ def test_not_root_without_bwrap_grades_anyway_and_says_it_was_not_isolated(tmp_p
         proc = _as_unprivileged(tmp, "--sandbox", "uid")
         assert proc.returncode == 3, proc.stdout + proc.stderr
         results = json.loads((tmp / "report" / "results.json").read_text())
-        assert results["extra_data"]["status"] == "sandbox unavailable" and results["score"] == 0
+        assert results["extra_data"]["status"] == "sandbox unavailable" and "score" not in results  # not a grade
         assert "not root" in results["output"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The sandbox on its own: the scan switched off
+
+
+@pytest.fixture(scope="module")
+def graded_unscanned(tmp_path_factory):
+    _require_bwrap()
+    from unittest import mock
+
+    from attnlib.grader import engine
+
+    tmp = tmp_path_factory.mktemp("hostile-unscanned")
+    subs, report_dir = _build(tmp, UNSCANNED)
+    with mock.patch.object(engine, "forbidden_uses", lambda tree, entry, forbidden: []):
+        reports = grade_many(list(subs.values()), Options(**OPTS, sandbox="bwrap"))
+    return dict(zip(subs, reports, strict=True))
+
+
+@pytest.mark.parametrize("name", UNSCANNED)
+def test_forbidden_routes_are_unreachable_in_the_sandbox_even_unscanned(graded_unscanned, name):
+    """Each route gave full marks on the main branch before this change (the C-level base class, the
+    _VariableFunctions table, builtins and exec, the course's attnlib removed from sys.modules, the grader's
+    files): with the static scan switched off the sandbox alone now refuses it, and only that exercise is lost."""
+    res = _results(graded_unscanned[name])
+    assert res["03.1"].score == 0, res["03.1"].message
+    assert res["03.2"].score == res["03.2"].max_score, res["03.2"].message
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reports safe to render
+
+
+def test_submitted_text_is_escaped_in_every_report_format(graded):
+    import xml.etree.ElementTree as ET
+
+    files = graded["injected"]
+    assert set(files) == {"results.json", "junit.xml", "classroom.json", "summary.md"}
+    ET.fromstring(files["junit.xml"].encode("utf-8"))  # always parses
+    for name, text in files.items():
+        bad = [c for c in text if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
+        bad += [c for c in text if 0x202A <= ord(c) <= 0x202E or 0xD800 <= ord(c) <= 0xDFFF]
+        assert not bad, (name, bad[:5])
+        assert "\\u001b" not in text and "\\u0000" not in text and "\\u202e" not in text.lower(), name
+    summary = files["summary.md"]
+    assert "<script" not in summary and "![" not in summary and "</failure>" not in summary
+    results = json.loads(files["results.json"])
+    assert "FULL MARKS" in results["tests"][0]["output"]  # the text is kept, made harmless
+    assert len(max((t["output"] for t in results["tests"]), key=len)) <= 2100
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bounded work before the sandbox
+
+
+def _notebook_with(folder: Path, cells: list[str]) -> Path:
+    nb = nbformat.read(SOLUTION, as_version=4)
+    nb.cells.extend(nbformat.v4.new_code_cell(c) for c in cells)
+    folder.mkdir(parents=True)
+    path = folder / "03_softmax.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_generated_huge_notebooks_are_scanned_in_bounded_time(tmp_path):
+    """20,000 chained definitions and a cell of 30,000 getattr calls: the scan is linear (on the main branch
+    before this change neither finished within 180 s)."""
+    from attnlib.grader import notebook
+
+    n = 20_000
+    chain = "def f0(x):\n    return x\n" + "\n".join(f"def f{i}(x):\n    return f{i - 1}(x)" for i in range(1, n + 1))
+    chain += f"\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    return f{n}(x)\n"
+    getattrs = "def stable_softmax(x, dim=-1, temperature=1.0):\n    y = x\n"
+    getattrs += "".join(f"    y = getattr(y, 'clone')()  # {i}\n" for i in range(30_000)) + "    return y\n"
+    for source in (chain, getattrs):
+        start = time.monotonic()
+        src = notebook.definitions([source])
+        uses = notebook.forbidden_uses(src.tree, "stable_softmax", ("torch.softmax",))
+        needed = notebook.needed_statements(src, "stable_softmax")
+        assert time.monotonic() - start < 60, "the scan is not linear"
+        assert needed and uses == []
+
+
+def test_a_huge_notebook_is_graded_within_the_budget(tmp_path):
+    _require_bwrap()
+    n = 20_000
+    chain = "def f0(x):\n    return x\n" + "\n".join(f"def f{i}(x):\n    return f{i - 1}(x)" for i in range(1, n + 1))
+    path = _notebook_with(
+        tmp_path / "chain", [chain, f"def stable_softmax(x, dim=-1, temperature=1.0):\n    return f{n}(x)"]
+    )
+    start = time.monotonic()
+    rep = grade_many([[path]], Options(**OPTS, sandbox="bwrap", budget_s=120))[0]
+    assert time.monotonic() - start < 150
+    res = _results(rep)
+    assert res["03.1"].score == 0 and res["03.2"].score == res["03.2"].max_score
+
+
+def test_the_time_budget_reports_what_was_not_graded(tmp_path):
+    _require_bwrap()
+    rep = grade_many([[SOLUTION]], Options(**OPTS, sandbox="bwrap", budget_s=0))[0]
+    assert rep.status == "not graded" and all(r.status == "not graded" for r in rep.results)
+    assert all("time budget" in r.message for r in rep.results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Honest code is read as the notebook meant it
+
+
+def test_magics_are_stripped_as_ipython_does_and_continuation_lines_are_kept(tmp_path):
+    _require_bwrap()
+    body = (
+        "%time pass\n"
+        "def stable_softmax(x, dim=-1, temperature=1.0):\n"
+        "    fine = (\n"
+        "        dim\n"
+        "        != -100\n"
+        "    )\n"
+        "    assert fine\n"
+        "    z = x / temperature\n"
+        "    e = torch.exp(z - z.amax(dim=dim, keepdim=True))\n"
+        "    return e / e.sum(dim=dim, keepdim=True)\n"
+    )
+    path = _notebook_with(tmp_path / "magic", ["%%capture\nprint('a cell magic')", "!echo a shell line", body])
+    res = _results(grade_many([[path]], Options(**OPTS, sandbox="bwrap"))[0])
+    assert res["03.1"].score == res["03.1"].max_score, res["03.1"].message
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Messages that blame the right code
+
+
+def test_an_import_cell_with_a_syntax_error_is_named_without_the_graders_paths(tmp_path):
+    _require_bwrap()
+    text = SOLUTION.read_text()
+    nb = nbformat.reads(text, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code" and "import torch" in c.source)
+    first.source = first.source.replace("import torch", "import torch(", 1)
+    (tmp_path / "s").mkdir()
+    nbformat.write(nb, tmp_path / "s" / "03_softmax.ipynb")
+    rep = grade_many([[tmp_path / "s" / "03_softmax.ipynb"]], Options(**OPTS, sandbox="bwrap"))[0]
+    res = _results(rep)
+    message = res["03.1"].message
+    assert res["03.1"].score == 0 and "NameError" in message and "has a syntax error (line" in message, message
+    assert "/tmp/" not in message and "/job" not in message
+
+
+def test_an_infinite_loop_is_reported_as_a_timeout(graded):
+    assert "timed out" in _results(graded["reports"]["infinite_loop"])["03.1"].message
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A sandbox that fails to start: retried, then "not graded", never 0 points
+
+
+def test_a_sandbox_that_never_starts_is_retried_then_not_graded(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    class Broken(sandbox.Unisolated):
+        starts = 0
+
+        def _argv(self, jobdir):
+            Broken.starts += 1
+            return [sys.executable, "-c", "import sys; sys.stderr.write('no namespaces here'); sys.exit(1)"], None, None
+
+    rep = grade_many([[SOLUTION]], Options(**OPTS, sandbox="none"), plan=Broken("test: a level that cannot start"))[0]
+    assert Broken.starts == 3 and rep.sandbox_starts == 3
+    assert rep.status == "not graded" and all(r.status == "not graded" for r in rep.results)
+    assert all("failed to start 3 time(s): no namespaces here" in r.message for r in rep.results)
+    files = report.contents(rep)
+    results = json.loads(files["results.json"])
+    assert "score" not in results and "GRADER ERROR" in results["output"]
+    assert all("score" not in t and "GRADER ERROR" in t["output"] for t in results["tests"])
+    assert json.loads(files["classroom.json"])["status"] == "error"
+    suite = ET.fromstring(files["junit.xml"]).find("testsuite")
+    assert suite.get("errors") == str(len(rep.results)) and suite.get("failures") == "0"
+    assert "NOT GRADED" in files["summary.md"]

@@ -45,7 +45,13 @@ def gradescope_problems(results: dict) -> list[str]:
     """What in ``results`` Gradescope's results.json format does not allow (empty when it is valid)."""
     problems = [f"unknown top-level field {k!r}" for k in results if k not in TOP_LEVEL]
     number = (int, float)
-    if not isinstance(results.get("score"), number) or isinstance(results.get("score"), bool):
+    # An exercise the grader could not run carries no score, only an error (Gradescope then sums the scores
+    # of the tests that have one); the total is left out too, so that nothing reads as a grade.
+    not_graded = [t for t in results.get("tests") or [] if isinstance(t, dict) and "score" not in t]
+    if not_graded:
+        if "score" in results or not str(results.get("output", "")).startswith("GRADER ERROR"):
+            problems.append("tests without a score, but no GRADER ERROR without a total")
+    elif not isinstance(results.get("score"), number) or isinstance(results.get("score"), bool):
         problems.append(f"score is {results.get('score')!r}, not a number")
     if not isinstance(results.get("execution_time"), number) or results["execution_time"] < 0:
         problems.append(f"execution_time is {results.get('execution_time')!r}")
@@ -62,13 +68,15 @@ def gradescope_problems(results: dict) -> list[str]:
         problems += [f"{where}: unknown field {k!r}" for k in test if k not in TEST_FIELDS]
         if not isinstance(test.get("name"), str) or not test["name"]:
             problems.append(f"{where}: no name")
-        if not isinstance(test.get("score"), number) or not isinstance(test.get("max_score"), number):
+        if "score" not in test and str(test.get("output", "")).startswith("GRADER ERROR (not a score)"):
+            pass  # not graded: an error, not a score
+        elif not isinstance(test.get("score"), number) or not isinstance(test.get("max_score"), number):
             problems.append(f"{where}: score/max_score are not numbers")
         elif not 0 <= test["score"] <= test["max_score"]:
             problems.append(f"{where}: score {test['score']} outside 0..{test['max_score']}")
         if test.get("status") not in {"passed", "failed"}:
             problems.append(f"{where}: status {test.get('status')!r}")
-        elif (test["status"] == "passed") != (test.get("score") == test.get("max_score")):
+        elif "score" in test and (test["status"] == "passed") != (test.get("score") == test.get("max_score")):
             problems.append(f"{where}: status {test['status']} with {test.get('score')}/{test.get('max_score')}")
         if not isinstance(test.get("output"), str) or not test["output"].strip():
             problems.append(f"{where}: no output saying why")
@@ -92,6 +100,27 @@ def test_the_validator_rejects_what_gradescope_rejects():
     assert gradescope_problems({**good, "tests": [{**test, "score": 2}]})
     assert gradescope_problems({**good, "score": 3, "tests": [test]})
     assert gradescope_problems({**good, "tests": [{**test, "output": ""}]})
+
+
+def test_a_not_graded_exercise_is_an_error_in_results_json_not_zero_points():
+    from attnlib.grader import report
+    from attnlib.grader.exercises import exercises_of
+    from attnlib.grader.results import Report, Result
+
+    first, second = exercises_of("03_softmax")[:2]
+    rep = Report(
+        results=[
+            Result(first, "x.ipynb", score=4.0, message="all 8 checks passed", passed=8, total=8),
+            Result(second, "x.ipynb", status="not graded", message="not graded: the sandbox failed to start"),
+        ],
+        status="not graded",
+    )
+    results = report.gradescope(rep)
+    assert gradescope_problems(results) == []
+    assert "score" not in results and results["output"].startswith("GRADER ERROR")
+    assert "score" in results["tests"][0] and "score" not in results["tests"][1]
+    assert results["tests"][1]["output"].startswith("GRADER ERROR (not a score)")
+    assert results["extra_data"]["not_graded"] == [f"{second.key} {second.entry}"]
 
 
 @pytest.fixture(scope="module")
