@@ -32,7 +32,8 @@ import numpy as np
 
 from .diagnose import Mistake, Outputs
 
-# Canonical names of the library calls the sandbox records (see attnlib.grader.guard).
+# Canonical names of forbidden library calls; each maps to a family of attnlib.grader.inside.policy, which the
+# scan, the sandbox's traps and the self-check's recorder enforce.
 SOFTMAX = (
     "torch.softmax",
     "torch.log_softmax",

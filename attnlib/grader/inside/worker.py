@@ -111,7 +111,7 @@ def _case(raw, arrays):
     }
 
 
-def _describe(err: BaseException, budget: int | None = None) -> str:
+def _describe(err: BaseException, budget: int | None = None, where: bool = True) -> str:
     try:
         text = str(err)
     except BaseException:  # noqa: BLE001 - a hostile __str__
@@ -121,10 +121,11 @@ def _describe(err: BaseException, budget: int | None = None) -> str:
         name = f"{MEMORY_BUDGET} {budget}: {name}"
     line = ""
     tb = err.__traceback__
-    while tb is not None:  # the last line of the submission's own code that the error went through
+    while where and tb is not None:  # the last line of the submission's own code that the error went through
         name_of = tb.tb_frame.f_code.co_filename
-        if name_of.startswith(traps.SUBMISSION_PREFIX):
-            line = f" [{name_of.strip('<>')}, line {tb.tb_lineno} of the statement]"
+        if name_of.startswith(traps.SUBMISSION_PREFIX):  # "<code cell N, line L>": the statement starts at line L
+            cell, _, first = name_of.strip("<>").rpartition(", line ")
+            line = f" (at {cell}, line {int(first) + tb.tb_lineno - 1})" if first.isdigit() else ""
         tb = tb.tb_next
     return f"{name}: {text}"[:400] + line
 
@@ -241,7 +242,7 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
             try:
                 exec(compile(code, filename, "exec"), namespace)  # noqa: S102 - this is the sandbox
             except BaseException as err:  # noqa: BLE001 - SystemExit, KeyboardInterrupt and custom ones too
-                problems.append(f"{label}: {_describe(err)}")
+                problems.append(f"{label}: {_describe(err, where=False)}")
         if families:
             apply_poison(find_targets(families, done, torch_too=False))  # what the definitions imported
         target = namespace.get(exercise["entry"])
