@@ -51,6 +51,7 @@ UID_LEVEL = [
     "write_files",
     "shortcut_distributions",
     "fs_plant_next_homes",
+    "knowledge_read_grader",
 ]
 # the routes to a forbidden implementation that the static scan refuses by spelling: graded again with the scan
 # switched off, to show that the sandbox's traps (dispatcher kernels, poisoned names, the audit hook) and the
@@ -65,7 +66,12 @@ UNSCANNED = [
     "knowledge_read_grader",
 ]
 # at the uid level these attacks are refused outright (the runner is root): the check fails for that reason
-UID_EXPECT = {"kill_parent": "PermissionError", "proc_kill_everything": "expected a torch.Tensor"}
+UID_EXPECT = {
+    "kill_parent": "PermissionError",
+    "proc_kill_everything": "expected a torch.Tensor",
+    # the course is on the machine at this level: the worker's audit hook refuses Python-level reads of it
+    "knowledge_read_grader": "the course's files are not readable while grading",
+}
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 LINUX = sys.platform.startswith("linux")
 

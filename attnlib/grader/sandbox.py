@@ -68,6 +68,16 @@ def bwrap_binary() -> str | None:
     return shutil.which("bwrap")
 
 
+def python_folders() -> list[str]:
+    """Every folder of the interpreter and the environment (real paths): what a worker must be able to read."""
+    out = []
+    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable)):
+        for q in (p, os.path.realpath(p)):
+            if q and q not in out:
+                out.append(q)
+    return out
+
+
 def _prefixes() -> list[str]:
     """The interpreter's and the environment's folders outside /usr (bound read-only at their own paths)."""
     seen: list[str] = []

@@ -40,6 +40,17 @@ INFRASTRUCTURE = {
 }
 
 
+def hidden_folders() -> list[str]:
+    """The folders a worker may not read at the uid and none levels: the attnlib package (the grader's registry,
+    references and keys) and the course checkout around it (solutions/, tests/), unless that is an environment's
+    site-packages."""
+    package = str(LIBRARY)
+    course = str(LIBRARY.parent)
+    python = sandbox.python_folders()
+    inside_python = any(course == p or course.startswith(p.rstrip("/") + "/") for p in python)
+    return [package] if inside_python else [package, course]
+
+
 def infrastructure_folder(name: str) -> str:
     return name.replace(".", "-")
 
@@ -73,6 +84,8 @@ def run(jobdir: Path, job: dict, timeout: float, memory_gib: float, level: sandb
     runner said it was ready, the runner's stderr tail)."""
     workroot, host_workroot = level.workroot()
     job = {**job, "level": level.name, "uid": level.uid, "gid": level.gid, "workroot": workroot}
+    if level.name != "bwrap":  # under bubblewrap the course is not mounted at all
+        job["hidden"], job["allowed"] = hidden_folders(), [*sandbox.python_folders(), str(jobdir), workroot]
     (jobdir / "job.json").write_text(json.dumps(job), encoding="utf-8")
     os.chmod(jobdir / "job.json", 0o644)
     env = {"PATH": "/usr/bin:/bin", "HOME": workroot, "TMPDIR": workroot, "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}

@@ -151,8 +151,24 @@ def trap_operators(families) -> int:
 SUBMISSION_PREFIX = "<code cell"  # the file name of every statement the worker runs from the notebook
 _AUDIT = {"on": False, "blocked": frozenset(), "inside": False}
 _WATCHED = frozenset(
-    {"exec", "compile", "import", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function"}
+    {
+        "exec",
+        "compile",
+        "import",
+        "ctypes.dlopen",
+        "ctypes.dlsym",
+        "ctypes.cdata",
+        "ctypes.call_function",
+        "open",
+        "os.listdir",
+        "os.scandir",
+    }
 )
+_FILES = {"hidden": (), "allowed": ()}  # folders the worker may not open or list, and exceptions inside them
+
+
+def _under(path: str, folders) -> bool:
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
 
 
 def _submission_on_stack(depth: int, caller_only: bool = False) -> bool:
@@ -176,6 +192,14 @@ def _hook(event: str, args: tuple) -> None:
             if top in _AUDIT["blocked"]:
                 HITS.append(f"import {args[0]}")
                 raise ForbiddenCall(f"import {args[0]}: not available in this exercise")
+        elif event in ("open", "os.listdir", "os.scandir"):
+            target = args[0] if args else None
+            if isinstance(target, (str, bytes)) and _FILES["hidden"]:
+                import os
+
+                path = os.path.realpath(os.fsdecode(target))
+                if _under(path, _FILES["hidden"]) and not _under(path, _FILES["allowed"]):
+                    raise PermissionError(13, "the course's files are not readable while grading", os.fsdecode(target))
         elif event in ("exec", "compile"):
             # only what the submission's own code runs: libraries (dataclasses, namedtuple...) may generate code
             if _submission_on_stack(2, caller_only=True):
@@ -188,8 +212,14 @@ def _hook(event: str, args: tuple) -> None:
         _AUDIT["inside"] = False
 
 
-def install_audit_hook(families) -> None:
-    """Install the hook (once per worker; it cannot be removed): it starts refusing when :func:`arm` is called."""
+def install_audit_hook(families, hidden=(), allowed=()) -> None:
+    """Install the hook (once per worker; it cannot be removed): it starts refusing when :func:`arm` is called.
+
+    ``hidden``: folders (the course's checkout, where the grader lives) the worker may not open or list, except
+    under ``allowed`` (the Python environment, when it lives inside the checkout). Under bubblewrap they are not
+    mounted at all; at the uid and none levels this keeps Python-level reads out, but not native code that opens
+    files itself: those levels remain unfit for grading a class."""
+    _FILES["hidden"], _FILES["allowed"] = tuple(hidden), tuple(allowed)
     blocked = {ATTNLIB}
     if set(families) & SCRATCH_FAMILIES:
         blocked |= set(OTHER_LIBRARIES)

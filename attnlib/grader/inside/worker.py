@@ -227,7 +227,7 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
             traps.trap_operators(families)
         for folder in exercise.get("provides", []):  # part of the course handed to this exercise as infrastructure
             sys.path.insert(0, os.path.join(job["jobdir"], "lib", folder))
-        traps.install_audit_hook(families)
+        traps.install_audit_hook(families, job.get("hidden", ()), (*job.get("allowed", ()), home))
         for folder in exercise.get("provides", []):
             traps.allow_import(folder.split("-")[0])
         before = traps.snapshot()
