@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import selectors
 import shutil
 import tempfile
@@ -31,7 +32,8 @@ import attnlib  # noqa: F401 - the library the references use, imported before a
 import attnlib.reference  # noqa: F401 - the mistakes' NumPy softmax (imported lazily by the registry)
 
 from . import diagnose, sandbox
-from .exercises import ARG_NAMES, DEFAULT_SEED, EXERCISE_SETS, Case, Exercise, exercises_of, set_of_path
+from .classgrade import discover
+from .exercises import ARG_NAMES, DEFAULT_SEED, Case, Exercise, exercises_of
 from .notebook import NotebookError, definitions, forbidden_uses, needed_statements, parse_cells, read_bytes
 
 GIB = 1 << 30
@@ -48,6 +50,7 @@ class Result:
     message: str = ""
     passed: int = 0
     total: int = 0
+    mistakes: list[str] = field(default_factory=list)  # hints of the known mistakes diagnosed on its checks
 
     @property
     def name(self) -> str:
@@ -97,28 +100,12 @@ class Options:
 
 
 def collect(paths: list[str | Path]) -> tuple[list[tuple[str, Path | None]], list[str]]:
-    """(exercise set, notebook path or None when missing) pairs, and notes about files that were skipped."""
-    found: dict[str, Path | None] = {}
-    notes = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            present = {}
-            for nb in sorted(p.glob("*.ipynb")):
-                s = set_of_path(nb.name)
-                if s:
-                    present.setdefault(s, nb)
-            for s in EXERCISE_SETS:
-                found.setdefault(s, present.get(s))
-                if found[s] is None and present.get(s):
-                    found[s] = present[s]
-        else:
-            s = set_of_path(p.name)
-            if s is None:
-                notes.append(f"{p}: not one of the course's exercise notebooks (NN_name.ipynb); skipped")
-            else:
-                found[s] = p
-    return sorted(found.items()), notes
+    """(exercise set, notebook path or None when missing) pairs, and notes about files that were skipped.
+
+    The selection rules (exact names over copies, exercise notebooks over lessons, a search of the whole folder,
+    never two folders merged) live in :func:`attnlib.grader.classgrade.discover.collect`, shared with
+    ``attnlib grade-class`` and Gradescope."""
+    return discover.collect(paths)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -318,9 +305,16 @@ def _shortcut_message(uses: list[str], how: str) -> str:
 
 
 def _score_exercise(
-    ex: Exercise, cases: list[Case], expected: list[dict], run: dict | None, static: list[str], problems: list[str]
+    ex: Exercise,
+    cases: list[Case],
+    expected: list[dict],
+    run: dict | None,
+    static: list[str],
+    problems: list[str],
+    named: list[str] | None = None,
 ) -> tuple[int, str]:
-    """(checks passed, message); a message starting with 'ZERO:' forces a zero."""
+    """(checks passed, message); a message starting with 'ZERO:' forces a zero. The hints of the known mistakes
+    (``ex.mistakes`` / ``ex.raises``) that diagnosed a failed check are appended to ``named``, once each."""
     if static:
         return 0, "ZERO:" + _shortcut_message(static, "found in your code")
     if run is None:
@@ -390,6 +384,9 @@ def _score_exercise(
                 messages.append((case.name, "not implemented yet (NotImplementedError)"))
             else:
                 messages.append((case.name, diagnose.error_message(err, ex.raises(case))))
+                hint = next((h for pattern, h in ex.raises(case) if re.search(pattern, err)), None)
+                if named is not None and hint is not None and hint not in named:
+                    named.append(hint)
             continue
         try:
             outputs = {str(k): _decode(v) for k, v in (e.get("outputs") or {}).items()}
@@ -401,6 +398,8 @@ def _score_exercise(
             passed += 1
         else:
             messages.append((case.name, msg))
+            if named is not None and msg not in named and any(msg == hint for hint, _ in ex.mistakes(case)):
+                named.append(msg)
     if not messages:
         return passed, f"all {len(cases)} checks passed"
     first_case, first = messages[0]
@@ -536,7 +535,7 @@ def grade_many(
                     f": {tail.strip()[-300:]}" if tail.strip() else ""
                 )
                 continue
-            passed, message = _score_exercise(result.exercise, cases, expected, run, static, problems)
+            passed, message = _score_exercise(result.exercise, cases, expected, run, static, problems, result.mistakes)
             if message.startswith("ZERO:"):
                 result.passed, result.score, result.message = 0, 0.0, message[5:]
             else:
