@@ -307,7 +307,8 @@ def extract_notebooks(archive: Path, dest: Path) -> list[str]:
             if info.is_dir() or not parts or not parts[-1].endswith(".ipynb"):
                 continue
             mode = info.external_attr >> 16
-            if ".." in parts or any(p.startswith(".") for p in parts[:-1]) or (mode and not stat.S_ISREG(mode)):
+            kind = stat.S_IFMT(mode)  # 0 when the archiver recorded only permissions
+            if ".." in parts or any(p.startswith(".") for p in parts[:-1]) or (kind and kind != stat.S_IFREG):
                 notes.append(f"{archive.name}: {name[:200]!r} skipped (a link, a hidden folder or a path outside)")
                 continue
             target = dest.joinpath(*parts)
