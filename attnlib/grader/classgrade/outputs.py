@@ -322,7 +322,7 @@ def svg_histogram(hist: list[dict], title: str, xlabel: str, width: int = 360, h
         y = top + ph - ph * tick / peak
         parts.append(f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end">{tick}</text>')
         parts.append(f'<line x1="{left - 3}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#333"/>')
-    step = max(1, len(hist) // 8)
+    step = max(1, -(-len(hist) // 6))  # at most about six labels on the x axis
     for i, h in enumerate(hist):
         bh = ph * h["count"] / peak
         x = left + i * bw
@@ -331,8 +331,9 @@ def svg_histogram(hist: list[dict], title: str, xlabel: str, width: int = 360, h
             f'fill="#3949ab"><title>{h["from"]:g}–{h["to"]:g}: {h["count"]} students</title></rect>'
         )
         if i % step == 0:
-            parts.append(f'<text x="{x:.1f}" y="{top + ph + 13}" text-anchor="middle">{h["from"]:g}</text>')
-    parts.append(f'<text x="{left + pw:.1f}" y="{top + ph + 13}" text-anchor="middle">{hist[-1]["to"]:g}</text>')
+            parts.append(f'<text x="{x:.1f}" y="{top + ph + 13}" text-anchor="middle">{h["from"]:.3g}</text>')
+    if (len(hist) - 1) % step:
+        parts.append(f'<text x="{left + pw:.1f}" y="{top + ph + 13}" text-anchor="middle">{hist[-1]["to"]:.3g}</text>')
     parts.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">{_esc(xlabel)}</text>')
     parts.append(
         f'<text x="11" y="{top + ph / 2}" text-anchor="middle" '
@@ -342,7 +343,7 @@ def svg_histogram(hist: list[dict], title: str, xlabel: str, width: int = 360, h
     return "".join(parts)
 
 
-def svg_outcomes(exercises: list[dict], n: int, width: int = 760) -> str:
+def svg_outcomes(exercises: list[dict], n: int, width: int = 900) -> str:
     """A stacked bar per exercise: how many students got full marks, a named mistake, another error, ..."""
     row, left, top = 16, 190, 34
     height = top + row * len(exercises) + 40
@@ -357,7 +358,7 @@ def svg_outcomes(exercises: list[dict], n: int, width: int = 760) -> str:
     for cat in CATEGORIES:  # the legend
         parts.append(f'<rect x="{x}" y="20" width="10" height="10" fill="{COLOURS[cat]}"/>')
         parts.append(f'<text x="{x + 13}" y="29">{cat}</text>')
-        x += 13 + 7 * len(cat) + 14
+        x += 13 + 6.5 * len(cat) + 16
     for i, ex in enumerate(exercises):
         y = top + i * row
         parts.append(
@@ -417,8 +418,12 @@ def to_html(data: dict) -> str:
         svg_histogram(data["total_histogram"], "Total points (students graded on every set)", "points"),
     ]
     for s in data["sets"]:
-        out.append(svg_histogram(s["histogram"], f"{s['set']} ({s['points']} pts)", "points"))
+        if s["submitted"]:
+            out.append(svg_histogram(s["histogram"], f"{s['set']} ({s['points']} pts)", "points"))
     out.append("</div>")
+    nobody = [s["set"] for s in data["sets"] if not s["submitted"]]
+    if nobody:
+        out.append(f"<p class='meta'>Submitted by nobody (no figure): {e(', '.join(nobody))}.</p>")
     out.append(
         "<table><tr><th>set</th><th>title</th><th class=num>submitted</th><th class=num>graded</th>"
         "<th class=num>mean (missing = 0)</th><th class=num>points</th><th class=num>full marks</th></tr>"
@@ -431,7 +436,8 @@ def to_html(data: dict) -> str:
         )
     out.append("</table>")
     out.append("<h2>Exercises</h2>")
-    out.append(svg_outcomes(data["exercises"], data["students"]))
+    submitted = {s["set"] for s in data["sets"] if s["submitted"]}
+    out.append(svg_outcomes([x for x in data["exercises"] if x["set"] in submitted], data["students"]))
     out.append("<h2>The class's most common mistakes</h2>")
     if data["top_mistakes"]:
         out.append(
@@ -496,7 +502,7 @@ def to_markdown(data: dict) -> str:
         "",
         "## Sets",
         "",
-        "| set | submitted | graded | mean (missing = 0) | points | full marks | distribution (students per point bin) |",
+        "| set | submitted | graded | mean (missing = 0) | points | full marks | students per point bin |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in data["sets"]:

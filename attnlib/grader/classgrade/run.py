@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
@@ -289,17 +290,25 @@ def grade_class(
         for s in pending:
             finish(s.id, grade_student(tasks[s.id]))
     else:
+        broken = []
         with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(grade_student, tasks[s.id]): s.id for s in pending}
             for fut in as_completed(futures):
                 ident = futures[fut]
                 try:
                     record = fut.result()
-                except Exception as err:  # noqa: BLE001 - a worker that died costs only its student
+                except BrokenProcessPool:  # a worker process died: its students are graded again below
+                    broken.append(ident)
+                    continue
+                except Exception as err:  # noqa: BLE001 - a worker that failed costs only its student
                     from .adapter import failed_record
 
                     record = failed_record(f"the grading process failed: {type(err).__name__}: {err}", seed=seed_value)
                 finish(ident, record)
+        if broken:
+            print(f"grade-class: a worker process died; grading {len(broken)} students here, one by one", file=stream)
+            for ident in sorted(broken):
+                finish(ident, grade_student(tasks[ident]))
     for s in todo:
         rec = records[s.id]
         rec.update({"student": s.id, "source": s.source, "layout": s.layout, "people": s.people})
