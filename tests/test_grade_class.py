@@ -355,3 +355,35 @@ def test_cache_regrades_only_what_changed(graded, monkeypatch):
     seen.clear()
     run.grade_class(cls2, out2, jobs=1, seed=SEED, stream=io.StringIO())
     assert seen == []  # the failed (not graded) records of the counter were not cached; the real ones were
+
+
+def test_attnlib_grade_of_an_upload_grades_work_not_lessons_and_lists_paths(tmp_path):
+    """A Gradescope upload with the work in work/ and the lessons in notebooks/ (same names), through the single
+    submission grader that Gradescope's run_autograder calls."""
+    cls = make_class(tmp_path)
+    out = tmp_path / "report"
+    assert cli.run(["grade", str(cls / "dave"), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert f"graded: work/{S1}.ipynb" in results["output"]
+    assert f"notebooks/{S2}.ipynb is lesson 2's notebook" in results["output"]
+    tests = {t["name"].split()[0]: t for t in results["tests"]}
+    assert tests["01.1"]["score"] == 0 and re.search(BROKEN_BY_ID["hard-argmin"][4], tests["01.1"]["output"])
+    assert tests["01.2"]["score"] == tests["01.2"]["max_score"]
+    assert tests["02.1"]["score"] == 0 and "not found" in tests["02.1"]["output"]  # the lesson was not graded
+
+
+def test_canvas_identity_from_a_roster(graded, tmp_path):
+    recs = sorted(records(graded["whole"]).values(), key=lambda r: r["student"])
+    roster = tmp_path / "canvas.csv"
+    roster.write_text(
+        "Student,ID,SIS User ID,SIS Login ID,Section,Old quiz (123)\n"
+        '"Lovelace, Ada",101,S-1,alice,A,5\n"Turing, Alan",102,S-2,carol,B,4\n',
+        encoding="utf-8",
+    )
+    rows = {r["SIS Login ID"]: r for r in outputs.canvas_rows(recs, outputs.read_roster(roster, "SIS Login ID"))}
+    assert rows["alice"]["Student"] == "Lovelace, Ada" and rows["alice"]["ID"] == "101"
+    assert rows["alice"][f"{S1} (8)"] == "8" and rows["carol"]["Section"] == "B"
+    assert sorted(rows) == ["alice", "carol"]  # Canvas could not match the others: left out, and named
+    assert outputs.unmatched(recs, outputs.read_roster(roster, "SIS Login ID")) == ["=HYPERLINK(1)", "bob", "dave"]
+    with pytest.raises(ValueError, match="no column"):
+        outputs.read_roster(roster, "Login")

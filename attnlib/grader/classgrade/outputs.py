@@ -170,10 +170,14 @@ CANVAS_IDENTITY = ("Student", "ID", "SIS User ID", "SIS Login ID", "Section")
 
 
 def canvas_rows(records: list[dict], roster: dict[str, dict[str, str]] | None) -> list[dict[str, str]]:
+    """Canvas's import rows. With a roster, a student it does not list is left out (Canvas could not match the
+    row): :func:`unmatched` names them."""
     rows = []
     for rec, row in zip(records, gradebook_rows(records), strict=True):
         if roster is not None:
-            found = roster.get(rec["student"]) or roster.get(row["email"]) or roster.get(row["sid"]) or {}
+            found = roster.get(rec["student"]) or roster.get(row["email"]) or roster.get(row["sid"])
+            if not found:
+                continue
             ident = {k: found.get(k, "") for k in CANVAS_IDENTITY}
         else:
             ident = {
@@ -185,6 +189,16 @@ def canvas_rows(records: list[dict], roster: dict[str, dict[str, str]] | None) -
             }
         rows.append({**ident, **{_set_header(s): row[_set_header(s)] for s in EXERCISE_SETS}})
     return rows
+
+
+def unmatched(records: list[dict], roster: dict[str, dict[str, str]]) -> list[str]:
+    """The students a roster does not list (by id, email or SID)."""
+    rows = gradebook_rows(records)
+    return [
+        rec["student"]
+        for rec, row in zip(records, rows, strict=True)
+        if not (roster.get(rec["student"]) or roster.get(row["email"]) or roster.get(row["sid"]))
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -559,8 +573,18 @@ def write_class_outputs(
     records = sorted(records, key=lambda r: r["student"])
     rows = gradebook_rows(records)
     header = list(rows[0]) if rows else ["student"]
+    names = read_roster(roster, roster_key) if roster else None
+    missing = unmatched(records, names) if names is not None else []
+    if missing:
+        manifest = {
+            **manifest,
+            "class_notes": [
+                *manifest.get("class_notes", []),
+                f"not in the roster, so left out of gradebook-canvas.csv: {', '.join(missing)}",
+            ],
+        }
     data = class_report(records, manifest)
-    canvas = canvas_rows(records, read_roster(roster, roster_key) if roster else None)
+    canvas = canvas_rows(records, names)
     canvas_header = [*CANVAS_IDENTITY, *(_set_header(s) for s in EXERCISE_SETS)]
     files = {
         "gradebook.csv": _csv(rows, header),
