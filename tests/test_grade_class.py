@@ -347,8 +347,8 @@ def test_cache_regrades_only_what_changed(graded, monkeypatch):
     monkeypatch.setattr(
         run, "grade_student", lambda task: seen.append(task["id"]) or adapter.failed_record("x", seed=1)
     )
-    run.grade_class(cls2, out2, jobs=1, seed="another seed", stream=io.StringIO())
-    assert sorted(seen) == ["=HYPERLINK(1)", "alice", "bob", "carol", "dave"]
+    summary = run.grade_class(cls2, out2, jobs=1, seed="another seed", stream=io.StringIO())
+    assert sorted(seen) == ["=HYPERLINK(1)", "alice", "bob", "carol", "dave"] and summary["not_graded"] == 5
     seen.clear()
     run.grade_class(cls2, out2, jobs=1, seed=SEED, regrade=True, stream=io.StringIO())
     assert len(seen) == 5
@@ -387,3 +387,11 @@ def test_canvas_identity_from_a_roster(graded, tmp_path):
     assert outputs.unmatched(recs, outputs.read_roster(roster, "SIS Login ID")) == ["=HYPERLINK(1)", "bob", "dave"]
     with pytest.raises(ValueError, match="no column"):
         outputs.read_roster(roster, "Login")
+
+
+def test_no_grading_when_the_sandbox_cannot_run(tmp_path, monkeypatch, capsys):
+    cls = make_class(tmp_path)
+    monkeypatch.setattr(adapter, "sandbox_problem", lambda level: "bubblewrap is not installed")
+    monkeypatch.setattr(run, "grade_student", lambda task: pytest.fail("nothing may be graded"))
+    assert cli.run(["grade-class", str(cls), "--out", str(tmp_path / "out"), "--sandbox", "bwrap"]) == 3
+    assert "nobody was graded: bubblewrap is not installed" in capsys.readouterr().err

@@ -23,6 +23,17 @@ def grade_folder(folder: Path, *, seed: int, timeout: float, memory_gib: float, 
     return grade([folder], Options(timeout=timeout, memory_gib=memory_gib, seed=seed, sandbox=sandbox))
 
 
+def sandbox_problem(level: str) -> str | None:
+    """Why the sandbox level asked for cannot run here (None when it can): checked once, before a class is graded."""
+    from .. import sandbox
+
+    try:
+        sandbox.choose(level)
+    except sandbox.SandboxUnavailable as err:
+        return str(err) or f"the sandbox level {level} is not available here"
+    return None
+
+
 def exercise_status(result: Result, report: Report) -> str:
     """ "graded", or "not graded" when the grader could not run the exercise (no points, and no zero either)."""
     flag = getattr(result, "status", None)

@@ -14,6 +14,10 @@ ordinary grader, with the class seed (``--seed`` or ``$ATTNLIB_CLASS_SEED``; rec
 keyed by the content of each submission, the seed, the grading options and the grader's own code (default
 ``OUT/.cache``) makes a re-run grade only what changed; ``--regrade`` grades all. A submission that could not be
 graded (the sandbox failed) is never cached, so the next run tries it again.
+
+Exit status: 0 every student graded; 1 no student found; 2 a usage error (a bad ROOT, shard or roster, shards that
+do not add up); 3 the sandbox cannot run here (nobody graded), or some students could not be graded (their cells
+are empty in the gradebook, and the next run tries them again).
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ from pathlib import Path
 from . import discover
 
 SEED_ENV = "ATTNLIB_CLASS_SEED"
+
+
+class SandboxError(Exception):
+    """The sandbox level asked for cannot run here (exit status 3, as for `attnlib grade`)."""
+
+
 GRADER_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -259,6 +269,11 @@ def grade_class(
         + f"; seed from {seed_origin}; {jobs} job(s)",
         file=stream,
     )
+    from .adapter import sandbox_problem
+
+    problem = sandbox_problem(sandbox)
+    if problem:
+        raise SandboxError(f"the sandbox ({sandbox}) cannot run here, so nobody was graded: {problem}")
     records: dict[str, dict] = {}
     keys: dict[str, str] = {}
     pending = []
@@ -328,12 +343,25 @@ def grade_class(
     )
     seconds = time.monotonic() - started
     graded = len(pending)
+    not_graded = sorted(s.id for s in todo if not _gradable(records[s.id]))
+    if not_graded:
+        print(
+            f"grade-class: {len(not_graded)} students were not (fully) graded: {', '.join(not_graded[:10])}"
+            f"{' ...' if len(not_graded) > 10 else ''}; run the command again to retry them (see `problems`)",
+            file=stream,
+        )
     print(
         f"grade-class: {len(todo)} students ({graded} graded, {len(todo) - graded} from the cache) in "
         f"{_duration(seconds)}; wrote {out}/gradebook.csv, class-report.html/.md/.json, students/",
         file=stream,
     )
-    return {"students": len(todo), "graded": graded, "cached": len(todo) - graded, "seconds": seconds}
+    return {
+        "students": len(todo),
+        "graded": graded,
+        "cached": len(todo) - graded,
+        "not_graded": len(not_graded),
+        "seconds": seconds,
+    }
 
 
 def merge(shard_outs: list[Path], out: Path, *, roster: Path | None = None, roster_key: str = "SIS Login ID") -> None:
@@ -404,7 +432,12 @@ def main(args: argparse.Namespace) -> int:
             roster=roster,
             roster_key=args.roster_key,
         )
+    except SandboxError as err:
+        print(f"grade-class: {err}", file=sys.stderr)
+        return 3
     except ValueError as err:
         print(f"grade-class: {err}", file=sys.stderr)
         return 2
+    if summary["not_graded"]:
+        return 3
     return 0 if summary["students"] else 1
