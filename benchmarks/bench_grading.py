@@ -10,8 +10,9 @@ per ``--jobs`` value, from scratch (``--regrade``), and the script prints studen
 same rate gives for 300 students, with the load average before and after (other work on the machine slows it).
 
 ``--profile`` also times one full solved submission's parts in this process: choosing the files, computing the
-references, and the whole ``engine.grade`` call (the rest of which is the sandbox: its start, torch's import in the
-runner, one forked worker per exercise).
+references (the first time in a process; set 14's MiniLM weights load once), the whole ``engine.grade`` call
+(the rest of which is the sandbox: its start, torch's import in the runner, one forked worker per exercise), and
+the grading of one small set alone (about the cost of a sandbox start).
 """
 
 from __future__ import annotations
@@ -109,7 +110,11 @@ def profile() -> dict[str, float]:
     t2 = time.perf_counter()
     report = engine.grade([ROOT / "solutions"])
     t3 = time.perf_counter()
+    engine.grade([ROOT / "solutions" / "02_similarity_and_scaling.ipynb"])  # a sandbox start and 4 small exercises
+    t4 = time.perf_counter()
     return {
+        "engine.grade of set 02 alone: the sandbox's start and 4 exercises (s)": round(t4 - t3, 2),
+        "each further exercise (s)": round(((t3 - t2) - (t2 - t1) - (t4 - t3)) / (len(EXERCISES) - 4), 3),
         "choose files (s)": round(t1 - t0, 2),
         "references (s)": round(t2 - t1, 2),
         "engine.grade, whole (s)": round(t3 - t2, 2),
