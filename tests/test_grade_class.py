@@ -395,3 +395,24 @@ def test_no_grading_when_the_sandbox_cannot_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(run, "grade_student", lambda task: pytest.fail("nothing may be graded"))
     assert cli.run(["grade-class", str(cls), "--out", str(tmp_path / "out"), "--sandbox", "bwrap"]) == 3
     assert "nobody was graded: bubblewrap is not installed" in capsys.readouterr().err
+
+
+def test_texts_from_submissions_are_escaped_in_every_output(graded):
+    rec = json.loads(json.dumps(records(graded["whole"])["bob"]))
+    rec["student"] = "<script>alert(1)</script>\x1b[31m\u202e|*[x](http://e.x)"
+    for e in rec["exercises"]:
+        if e["key"] == "01.1":
+            e.update(
+                mistakes=[],
+                score=0.0,
+                message="raised RuntimeError: <img src=x onerror=alert(1)>\x07 | ![i](http://e.x)",
+            )
+    manifest = json.loads((graded["whole"] / "shard.json").read_text())
+    data = outputs.class_report([rec], manifest)
+    page, md = outputs.to_html(data), outputs.to_markdown(data)
+    for text in (page, md):
+        assert "<script>" not in text and "<img" not in text and "\x1b" not in text and "\u202e" not in text
+        assert "\x07" not in text
+    assert "](http" not in md.replace("\\](http", "")  # no live Markdown link or image
+    row = outputs.gradebook_rows([rec])[0]
+    assert "\x1b" not in outputs._cell(row["student"]) and "\u202e" not in outputs._cell(row["student"])

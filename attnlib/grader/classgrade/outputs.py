@@ -154,7 +154,7 @@ def _csv(rows: list[dict[str, str]], header: list[str]) -> str:
 
 def _cell(text: str) -> str:
     """A CSV cell that a spreadsheet will not run as a formula (ids and notes come from submissions)."""
-    text = "".join(ch for ch in str(text) if ch == "\t" or ch >= " ")
+    text = _plain(text).replace("\n", " ")
     return "'" + text if text[:1] in ("=", "+", "-", "@") and not re.fullmatch(r"-?\d+(\.\d+)?", text) else text
 
 
@@ -316,8 +316,16 @@ def _histogram(values: list[float], top: float, bins: int | None = None) -> list
 # Figures (inline SVG) and the HTML, Markdown and JSON twins
 
 
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _plain(text) -> str:
+    """Text from a submission without control characters or bidirectional overrides (which could disguise it)."""
+    return _UNSAFE.sub("", str(text))
+
+
 def _esc(text) -> str:
-    return html.escape(str(text), quote=True)
+    return html.escape(_plain(text), quote=True)
 
 
 def svg_histogram(hist: list[dict], title: str, xlabel: str, width: int = 360, height: int = 200) -> str:
@@ -503,7 +511,7 @@ def to_html(data: dict) -> str:
 
 def _md(text) -> str:
     """Text for a Markdown table cell: no pipes, newlines, HTML or link/image syntax from the data."""
-    text = html.escape(str(text), quote=False).replace("\n", " ")
+    text = html.escape(_plain(text), quote=False).replace("\n", " ")
     return re.sub(r"([\\|`*_\[\]!#])", r"\\\1", text)
 
 
