@@ -17,6 +17,10 @@ COMMANDS = {
     "notebooks": ("attnlib.notebooks", "execute notebooks in a fresh kernel (run: save outputs; time: only time)"),
     "bench": ("attnlib.bench", "time and memory of attention implementations (NumPy, math, chunked, SDPA)"),
     "grade": ("attnlib.grader.cli", "grade exercise notebooks in a sandbox (default exercises/); writes reports"),
+    "grade-class": (
+        "attnlib.grader.classgrade.run",
+        "grade a class (one folder/zip/repo per student): gradebook, class report",
+    ),
     "course": ("attnlib.course", "the course map (map: print it; readme: rewrite it in README.md)"),
     "site": ("attnlib.site", "build the course's web site with Sphinx (course map, lessons, exercise sets, search)"),
     "gradescope": ("attnlib.gradescope", "build Gradescope's autograder zip (setup.sh, run_autograder, the course)"),

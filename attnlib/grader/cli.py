@@ -100,6 +100,7 @@ def main(args: argparse.Namespace) -> int:
     try:  # every grader module is imported here, before any submitted code runs
         from . import diagnose, exercises, invoke, notebook, sandbox  # noqa: F401
         from . import report as rep
+        from .classgrade.discover import SeveralRoots
         from .engine import Options, Report, Result, grade
         from .results import NOT_GRADED
     except Exception as err:  # noqa: BLE001 - a broken installation must still leave a report behind
@@ -135,6 +136,9 @@ def main(args: argparse.Namespace) -> int:
         result, code = failed("sandbox unavailable", str(err)), EXIT_SANDBOX
         for r in result.results:
             r.status = NOT_GRADED
+    except SeveralRoots as err:  # two folders are never graded as one submission (issue 23)
+        print(f"attnlib grade: {err}")
+        result, code = failed("refused", str(err)), EXIT_GRADER
     except Exception as err:  # noqa: BLE001 - a grader bug must still leave a report behind
         traceback.print_exc()
         result, code = failed("grader failed", f"the grader failed: {type(err).__name__}: {err}"), EXIT_GRADER

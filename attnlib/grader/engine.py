@@ -28,7 +28,8 @@ import attnlib  # noqa: F401 - the library the references use, imported before a
 import attnlib.reference  # noqa: F401 - the mistakes' NumPy softmax (imported lazily by the registry)
 
 from . import sandbox, scoring, supervise, wire
-from .exercises import DEFAULT_SEED, EXERCISE_SETS, Case, exercises_of, set_of_path
+from .classgrade import discover
+from .exercises import DEFAULT_SEED, Case, exercises_of
 from .inside.policy import families_of
 from .notebook import NotebookError, definitions, forbidden_uses, needed_statements, parse_cells, read_bytes
 from .results import GRADED, NOT_GRADED, Options, Report, Result  # noqa: F401 - the public records, from here too
@@ -39,37 +40,21 @@ __all__ = ["Options", "Report", "Result", "collect", "grade", "grade_many"]
 def collect(paths: list[str | Path]) -> tuple[list[tuple[str, Path | None]], list[str]]:
     """(exercise set, notebook path or None when missing) pairs, and notes about what was skipped or missing.
 
-    A path that does not exist, or a folder without any exercise notebook, is named in the notes; when no path
-    holds one, the list of sets is empty (nothing to grade)."""
-    found: dict[str, Path | None] = {}
-    notes = []
-    any_notebook = False
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            present = {}
-            for nb in sorted(p.glob("*.ipynb")):
-                s = set_of_path(nb.name)
-                if s:
-                    present.setdefault(s, nb)
-            if not present:
-                notes.append(f"{p}: no exercise notebook (NN_name.ipynb) in this folder")
-            any_notebook |= bool(present)
-            for s in EXERCISE_SETS:
-                if found.get(s) is None:
-                    found[s] = present.get(s)
-        elif not p.exists() and not p.is_symlink():
-            notes.append(f"{p}: no such file or folder")
-        else:
-            s = set_of_path(p.name)
-            if s is None:
-                notes.append(f"{p}: not one of the course's exercise notebooks (NN_name.ipynb); skipped")
-            else:
-                found[s] = p
-                any_notebook = True
-    if not any_notebook:
+    The selection rules (exact names over copies, exercise notebooks over lessons, a search of the whole folder,
+    never two folders merged: :class:`~attnlib.grader.classgrade.discover.SeveralRoots`) live in
+    :func:`attnlib.grader.classgrade.discover.collect`, shared with ``attnlib grade-class`` and Gradescope. A path
+    that does not exist, or a folder without any exercise notebook, is named in the notes; when no path holds one,
+    the list of sets is empty (nothing to grade)."""
+    notes = [f"{p}: no such file or folder" for p in paths if not Path(p).exists() and not Path(p).is_symlink()]
+    present = [p for p in paths if Path(p).exists() or Path(p).is_symlink()]
+    if not present:
         return [], notes
-    return sorted(found.items()), notes
+    found, more = discover.collect(present)
+    notes += more
+    if not any(path is not None for _, path in found):
+        notes += [f"{p}: no exercise notebook (NN_name.ipynb) in this folder" for p in present if Path(p).is_dir()]
+        return [], notes
+    return found, notes
 
 
 def grade(paths: list[str | Path], options: Options | None = None) -> Report:
