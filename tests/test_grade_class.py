@@ -22,8 +22,8 @@ from test_exercise_sets import BROKEN
 from attnlib import cli
 from attnlib.grader.classgrade import adapter, discover, outputs, run
 from attnlib.grader.engine import Result
-from attnlib.grader.results import NOT_GRADED
 from attnlib.grader.exercises import BY_KEY
+from attnlib.grader.results import NOT_GRADED
 
 ROOT = Path(__file__).resolve().parents[1]
 SOL, EXE, LES = ROOT / "solutions", ROOT / "exercises", ROOT / "notebooks"

@@ -21,7 +21,15 @@ FAILED_STATUSES = {"sandbox failed", "sandbox unavailable", "grader failed", "no
 
 def grade_folder(folder: Path, *, seed: int, timeout: float, memory_gib: float, sandbox: str) -> Report:
     """Grade one submission (a folder) with the class seed; never raises on a bad submission."""
-    return grade([folder], Options(timeout=timeout, memory_gib=memory_gib, seed=seed, sandbox=sandbox))
+    report = grade([folder], Options(timeout=timeout, memory_gib=memory_gib, seed=seed, sandbox=sandbox))
+    if report.status == "nothing to grade":  # in a class, a submission without any set scores 0 on every set
+        report.status = GRADED
+        report.results = [
+            Result(ex, None, message=f"{s}.ipynb not found in the submission")
+            for s in EXERCISE_SETS
+            for ex in exercises_of(s)
+        ]
+    return report
 
 
 def sandbox_problem(level: str) -> str | None:
