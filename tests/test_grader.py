@@ -15,7 +15,7 @@ import pytest
 from attnlib import cli
 from attnlib.grader import build, report
 from attnlib.grader.engine import Options, grade_many
-from attnlib.grader.exercises import EXERCISE_SETS, EXERCISES
+from attnlib.grader.exercises import DEFAULT_SEED, EXERCISE_SETS, EXERCISES
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
@@ -392,3 +392,19 @@ def test_grade_command_writes_reports_and_fails_under(tmp_path, capsys):
     assert "03.1 stable_softmax" in text and "total" in text
     assert json.loads((out / "results.json").read_text())["score"] == 0
     assert (out / "junit.xml").exists() and (out / "classroom.json").exists() and (out / "summary.md").exists()
+
+
+def test_grade_takes_the_class_seed_from_the_environment_or_a_passphrase(tmp_path, monkeypatch):
+    from attnlib.grader.classgrade.run import class_seed
+
+    nb = tmp_path / "sub" / "01_qkv_analogy.ipynb"
+    nb.parent.mkdir()
+    nb.write_bytes((EXERCISES_DIR / "01_qkv_analogy.ipynb").read_bytes())
+    out = tmp_path / "report"
+    monkeypatch.setenv("ATTNLIB_CLASS_SEED", "a secret only the instructor knows")
+    assert cli.run(["grade", str(nb), "--out", str(out)]) == 0
+    secret = class_seed(None)[0]
+    assert secret == class_seed("a secret only the instructor knows")[0] != DEFAULT_SEED
+    assert json.loads((out / "results.json").read_text())["extra_data"]["seed"] == secret
+    assert cli.run(["grade", str(nb), "--out", str(out), "--seed", "12"]) == 0  # the option wins
+    assert json.loads((out / "results.json").read_text())["extra_data"]["seed"] == 12

@@ -45,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4.0,
         help="address-space limit of the sandbox in GiB (default 4; torch needs ~1)",
     )
-    parser.add_argument("--seed", type=int, help="seed of the checks' inputs (default: a fixed seed, printed)")
+    parser.add_argument(
+        "--seed",
+        help="seed of the checks' inputs: a number or a passphrase (default: $ATTNLIB_CLASS_SEED, else the course's "
+        "fixed public seed; recorded in the report)",
+    )
     parser.add_argument(
         "--budget",
         type=float,
@@ -101,6 +105,7 @@ def main(args: argparse.Namespace) -> int:
         from . import diagnose, exercises, invoke, notebook, sandbox  # noqa: F401
         from . import report as rep
         from .classgrade.discover import SeveralRoots
+        from .classgrade.run import class_seed
         from .engine import Options, Report, Result, grade
         from .results import NOT_GRADED
     except Exception as err:  # noqa: BLE001 - a broken installation must still leave a report behind
@@ -123,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
             Options(
                 timeout=args.timeout,
                 memory_gib=args.memory_gib,
-                seed=args.seed,
+                seed=class_seed(args.seed)[0],
                 sandbox=args.sandbox,
                 budget_s=args.budget,
             ),
