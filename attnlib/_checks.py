@@ -251,7 +251,7 @@ def _available_bytes(device: torch.device) -> int | None:
 def _format_bytes(n: float) -> str:
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:
-            return f"{n / size:.3g} {unit}"
+            return f"{n / size:,.1f} {unit}"
     return f"{int(n)} bytes"
 
 
