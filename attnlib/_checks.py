@@ -140,7 +140,10 @@ def check_mask(mask: object, target_shape: Sequence[int], like: torch.Tensor, na
 def check_finite(x: torch.Tensor, name: str) -> float:
     """Refuse NaN or inf in ``x``; returns max |x| (a bound the caller may use). One full-tensor pass and one host
     sync on a GPU: call it once, at the public entry, and let the code below trust the tensor."""
-    largest = float(torch.linalg.vector_norm(x.detach(), ord=math.inf)) if x.numel() else 0.0  # NaN propagates
+    if not x.numel():
+        return 0.0
+    lo, hi = torch.aminmax(x.detach())  # one fused pass (isfinite(x).all() costs about 20x more on a CPU)
+    largest = float(torch.maximum(hi, -lo))  # NaN propagates, +-inf gives inf: one host sync
     if not math.isfinite(largest):
         raise ValueError(
             f"{name} contains NaN or inf values (shape {shape_str(x.shape)}); attention needs finite inputs"
@@ -159,9 +162,9 @@ def check_same_device(tensors: dict[str, torch.Tensor]) -> None:
             )
 
 
-def check_qk(q: object, k: object) -> float:
+def check_qk(q: object, k: object) -> tuple[float, float]:
     """q (..., L, E) and k (..., S, E): float tensors of one dtype and device, shared leading dims, L, S, E >= 1,
-    finite values. Returns E * max|q| * max|k|, a bound on every |q_i . k_j|."""
+    finite values. Returns ``(max|q|, max|k|)``: E times their product bounds every |q_i . k_j|."""
     check_float_tensor(q, "q")
     check_float_tensor(k, "k")
     check_min_rank(q, "q", 2, "(..., L, E)")
@@ -190,12 +193,13 @@ def check_qk(q: object, k: object) -> float:
             f"k is an empty sequence (S=0, shape {shape_str(k.shape)}); need at least one key "
             "(to let a query attend to nothing, mask all its keys instead)"
         )
-    return q.shape[-1] * check_finite(q, "q") * check_finite(k, "k")
+    return check_finite(q, "q"), check_finite(k, "k")
 
 
-def check_qkv(q: object, k: object, v: object) -> float:
-    """q (..., L, E), k (..., S, E) and v (..., S, Ev): one dtype and device, shared leading dims, finite values."""
-    bound = check_qk(q, k)
+def check_qkv(q: object, k: object, v: object) -> tuple[float, float, float]:
+    """q (..., L, E), k (..., S, E) and v (..., S, Ev): one dtype and device, shared leading dims, finite values.
+    Returns ``(max|q|, max|k|, max|v|)``, from the same passes that checked them."""
+    q_max, k_max = check_qk(q, k)
     check_float_tensor(v, "v")
     check_same_dtype_device({"q": q, "v": v})
     if v.dim() != q.dim() or v.shape[:-2] != k.shape[:-2] or v.shape[-2] != k.shape[-2]:
@@ -203,8 +207,7 @@ def check_qkv(q: object, k: object, v: object) -> float:
             f"v must be (..., S, Ev) with the same leading dims and length S as k, got k {shape_str(k.shape)} "
             f"and v {shape_str(v.shape)}"
         )
-    check_finite(v, "v")
-    return bound
+    return q_max, k_max, check_finite(v, "v")
 
 
 ALIGNMENTS = ("top-left", "bottom-right")

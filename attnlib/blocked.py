@@ -72,14 +72,15 @@ HEADROOM = 16.0
 
 def check_blocked_call(
     q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, block_k, return_lse
-) -> tuple[torch.Tensor | None, bool, str, float, float]:
-    """Check a call of a blocked front-end; returns ``(attn_mask, is_causal, causal_alignment, scale, v_max)``.
+) -> tuple[torch.Tensor | None, bool, str, float, tuple[float, float, float]]:
+    """Check a call of a blocked front-end; returns ``(attn_mask, is_causal, causal_alignment, scale, maxima)``,
+    ``maxima`` being ``(max|q|, max|k|, max|v|)`` from the passes that checked them (the kernels' bounds).
 
     q (..., L, E), k (..., S, E), v (..., S, Ev) as :func:`attnlib.scaled_dot_product_attention` takes them
     (finite, L, S, E >= 1). A ``CausalBias`` mask becomes ``is_causal`` with its alignment. ``is_causal`` with
     ``attn_mask`` is a ValueError, as everywhere in attnlib.
     """
-    check_qkv(q, k, v)
+    maxima = check_qkv(q, k, v)
     check_bool(is_causal, "is_causal")
     check_bool(return_lse, "return_lse")
     check_alignment(causal_alignment, "causal_alignment")
@@ -98,8 +99,7 @@ def check_blocked_call(
     if attn_mask is not None:
         check_mask(attn_mask, (*q.shape[:-2], L, S), q)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else check_positive_float(scale, "scale")
-    v_max = float(torch.linalg.vector_norm(v.detach(), ord=math.inf)) if v.numel() else 0.0
-    return attn_mask, is_causal, causal_alignment, scale, v_max
+    return attn_mask, is_causal, causal_alignment, scale, maxima
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -261,10 +261,12 @@ def scratch(cache: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) 
 # outside). Only used on the CPU and when there is enough work per thread.
 
 MIN_SCORES_PER_THREAD = 1 << 20  # below this many scores per thread, run inline with torch's own threading
-# CPU: (batch, head) entries per op x block_q x block_k. Measured with `attnlib bench --scores-per-op` (see the
-# README's Performance section): on the course's 2-core AVX-512 machine 2^18 (two 256 x 512 blocks per op, 1 MiB
-# of fp32 scores, which stays in a core's L2 cache across the exp2 pass) was the fastest of 2^17 .. 2^21.
-SCORES_PER_OP = 1 << 18
+# CPU: (batch, head) entries per op x block_q x block_k. Measured (single-thread CPU time, interleaved with SDPA in
+# one process, B=4 H=8 D=64 fp32, L = 2048 and 4096, on the course's 2-core AVX-512 machine): two (batch, head)
+# entries of 512 x 512 blocks per op, 2 MiB of fp32 scores, was the fastest of the block shapes 128..1024 x
+# 256..1024 and 2^17 .. 2^20 scores per op (0.91x SDPA at L = 4096 against 0.78x for 256 x 512 at 2^18; 2^20 and
+# more lose the L2 cache between the matmul and the exp2 pass). `attnlib bench --scores-per-op` re-measures it.
+SCORES_PER_OP = 1 << 19
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=_POOLS.clear)  # threads do not survive a fork
@@ -376,23 +378,35 @@ def forward_blocks(q, k, v, plan: BlockPlan, out, stats, matmuls_only: bool = Fa
                 l = s.sum(dim=-1)
                 torch.bmm(s, v[:, j0:j1], out=acc)
                 continue
-            # later blocks: the shift is subtracted inside the matmul (beta = 1 on the broadcast -m)
-            torch.baddbmm(m.neg().unsqueeze(-1), q_blk, k_t, alpha=plan.alpha, out=s)
-            plan.apply_masks(s, i0, i1, j0, j1)
-            refresh = True
-            if lazy:  # can any score exceed the shift by more than the headroom, or is any row still empty?
-                k_max = k_norm[:, j0:j1].amax(dim=-1, keepdim=True)  # (N, 1)
-                bound = q_norm[:, i0:i1] * k_max + plan.mask_high - m
-                refresh = bool((bound > plan.headroom).any()) or bool((l == 0).any())
-            if refresh:  # the textbook update: raise the shift to the new max, rescale what was summed so far
-                grow = s.amax(dim=-1)
-                # a row that had seen nothing (l = 0) takes the block's max as it is, whatever its sign
-                grow = torch.where(l == 0, grow, grow.clamp(min=0.0)).masked_fill_(grow == -math.inf, 0.0)
-                s.sub_(grow.unsqueeze(-1))
-                rescale = plan.exp(grow.neg())  # how much the old terms shrink under the new shift
+            if plan.headroom > 0:  # small scores: the shift is subtracted inside the matmul (beta = 1 on -m)
+                torch.baddbmm(m.neg().unsqueeze(-1), q_blk, k_t, alpha=plan.alpha, out=s)
+                plan.apply_masks(s, i0, i1, j0, j1)
+                refresh = True
+                if lazy:  # can any score exceed the shift by more than the headroom, or is any row still empty?
+                    k_max = k_norm[:, j0:j1].amax(dim=-1, keepdim=True)  # (N, 1)
+                    bound = q_norm[:, i0:i1] * k_max + plan.mask_high - m
+                    refresh = bool((bound > plan.headroom).any()) or bool((l == 0).any())
+                if refresh:  # raise the shift to the block's max where it is higher, rescale what was summed
+                    grow = s.amax(dim=-1)
+                    # a row that had seen nothing (l = 0) takes the block's max as it is, whatever its sign
+                    grow = torch.where(l == 0, grow, grow.clamp(min=0.0)).masked_fill_(grow == -math.inf, 0.0)
+                    s.sub_(grow.unsqueeze(-1))
+                    # how much the old terms shrink under the new shift (nothing to shrink where l = 0: 1, not inf)
+                    rescale = plan.exp(grow.neg()).masked_fill_(l == 0, 1.0)
+                    l.mul_(rescale)
+                    acc.mul_(rescale.unsqueeze(-1))
+                    m = m + grow
+            else:  # large scores: the textbook update, the shift always one of the scores (so ties stay ties)
+                s.baddbmm_(q_blk, k_t, beta=0.0, alpha=plan.alpha)
+                plan.apply_masks(s, i0, i1, j0, j1)
+                m_blk = s.amax(dim=-1)
+                m_new = torch.where(l == 0, m_blk, torch.maximum(m, m_blk))  # empty rows take the block's max
+                m_new.masked_fill_(m_new == -math.inf, 0.0)
+                s.sub_(m_new.unsqueeze(-1))
+                rescale = plan.exp(m - m_new).masked_fill_(l == 0, 1.0)  # how much the old terms shrink
                 l.mul_(rescale)
                 acc.mul_(rescale.unsqueeze(-1))
-                m = m + grow
+                m = m_new
             plan.exp_(s)
             l.add_(s.sum(dim=-1))
             acc.baddbmm_(s, v[:, j0:j1])
@@ -444,9 +458,11 @@ def backward_blocks(
             else:
                 if exact:  # p = S - lse, the subtraction done by the matmul
                     torch.baddbmm(neg_lse, q_blk, k_t, alpha=plan.alpha, out=p)
-                else:
-                    torch.baddbmm(neg_m, q_blk, k_t, alpha=plan.alpha, out=p).sub_(log_l)
-                plan.apply_masks(p, i0, i1, j0, j1)
+                    plan.apply_masks(p, i0, i1, j0, j1)
+                else:  # masks first: a finfo.min mask and a shift near finfo.max must cancel before log l counts
+                    p.baddbmm_(q_blk, k_t, beta=0.0, alpha=plan.alpha)
+                    plan.apply_masks(p, i0, i1, j0, j1)
+                    p.add_(neg_m).sub_(log_l)
                 plan.exp_(p)  # the weights of the forward pass, recomputed
                 dv[:, j0:j1].baddbmm_(p.transpose(1, 2), do_blk)  # dV += P^T dO
                 torch.baddbmm(neg_delta, do_blk, v[:, j0:j1].transpose(1, 2), out=ds)  # dP - D, dP = dO V^T
@@ -576,13 +592,6 @@ class BlockedAttention(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _score_bound(q: torch.Tensor, k: torch.Tensor, scale: float) -> float:
-    """An upper bound on |q_i . k_j| * scale: scale * E * max|q| * max|k| (a Python float, may be inf)."""
-    q_max = float(torch.linalg.vector_norm(q.detach(), ord=math.inf)) if q.numel() else 0.0
-    k_max = float(torch.linalg.vector_norm(k.detach(), ord=math.inf)) if k.numel() else 0.0
-    return scale * q.shape[-1] * q_max * k_max
-
-
 def _units(bound: float, additive: torch.Tensor | None, scale: float, dtype: torch.dtype) -> str | None:
     """How the kernels can hold the scores in ``dtype`` without overflow: "base2", "natural" or None (cannot).
 
@@ -614,13 +623,15 @@ def _pad_dims(mask: torch.Tensor, rank: int) -> torch.Tensor:
     return mask.reshape((1,) * (rank - mask.dim()) + tuple(mask.shape))
 
 
-def make_plan(q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, block_k, v_max=math.inf):
+def make_plan(q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, block_k, maxima):
     """The kernels' inputs for checked arguments: ``(q3, k3, v3, additive, plan)``, (N, L, E) tensors in the
-    kernel dtype (fp32 for fp16/bf16, float64 where float32 scores would overflow even in natural units)."""
+    kernel dtype (fp32 for fp16/bf16, float64 where float32 scores would overflow even in natural units).
+    ``maxima`` is ``(max|q|, max|k|, max|v|)`` as :func:`check_blocked_call` returns it."""
+    q_max, k_max, v_max = maxima
     batch, L, S = q.shape[:-2], q.shape[-2], k.shape[-2]
     N = math.prod(batch)
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    bound = _score_bound(q, k, scale)
+    bound = scale * q.shape[-1] * q_max * k_max  # >= every |score|
     additive_in = None if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask
     units = _units(bound, additive_in, scale, compute)
     kernel_dtype = compute
@@ -628,8 +639,8 @@ def make_plan(q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, b
         kernel_dtype, units = torch.float64, _units(bound, additive_in, scale, torch.float64)
     if units is None:
         raise ValueError(
-            f"scale={scale:g} with |q| up to {float(q.detach().abs().max()):.3g} and |k| up to "
-            f"{float(k.detach().abs().max()):.3g} makes the scores overflow even float64; use a smaller scale"
+            f"scale={scale:g} with |q| up to {q_max:.3g} and |k| up to {k_max:.3g} makes the scores overflow even "
+            "float64; use a smaller scale"
         )
     q3, k3, v3 = (t.reshape(N, t.shape[-2], t.shape[-1]).to(kernel_dtype) for t in (q, k, v))
     blocked = additive = None
@@ -642,16 +653,20 @@ def make_plan(q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, b
     offset = causal_offset(is_causal, causal_alignment, L, S)
     base2 = units == "base2"
     alpha = scale * LOG2E if base2 else scale
-    headroom = _headroom(kernel_dtype, S, v_max, base2)
+    # the lazy shift, subtracted inside the matmul, only for scores small enough that alpha * q.k rounds no worse
+    # than the textbook's separate subtraction (|score| <= 256: a residual of at most 2^-16 in the exponent)
+    headroom = _headroom(kernel_dtype, S, v_max, base2) if bound * (LOG2E if base2 else 1.0) <= 256 else 0.0
     plan = BlockPlan(batch, L, S, block_q, block_k, offset, blocked, additive, q.device, alpha, base2, headroom)
     if additive is not None and additive.numel():
-        plan.mask_high = max(0.0, float(additive.detach().max())) * (LOG2E if base2 else 1.0)
+        finite = additive.detach().masked_fill(additive.detach().isinf(), 0.0)  # -inf entries only give exp = 0
+        lo, hi = torch.aminmax(finite)
+        plan.mask_high = max(0.0, float(hi)) * (LOG2E if base2 else 1.0)
+        if -float(lo) * (LOG2E if base2 else 1.0) > 256:  # the lazy shift adds the mask after subtracting m: keep
+            plan.headroom = 0.0  # them small, or a finfo.min mask would swallow the scores (textbook order then)
     return q3, k3, v3, additive, plan
 
 
-def blocked_attention(
-    q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, block_k, return_lse, v_max=math.inf
-):
+def blocked_attention(q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, block_k, return_lse, maxima):
     """The unchecked entry of the core: arguments as :func:`check_blocked_call` returns them. Returns the output
     (..., L, Ev) in q's dtype, and with ``return_lse`` the natural-log logsumexp (..., L) (fp32 for fp16/bf16)."""
     batch, L, Ev = q.shape[:-2], q.shape[-2], v.shape[-1]
@@ -663,7 +678,7 @@ def blocked_attention(
         out = q.new_zeros(*batch, L, Ev) + link
         return (out, torch.full((*batch, L), -math.inf, dtype=compute, device=q.device) + link) if return_lse else out
     q3, k3, v3, additive, plan = make_plan(
-        q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, block_k, v_max
+        q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, block_k, maxima
     )
     out, lse = BlockedAttention.apply(q3, k3, v3, additive, plan, scale)
     out = out.reshape(*batch, L, Ev).to(q.dtype)

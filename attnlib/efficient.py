@@ -138,9 +138,9 @@ def chunked_attention(
     units, and, where even those would overflow float32, in float64; a ``ValueError`` naming ``scale`` is raised
     only where float64 overflows too.
     """
-    attn_mask, is_causal, causal_alignment, scale, v_max = check_blocked_call(
+    attn_mask, is_causal, causal_alignment, scale, maxima = check_blocked_call(
         q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, block_k, return_lse
     )
     return blocked_attention(
-        q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, block_k, return_lse, v_max
+        q, k, v, attn_mask, is_causal, causal_alignment, scale, block_q, block_k, return_lse, maxima
     )

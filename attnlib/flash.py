@@ -203,16 +203,16 @@ class FlashAttention2(torch.autograd.Function):
     """
 
     @classmethod
-    def apply(cls, q, k, v, is_causal=False, scale=None, block_q=256, block_k=512, causal_alignment="top-left"):
-        _, is_causal, causal_alignment, scale, v_max = check_blocked_call(
+    def apply(cls, q, k, v, is_causal=False, scale=None, block_q=512, block_k=512, causal_alignment="top-left"):
+        _, is_causal, causal_alignment, scale, maxima = check_blocked_call(
             q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, False
         )
-        return super().apply(q, k, v, is_causal, scale, block_q, block_k, causal_alignment, v_max)
+        return super().apply(q, k, v, is_causal, scale, block_q, block_k, causal_alignment, maxima)
 
     @staticmethod
-    def forward(ctx, q, k, v, is_causal, scale, block_q, block_k, causal_alignment, v_max):
+    def forward(ctx, q, k, v, is_causal, scale, block_q, block_k, causal_alignment, maxima):
         batch, L, Ev = q.shape[:-2], q.shape[-2], v.shape[-1]
-        q3, k3, v3, _, plan = make_plan(q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, v_max)
+        q3, k3, v3, _, plan = make_plan(q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, maxima)
         q3, k3, v3 = q3.contiguous(), k3.contiguous(), v3.contiguous()
         out3, stats = run_forward(q3, k3, v3, plan)
         lse = lse_from_stats(stats, plan).reshape(*batch, L)
@@ -233,7 +233,7 @@ class FlashAttention2(torch.autograd.Function):
         return dq, dk, dv.reshape(v_shape).to(dtype), None, None, None, None, None, None
 
 
-def flash_matmuls_only(q, k, v, grad_out=None, *, is_causal=False, block_q=256, block_k=512) -> torch.Tensor:
+def flash_matmuls_only(q, k, v, grad_out=None, *, is_causal=False, block_q=512, block_k=512) -> torch.Tensor:
     """The fast path's loops, threads and buffers with **only their matmuls** (the result is not attention).
 
     Its time is the floor under :func:`flash_attention` on this machine: what is left when the softmax bookkeeping
@@ -241,10 +241,12 @@ def flash_matmuls_only(q, k, v, grad_out=None, *, is_causal=False, block_q=256, 
     bench`` times it as ``flash-mm`` to show, measured, how much of the tiled path's time is outside the matmuls.
     With ``grad_out`` it also runs the backward's five matmuls per block. Inputs (batch, heads, seq, dim), fp32/64.
     """
-    _, is_causal, _, scale, _ = check_blocked_call(q, k, v, None, is_causal, "top-left", None, block_q, block_k, False)
+    _, is_causal, _, scale, maxima = check_blocked_call(
+        q, k, v, None, is_causal, "top-left", None, block_q, block_k, False
+    )
     batch, L = q.shape[:-2], q.shape[-2]
     with torch.no_grad():
-        q3, k3, v3, _, plan = make_plan(q, k, v, None, is_causal, "top-left", scale, block_q, block_k)
+        q3, k3, v3, _, plan = make_plan(q, k, v, None, is_causal, "top-left", scale, block_q, block_k, maxima)
         q3, k3, v3 = q3.contiguous(), k3.contiguous(), v3.contiguous()
         out, stats = run_forward(q3, k3, v3, plan, matmuls_only=True)
         if grad_out is not None:
@@ -261,7 +263,7 @@ def flash_attention(
     is_causal: bool = False,
     causal_alignment: str = "top-left",
     scale: float | None = None,
-    block_q: int = 256,
+    block_q: int = 512,
     block_k: int = 512,
     return_lse: bool = False,
 ):
@@ -293,7 +295,7 @@ def flash_attention(
         NaN/inf inputs, non-bool ``is_causal``, unknown alignments, bad block sizes or scale. Any positive scale
         works: ``scale=1e38`` gives the exact limit (attention on the largest score), not NaN.
     """
-    _, is_causal, causal_alignment, scale, v_max = check_blocked_call(
+    _, is_causal, causal_alignment, scale, maxima = check_blocked_call(
         q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, return_lse
     )
-    return blocked_attention(q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, return_lse, v_max)
+    return blocked_attention(q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, return_lse, maxima)

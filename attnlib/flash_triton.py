@@ -284,7 +284,7 @@ def flash_attention_triton(
     Raises ``RuntimeError`` saying why when the kernels cannot run on q's device
     (:func:`unavailable_reason`). The logsumexp returned with ``return_lse=True`` carries no gradient.
     """
-    _, is_causal, causal_alignment, scale, v_max = check_blocked_call(
+    _, is_causal, causal_alignment, scale, maxima = check_blocked_call(
         q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, return_lse
     )
     for name, b in (("block_q", block_q), ("block_k", block_k)):
@@ -304,7 +304,9 @@ def flash_attention_triton(
     batch, L, EV = q.shape[:-2], q.shape[-2], v.shape[-1]
     N = math.prod(batch)
     if N == 0:  # nothing to launch: the PyTorch core gives the empty result, with the graph
-        return blocked_attention(q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, return_lse, v_max)
+        return blocked_attention(
+            q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, return_lse, maxima
+        )
     q3, k3, v3 = (t.reshape(N, t.shape[-2], t.shape[-1]).contiguous() for t in (q, k, v))
     out, lse = TritonFlashAttention2.apply(q3, k3, v3, is_causal, scale, block_q, block_k, causal_alignment)
     out, lse = out.reshape(*batch, L, EV), lse.reshape(*batch, L)

@@ -20,6 +20,7 @@ from ._checks import (
     causal_bias_info,
     check_bool,
     check_dropout,
+    check_finite,
     check_fits,
     check_float_tensor,
     check_generator,
@@ -129,7 +130,9 @@ def check_attention_output(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor) 
     """The one check after the core: q @ k^T too large for the dtype is the only way finite, validated inputs give a
     non-finite output (inf - inf in the softmax), so one pass over the (..., L, Ev) output replaces a pass over
     the (..., L, S) scores."""
-    if not torch.isfinite(out).all():
+    try:
+        check_finite(out, "out")
+    except ValueError:
         _refuse_overflow(q, k, out.dtype)
 
 
@@ -210,7 +213,7 @@ def scaled_dot_product_attention(
     floating-point tolerance. fp16/bf16 inputs are computed in fp32 throughout (scores, softmax and
     ``weights @ v``, forward and backward) and the output and weights are returned in their dtype, as SDPA does.
     """
-    bound = check_qkv(q, k, v)
+    q_max, k_max, _ = check_qkv(q, k, v)
     is_causal = check_bool(is_causal, "is_causal")
     return_lse = check_bool(return_lse, "return_lse")
     dropout_p = check_dropout(dropout_p)
@@ -219,7 +222,9 @@ def scaled_dot_product_attention(
     scale = _resolve_scale(scale, q.shape[-1])
     check_scores_fit(q, k)
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    if bound >= torch.finfo(compute).max:  # q k^T might not fit the dtype: look at it (rare, so only then)
+    if (
+        q.shape[-1] * q_max * k_max >= torch.finfo(compute).max
+    ):  # q k^T might not fit the dtype: look at it (rare, so only then)
         _raw_scores(q.to(compute), k.to(compute))
     result = attention_core(q, k, v, mask, scale, dropout_p, generator, return_lse)
     check_attention_output(result[0], q, k)

@@ -11,7 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_dropout, check_float_tensor, check_positive_int, check_rank, shape_str
+from ._checks import (
+    check_bool,
+    check_dropout,
+    check_finite,
+    check_float_tensor,
+    check_positive_int,
+    check_rank,
+    shape_str,
+)
 from .functional import (
     attention_core,
     check_attention_output,
@@ -35,10 +43,8 @@ def _check_input(x: object, name: str, features: int, like: torch.Tensor, *, fin
         raise ValueError(f"{name} is on {x.device} but the layer's weights are on {like.device}")
     if x.shape[-2] == 0:
         raise ValueError(f"{name} is an empty sequence (shape {shape_str(x.shape)}); need at least one position")
-    if finite and not torch.isfinite(x).all():
-        raise ValueError(
-            f"{name} contains NaN or inf values (shape {shape_str(x.shape)}); attention needs finite inputs"
-        )
+    if finite:
+        check_finite(x, name)
     return x
 
 

@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_bool, check_float_tensor, check_positive_int, check_rank, check_tensor, shape_str
+from ._checks import (
+    check_bool,
+    check_finite,
+    check_float_tensor,
+    check_positive_int,
+    check_rank,
+    check_tensor,
+    shape_str,
+)
 from .functional import merge_heads, prepare_mask, softmax, split_heads
 from .kvcache import KVCache
 from .masks import causal_mask
@@ -90,8 +98,7 @@ class TransformerBlock(nn.Module):
             raise ValueError(f"x is on {x.device} but the block's weights are on {weight.device}; move one of them")
         if x.shape[1] == 0:
             raise ValueError(f"x is an empty sequence (shape {shape_str(x.shape)}); need at least one position")
-        if not torch.isfinite(x).all():
-            raise ValueError(f"x contains NaN or inf values (shape {shape_str(x.shape)})")
+        check_finite(x, "x")
         check_bool(is_causal, "is_causal")
         mask = None
         if cache is None:

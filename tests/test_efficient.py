@@ -328,3 +328,27 @@ def test_online_softmax_masked_entries():
         online_softmax([])
     with pytest.raises(ValueError, match="1-D"):
         online_softmax([torch.zeros(2, 2)])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_lazy_shift_is_refreshed_when_a_later_block_could_exceed_it(causal, monkeypatch):
+    """Key blocks whose scores rise from about -60 to +60 (in base-2 units): the running shift of the first block
+    is far below the later scores, so the kernel must refresh it (the headroom bound says so) and still agree with
+    the math path; and the refresh really happens (counted), while ordinary inputs never need it."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.ones(1, 2, 64, 4, dtype=torch.float64) + 0.01 * torch.randn(1, 2, 64, 4, generator=g, dtype=torch.float64)
+    ramp = torch.linspace(-4.0, 4.0, 64, dtype=torch.float64)[:, None]  # scores ramp up along the keys
+    k = ramp * torch.ones(1, 2, 64, 4, dtype=torch.float64)
+    v = torch.randn(1, 2, 64, 3, generator=g, dtype=torch.float64)
+    expected, _ = scaled_dot_product_attention(q, k, v, is_causal=causal, scale=8.0)
+    refreshes = []
+    original = torch.Tensor.amax
+    monkeypatch.setattr(torch.Tensor, "amax", lambda t, *a, **kw: refreshes.append(t.shape) or original(t, *a, **kw))
+    got = chunked_attention(q, k, v, is_causal=causal, scale=8.0, block_q=16, block_k=16)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+    score_blocks = [s for s in refreshes if len(s) == 3]  # amax over a (N, rows, cols) score block
+    assert len(score_blocks) > 4  # more than one per query block: later blocks refreshed the shift
+    refreshes.clear()
+    q, k, v = (torch.randn(1, 2, 64, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    chunked_attention(q, k, v, is_causal=causal, block_q=16, block_k=16)
+    assert len([s for s in refreshes if len(s) == 3]) == 4  # ordinary scores: only the first block of each row
