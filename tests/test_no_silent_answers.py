@@ -303,3 +303,31 @@ def test_multi_head_attention_checks_its_input_once():
     assert _count_host_syncs(lambda: mha(x)) <= 2  # the input once, the output once
     ctx = torch.randn(2, 7, 16)
     assert _count_host_syncs(lambda: mha(x, ctx)) <= 3  # query, key(=value), output
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Three front-ends, one core
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_chunked_flash_and_triton_run_one_blocked_core(monkeypatch):
+    """One key_end, one validator, one SCORES_PER_OP: break the core's key_end and both PyTorch front-ends break;
+    no front-end keeps a copy of the plan, the pool or the work size."""
+    import attnlib.blocked as blocked
+    import attnlib.efficient as efficient
+    import attnlib.flash as flash
+    import attnlib.flash_triton as flash_triton
+
+    for module in (efficient, flash, flash_triton):
+        for copied in ("SCORES_PER_OP", "MIN_SCORES_PER_THREAD", "_pool", "_POOLS", "_Plan", "_key_end", "_validate"):
+            assert not hasattr(module, copied), f"{module.__name__}.{copied}"
+    assert flash_triton.check_blocked_call is blocked.check_blocked_call
+    q, k, v = _qkv(1, 2, 12, 4, dtype=torch.float64)
+    want, _ = scaled_dot_product_attention(q, k, v, is_causal=True)
+    for fn in (chunked_attention, flash_attention):
+        torch.testing.assert_close(fn(q, k, v, is_causal=True, block_q=4, block_k=4), want)
+    monkeypatch.setattr(
+        blocked, "key_end", lambda offset, i1, S: S if offset is None else max(0, min(S, i1 - 1 + offset))
+    )
+    for fn in (chunked_attention, flash_attention):
+        assert not torch.allclose(fn(q, k, v, is_causal=True, block_q=4, block_k=4), want)
