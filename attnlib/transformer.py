@@ -278,8 +278,10 @@ def generate(
     """Continue ``prompt`` (batch, T) by ``max_new_tokens`` tokens; returns (batch, T + max_new_tokens).
 
     ``temperature=0`` is greedy (argmax); otherwise tokens are sampled from softmax(logits / temperature) with
-    ``generator``. With ``use_cache`` the prompt is run once and each new token costs one position per block;
-    without, the whole sequence is recomputed at every step. Both give the same tokens.
+    ``generator`` (computed by :func:`attnlib.softmax`, so a tiny temperature such as 1e-40 gives the greedy limit,
+    not NaN; a NaN or negative temperature is a ValueError). With ``use_cache`` the prompt is run once and each
+    new token costs one position per block; without, the whole sequence is recomputed at every step. Both give
+    the same tokens.
     """
     if not isinstance(model, TinyDecoder):
         raise TypeError(f"model must be an attnlib.transformer.TinyDecoder, got {type(model).__name__}")

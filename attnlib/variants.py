@@ -165,7 +165,9 @@ def linear_attention(
 
     Args:
         q: (batch, heads, L, d); k: (batch, heads, S, d); v: (batch, heads, S, d_v). ``causal`` needs L == S.
-        feature_map: elementwise positive map :math:`\phi`, default :func:`elu_feature_map`.
+        feature_map: elementwise non-negative map :math:`\phi`, default :func:`elu_feature_map`; a map whose
+            output has a negative entry (or NaN/inf) is a ValueError, since the "weights" would not be a weighted
+            average any more.
         eps: added to the denominator.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
