@@ -137,6 +137,144 @@ def check_mask(mask: object, target_shape: Sequence[int], like: torch.Tensor, na
     return mask
 
 
+def check_finite(x: torch.Tensor, name: str) -> float:
+    """Refuse NaN or inf in ``x``; returns max |x| (a bound the caller may use). One full-tensor pass and one host
+    sync on a GPU: call it once, at the public entry, and let the code below trust the tensor."""
+    if not x.numel():
+        return 0.0
+    lo, hi = torch.aminmax(x.detach())  # one fused pass (isfinite(x).all() costs about 20x more on a CPU)
+    largest = float(torch.maximum(hi, -lo))  # NaN propagates, +-inf gives inf: one host sync
+    if not math.isfinite(largest):
+        raise ValueError(
+            f"{name} contains NaN or inf values (shape {shape_str(x.shape)}); attention needs finite inputs"
+        )
+    return largest
+
+
+def check_same_device(tensors: dict[str, torch.Tensor]) -> None:
+    """All named tensors live on the first one's device."""
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} is on device {t.device} but {first_name} is on {first.device}; move them to one device first"
+            )
+
+
+def check_qk(q: object, k: object) -> tuple[float, float]:
+    """q (..., L, E) and k (..., S, E): float tensors of one dtype and device, shared leading dims, L, S, E >= 1,
+    finite values. Returns ``(max|q|, max|k|)``: E times their product bounds every |q_i . k_j|."""
+    check_float_tensor(q, "q")
+    check_float_tensor(k, "k")
+    check_min_rank(q, "q", 2, "(..., L, E)")
+    check_min_rank(k, "k", 2, "(..., S, E)")
+    check_same_dtype_device({"q": q, "k": k})
+    if q.dim() != k.dim():
+        raise ValueError(
+            f"q and k must have the same number of dims, got q {shape_str(q.shape)} and k {shape_str(k.shape)}"
+        )
+    if q.shape[:-2] != k.shape[:-2]:
+        raise ValueError(
+            f"q and k must share their leading (batch, heads) dims, got q {shape_str(q.shape)} and "
+            f"k {shape_str(k.shape)}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q and k must have the same feature dim E to take dot products, got q {shape_str(q.shape)} "
+            f"(E={q.shape[-1]}) and k {shape_str(k.shape)} (E={k.shape[-1]})"
+        )
+    if q.shape[-1] == 0:
+        raise ValueError(f"q and k have feature dim E=0 (q {shape_str(q.shape)}); need E >= 1")
+    if q.shape[-2] == 0:
+        raise ValueError(f"q is an empty sequence (L=0, shape {shape_str(q.shape)}); need at least one query")
+    if k.shape[-2] == 0:
+        raise ValueError(
+            f"k is an empty sequence (S=0, shape {shape_str(k.shape)}); need at least one key "
+            "(to let a query attend to nothing, mask all its keys instead)"
+        )
+    return check_finite(q, "q"), check_finite(k, "k")
+
+
+def check_qkv(q: object, k: object, v: object) -> tuple[float, float, float]:
+    """q (..., L, E), k (..., S, E) and v (..., S, Ev): one dtype and device, shared leading dims, finite values.
+    Returns ``(max|q|, max|k|, max|v|)``, from the same passes that checked them."""
+    q_max, k_max = check_qk(q, k)
+    check_float_tensor(v, "v")
+    check_same_dtype_device({"q": q, "v": v})
+    if v.dim() != q.dim() or v.shape[:-2] != k.shape[:-2] or v.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"v must be (..., S, Ev) with the same leading dims and length S as k, got k {shape_str(k.shape)} "
+            f"and v {shape_str(v.shape)}"
+        )
+    return q_max, k_max, check_finite(v, "v")
+
+
+ALIGNMENTS = ("top-left", "bottom-right")
+
+
+def check_alignment(value: object, name: str) -> str:
+    if not isinstance(value, str) or value not in ALIGNMENTS:
+        raise ValueError(f"{name} must be 'top-left' or 'bottom-right', got {value!r}")
+    return value
+
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_float_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
+    """A floating ``torch.dtype`` (an integer table would truncate every entry, a string is not a dtype)."""
+    if not isinstance(dtype, torch.dtype):
+        hint = f"; use torch.{dtype}" if isinstance(dtype, str) and hasattr(torch, dtype) else ""
+        raise TypeError(
+            f"{name} must be a torch.dtype such as torch.float32, got {type(dtype).__name__} {dtype!r}{hint}"
+        )
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating dtype (float16, bfloat16, float32 or float64), got {dtype}: an integer "
+            "table would truncate its values"
+        )
+    return dtype
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory free for a new tensor on ``device`` now (None where unknown)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            import psutil
+
+            return int(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover - no psutil, no driver: let the allocator decide
+        return None
+    return None
+
+
+def _format_bytes(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+# Below this a request is never refused (asking the OS what is free costs more than allocating it).
+_ALWAYS_FITS = 64 << 20
+
+
+def check_fits(nbytes: int, what: str, device: torch.device | str | None, name: str) -> None:
+    """Refuse, before allocating, a tensor of ``nbytes`` that cannot fit in the memory free on ``device``."""
+    if nbytes <= _ALWAYS_FITS:
+        return
+    free = _available_bytes(torch.device("cpu") if device is None else torch.device(device))
+    if free is not None and nbytes > free:
+        raise ValueError(
+            f"{name}: {what} would need about {_format_bytes(nbytes)}, but only {_format_bytes(free)} is free on "
+            f"{'cpu' if device is None else device}; use smaller sizes (or attnlib.efficient.chunked_attention, "
+            "whose memory grows linearly)"
+        )
+
+
 def check_bool(value: object, name: str) -> bool:
     """A real ``bool``: ``is_causal="no"`` or ``is_causal=1`` is a TypeError, not a truthy flag."""
     if not isinstance(value, bool):

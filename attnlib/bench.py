@@ -1,18 +1,9 @@
 """``attnlib bench``: time and memory of attention implementations, side by side in one run.
 
 For each length L (with S = L) it runs, interleaved (every repeat visits every implementation in turn, so a busy
-machine slows all of them alike):
-
-* ``numpy``   — :func:`attnlib.reference.attention`, the NumPy oracle (small L only: see ``--reference-max-len``);
-* ``math``    — :func:`attnlib.scaled_dot_product_attention`: matmul, softmax, matmul; memory ~ L·S;
-* ``chunked`` — :func:`attnlib.efficient.chunked_attention`: blocks and the online softmax; memory ~ L + S;
-* ``flash``   — :func:`attnlib.flash.flash_attention`: FlashAttention-2 in PyTorch (tiled forward saving the
-  logsumexp, recomputing backward);
-* ``flash-mm`` — :func:`attnlib.flash.flash_matmuls_only`: the same loops with only their matmuls. Not attention:
-  its time is the floor under ``flash``, so ``flash-mm / flash`` is the measured share of ``flash``'s time spent in
-  matmuls, and the rest is what the softmax bookkeeping (elementwise passes over each score block) costs;
-* ``triton``  — :func:`attnlib.flash_triton.flash_attention_triton` (CUDA only; skipped elsewhere, with the reason);
-* ``sdpa``    — ``torch.nn.functional.scaled_dot_product_attention``, PyTorch's fused kernels (the yardstick).
+machine slows all of them alike), the implementations of :data:`IMPLEMENTATIONS`: one :class:`Implementation`
+record each (name, what it is, how to call it, its memory estimate, when it is skipped). ``attnlib bench --help``
+lists them; SDPA (``torch.nn.functional.scaled_dot_product_attention``, PyTorch's fused kernels) is the yardstick.
 
 ``--modes full causal`` runs both masks in one run (``--causal`` is short for ``--modes causal``); every ratio is
 to SDPA with the same mask, same length, same run.
@@ -40,9 +31,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-IMPLS = ("numpy", "math", "chunked", "flash", "flash-mm", "triton", "sdpa")
 MODES = ("full", "causal")
 DEFAULT_LENGTHS = [256, 512, 1024, 2048, 4096, 8192, 16384]
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -64,11 +55,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-dim", "-D", type=int, default=64, help="head dim (default: %(default)s)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="(default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: attnlib.get_device())")
-    parser.add_argument("--block-q", type=int, default=256, help="chunked: query block size (default: %(default)s)")
-    parser.add_argument("--block-k", type=int, default=512, help="chunked: key block size (default: %(default)s)")
+    parser.add_argument(
+        "--block-q", type=int, default=512, help="chunked, flash: query block size (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--block-k", type=int, default=512, help="chunked, flash: key block size (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--scores-per-op",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU: scores per op of the blocked core (attnlib.blocked.SCORES_PER_OP; default: its measured value)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per implementation (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (default: %(default)s)")
-    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to run")
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        choices=IMPLS,
+        default=list(IMPLS),
+        help="implementations to run: " + "; ".join(f"{r.name}: {r.summary}" for r in IMPLEMENTATIONS.values()),
+    )
     parser.add_argument("--backward", action="store_true", help="time forward + backward instead of forward")
     parser.add_argument("--causal", action="store_true", help="causal attention only (same as --modes causal)")
     parser.add_argument(
@@ -108,24 +116,10 @@ def attention_flops(B: int, H: int, L: int, S: int, D: int, *, backward: bool = 
 
 
 def estimate_bytes(impl: str, B: int, H: int, L: int, S: int, D: int, itemsize: int, *, backward: bool = False) -> int:
-    """A deliberately generous estimate of the memory one call needs, inputs included.
-
-    The math path holds a few (B, H, L, S) tensors (scores, exponentials, weights; autograd saves more); the
-    NumPy reference about five; SDPA and the chunked path hold outputs, saved tensors and a few blocks.
-    """
-    scores = B * H * L * S * itemsize
-    rows = B * H * (L + S) * D * itemsize  # one copy of q and k (or of the output and v)
+    """A deliberately generous estimate of the memory one call needs, inputs included (the record's own
+    ``extra_bytes`` on top of q, k, v and, with ``backward``, their gradients)."""
     inputs = 3 * B * H * max(L, S) * D * itemsize * (2 if backward else 1)
-    extra = {
-        "numpy": 5 * B * H * L * S * 8,  # the reference may promote to float64
-        "math": (5 if backward else 3) * scores,
-        "chunked": 4 * rows + 64 * MiB,
-        "flash": 4 * rows + 64 * MiB,
-        "flash-mm": 4 * rows + 64 * MiB,
-        "triton": 4 * rows + 64 * MiB,
-        "sdpa": 4 * rows + 64 * MiB,
-    }[impl]
-    return int(inputs + extra)
+    return int(inputs + IMPLEMENTATIONS[impl].extra_bytes(B, H, L, S, D, itemsize, backward))
 
 
 def available_bytes(device) -> int:
@@ -322,40 +316,12 @@ def _inputs(spec: dict):
 
 def make_call(impl: str, spec: dict, q, k, v, grad) -> Callable[[], object]:
     """A zero-argument function that runs ``impl`` once (forward, or forward + backward) on q, k, v."""
-    import numpy as np
     import torch
-    import torch.nn.functional as F
 
-    from . import reference
-    from .efficient import chunked_attention
-    from .flash import flash_attention, flash_matmuls_only
-    from .functional import scaled_dot_product_attention
-
-    causal = spec["causal"]
-    if impl == "numpy":
-        qn, kn, vn = (t.cpu().numpy() for t in (q, k, v))
-        mask = np.tril(np.ones((q.shape[-2], k.shape[-2]), dtype=bool)) if causal else None
-        return lambda: torch.from_numpy(reference.attention(qn, kn, vn, mask)[0])
-    blocks = dict(block_q=spec["block_q"], block_k=spec["block_k"])
-    if impl == "flash-mm":  # the matmuls of flash's loops and nothing else (forward, or forward + backward)
-
-        def run_matmuls():
-            return flash_matmuls_only(q, k, v, grad, is_causal=causal, **blocks)
-
-        return run_matmuls
-    if impl == "triton":
-        from .flash_triton import flash_attention_triton
-
-        tblocks = dict(block_q=spec.get("triton_block_q", 64), block_k=spec.get("triton_block_k", 64))
-    forward = {
-        "math": lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=causal)[0],
-        "flash": lambda q, k, v: flash_attention(q, k, v, is_causal=causal, **blocks),
-        "triton": lambda q, k, v: flash_attention_triton(q, k, v, is_causal=causal, **tblocks),
-        "chunked": lambda q, k, v: chunked_attention(
-            q, k, v, is_causal=causal, block_q=spec["block_q"], block_k=spec["block_k"]
-        ),
-        "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
-    }[impl]
+    record = IMPLEMENTATIONS[impl]
+    if record.call is not None:  # runs itself (no autograd): the NumPy reference, the matmul floor
+        return record.call(spec, q, k, v, grad)
+    forward = record.forward(spec)
     if not spec["backward"]:
 
         def run_forward():
@@ -407,6 +373,10 @@ def _memory_child() -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    if spec.get("scores_per_op"):
+        from . import blocked
+
+        blocked.SCORES_PER_OP = spec["scores_per_op"]
     q, k, v, grad = _inputs(spec)
     small = dict(spec, L=min(spec["L"], 64))
     make_call(spec["impl"], small, *_inputs(small))()  # load kernels, BLAS buffers and thread pools first
@@ -484,28 +454,179 @@ def _triton_reason(device) -> str | None:
 
 
 def _skip_reason(impl: str, spec: dict, budget: int) -> str | None:
-    L = spec["L"]
-    if impl == "triton":
-        import torch
-
-        reason = _triton_reason(torch.device(spec["device"]))
-        if reason:
-            return reason
-        if spec["dtype"] == "float64":
-            return "Triton kernels take fp32, fp16 or bf16"
-    if impl in ("flash-mm",) and spec["dtype"] in ("float16", "bfloat16"):
-        return "matmul floor measured for fp32/fp64 (the fp16/bf16 path computes in fp32)"
-    if impl == "numpy" and spec["backward"]:
-        return "NumPy reference has no backward"
-    if impl == "numpy" and L > spec["reference_max_len"]:
-        return f"NumPy reference only up to L={spec['reference_max_len']} (--reference-max-len)"
+    reason = IMPLEMENTATIONS[impl].skip(spec)
+    if reason:
+        return reason
     itemsize = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}[spec["dtype"]]
+    L = spec["L"]
     need = estimate_bytes(
         impl, spec["batch"], spec["heads"], L, L, spec["head_dim"], itemsize, backward=spec["backward"]
     )
     if need > budget:
         return f"needs ~{need / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB budget (--memory-fraction)"
     return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The implementations: one record each
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _never(spec: dict) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One row kind of the benchmark table.
+
+    ``forward(spec)`` returns ``f(q, k, v) -> output`` (timed under ``no_grad``, or with ``.backward`` for
+    ``--backward``); or ``call(spec, q, k, v, grad)`` returns a zero-argument function that runs one measurement
+    itself. ``extra_bytes(B, H, L, S, D, itemsize, backward)`` is a generous estimate of what one call needs
+    besides its inputs, ``skip(spec)`` the reason it cannot run (or None), ``note`` what its table row says.
+    """
+
+    name: str
+    summary: str
+    extra_bytes: Callable[..., int]
+    forward: Callable[[dict], Callable] | None = None
+    call: Callable[..., Callable[[], object]] | None = None
+    skip: Callable[[dict], str | None] = _never
+    note: str = ""
+
+
+def _linear(B, H, L, S, D, itemsize, backward):  # outputs, saved tensors and a few blocks: ~ L + S
+    return 4 * B * H * (L + S) * D * itemsize + 64 * MiB
+
+
+def _numpy_call(spec, q, k, v, grad):
+    import numpy as np
+    import torch
+
+    from . import reference
+
+    qn, kn, vn = (t.cpu().numpy() for t in (q, k, v))
+    mask = np.tril(np.ones((q.shape[-2], k.shape[-2]), dtype=bool)) if spec["causal"] else None
+    return lambda: torch.from_numpy(reference.attention(qn, kn, vn, mask)[0])
+
+
+def _numpy_skip(spec):
+    if spec["backward"]:
+        return "NumPy reference has no backward"
+    if spec["L"] > spec["reference_max_len"]:
+        return f"NumPy reference only up to L={spec['reference_max_len']} (--reference-max-len)"
+    return None
+
+
+def _math_forward(spec):
+    from .functional import scaled_dot_product_attention
+
+    return lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal=spec["causal"])[0]
+
+
+def _chunked_forward(spec):
+    from .efficient import chunked_attention
+
+    blocks = dict(block_q=spec["block_q"], block_k=spec["block_k"])
+    return lambda q, k, v: chunked_attention(q, k, v, is_causal=spec["causal"], **blocks)
+
+
+def _flash_forward(spec):
+    from .flash import flash_attention
+
+    blocks = dict(block_q=spec["block_q"], block_k=spec["block_k"])
+    return lambda q, k, v: flash_attention(q, k, v, is_causal=spec["causal"], **blocks)
+
+
+def _flash_mm_call(spec, q, k, v, grad):
+    from .flash import flash_matmuls_only
+
+    blocks = dict(block_q=spec["block_q"], block_k=spec["block_k"])
+    return lambda: flash_matmuls_only(q, k, v, grad, is_causal=spec["causal"], **blocks)
+
+
+def _flash_mm_skip(spec):
+    if spec["dtype"] in ("float16", "bfloat16"):
+        return "matmul floor measured for fp32/fp64 (the fp16/bf16 path computes in fp32)"
+    return None
+
+
+def _triton_forward(spec):
+    from .flash_triton import flash_attention_triton
+
+    blocks = dict(block_q=spec.get("triton_block_q", 64), block_k=spec.get("triton_block_k", 64))
+    return lambda q, k, v: flash_attention_triton(q, k, v, is_causal=spec["causal"], **blocks)
+
+
+def _triton_skip(spec):
+    import torch
+
+    reason = _triton_reason(torch.device(spec["device"]))
+    if reason:
+        return reason
+    if spec["dtype"] == "float64":
+        return "Triton kernels take fp32, fp16 or bf16"
+    return None
+
+
+def _sdpa_forward(spec):
+    import torch.nn.functional as F
+
+    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=spec["causal"])
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    r.name: r
+    for r in (
+        Implementation(
+            "numpy",
+            "attnlib.reference.attention, the NumPy oracle (small L only: --reference-max-len)",
+            extra_bytes=lambda B, H, L, S, D, itemsize, backward: 5 * B * H * L * S * 8,  # may promote to float64
+            call=_numpy_call,
+            skip=_numpy_skip,
+        ),
+        Implementation(
+            "math",
+            "attnlib.scaled_dot_product_attention: matmul, softmax, matmul; memory ~ L*S",
+            extra_bytes=lambda B, H, L, S, D, itemsize, backward: (5 if backward else 3) * B * H * L * S * itemsize,
+            forward=_math_forward,
+        ),
+        Implementation(
+            "chunked",
+            "attnlib.efficient.chunked_attention (lesson 12): the blocked core with masks; memory ~ L + S",
+            extra_bytes=_linear,
+            forward=_chunked_forward,
+        ),
+        Implementation(
+            "flash",
+            "attnlib.flash.flash_attention (lesson 13): FlashAttention-2 on the same blocked core",
+            extra_bytes=_linear,
+            forward=_flash_forward,
+        ),
+        Implementation(
+            "flash-mm",
+            "attnlib.flash.flash_matmuls_only: flash's loops with only their matmuls, the floor under flash",
+            extra_bytes=_linear,
+            call=_flash_mm_call,
+            skip=_flash_mm_skip,
+            note="matmuls of flash's loops only: not attention, the floor under flash",
+        ),
+        Implementation(
+            "triton",
+            "attnlib.flash_triton.flash_attention_triton (CUDA only; skipped elsewhere, with the reason)",
+            extra_bytes=_linear,
+            forward=_triton_forward,
+            skip=_triton_skip,
+        ),
+        Implementation(
+            "sdpa",
+            "torch.nn.functional.scaled_dot_product_attention, PyTorch's fused kernels: the yardstick",
+            extra_bytes=_linear,
+            forward=_sdpa_forward,
+        ),
+    )
+}
+IMPLS = tuple(IMPLEMENTATIONS)
 
 
 def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
@@ -522,6 +643,13 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     if any(L < 1 for L in args.lengths):
         raise ValueError(f"--lengths must be positive, got {args.lengths}")
     impls = [i for i in IMPLS if i in args.impls]
+    from . import blocked
+
+    scores_per_op = getattr(args, "scores_per_op", None)
+    if scores_per_op is not None:
+        if scores_per_op < 1:
+            raise ValueError(f"--scores-per-op must be >= 1, got {scores_per_op}")
+        blocked.SCORES_PER_OP = scores_per_op  # this process's runs (and the memory children read the config)
     modes = list(dict.fromkeys(args.modes or (["causal"] if args.causal else ["full"])))
     config = {
         "lengths": list(args.lengths),
@@ -532,6 +660,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         "device": str(device),
         "block_q": args.block_q,
         "block_k": args.block_k,
+        "scores_per_op": blocked.SCORES_PER_OP,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "impls": impls,
@@ -596,8 +725,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             r["peak_extra_mib"] = None if r["peak_extra_bytes"] is None else r["peak_extra_bytes"] / MiB
             out = outputs[impl].to(device=device, dtype=torch.float64)
             r["max_err"] = None if ref is None else float((out - ref.to(torch.float64)).abs().max())
-            if impl == "flash-mm":
-                r["max_err"], r["note"] = None, "matmuls of flash's loops only: not attention, the floor under flash"
+            if IMPLEMENTATIONS[impl].note:  # not attention (the matmul floor): no error to report
+                r["max_err"], r["note"] = None, IMPLEMENTATIONS[impl].note
         base = results.get("sdpa")
         for impl in todo:
             r = results[impl]

@@ -25,31 +25,35 @@ Two implementations of the same algorithm:
 
 * :func:`flash_attention_loops` — the algorithm as the math reads: natural-log ``exp``, out-of-place ops, plain
   autograd through it. For reading, and as a second oracle in the tests.
-* :func:`flash_attention` / :class:`FlashAttention2` — the same loops made fast on the CPU: scores in base 2
-  (``exp2`` is cheaper than ``exp``), the scale folded into the matmul, one reused score buffer per worker
-  exponentiated in place, causal blocks that are entirely in the future skipped, and one single-threaded worker
-  per core on its own slice of the (batch, head) rows. A ``torch.autograd.Function`` with the backward above.
+* :func:`flash_attention` / :class:`FlashAttention2` — the same loops made fast on the CPU, in
+  :mod:`attnlib.blocked`, the core that lesson 12's :func:`attnlib.efficient.chunked_attention` runs too:
+  :func:`~attnlib.blocked.forward_blocks` and :func:`~attnlib.blocked.backward_blocks` are these two loops with
+  scores in base 2 (``exp2`` is cheaper than ``exp``), the scale and the running shift folded into the matmul,
+  one reused score buffer exponentiated in place, causal blocks entirely in the future skipped, and one
+  single-threaded worker per core on its own slice of the (batch, head) rows.
 
-fp16 and bf16 inputs are computed (and accumulated) in fp32; the output has the input's dtype and the logsumexp is
-always fp32. Inputs are never modified.
+fp16 and bf16 inputs are computed (and accumulated) in fp32, and the backward uses the fp32 output, not the one
+rounded to the input's dtype; the output has the input's dtype and the logsumexp is fp32 (fp64 for fp64 inputs).
+Inputs are validated once, by :func:`attnlib.blocked.check_blocked_call` (the checks of every blocked front-end),
+and never modified.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from ._checks import (
-    check_float_tensor,
-    check_positive_float,
-    check_positive_int,
-    check_same_dtype_device,
-    shape_str,
+from .blocked import (
+    blocked_attention,
+    causal_offset,
+    check_blocked_call,
+    lse_from_stats,
+    make_plan,
+    refuse_double_backward,
+    run_backward,
+    run_forward,
+    saved_for_backward,
 )
 
 __all__ = [
@@ -60,52 +64,12 @@ __all__ = [
     "flash_matmuls_only",
 ]
 
-LOG2E = math.log2(math.e)  # exp(x) == exp2(x * LOG2E)
-LN2 = math.log(2.0)  # log(x) == log2(x) * LN2
 ALIGNMENTS = ("top-left", "bottom-right")
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------------------------
-
-
 def _check_inputs(q, k, v, is_causal, causal_alignment, scale, block_q, block_k) -> float:
-    """Check everything; return the scale to use."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_float_tensor(t, name)
-        if t.dim() < 2:
-            raise ValueError(f"{name} must have at least 2 dims (..., seq, dim), got shape {shape_str(t.shape)}")
-    check_same_dtype_device({"q": q, "k": k, "v": v})
-    if k.dim() != q.dim() or k.shape[:-2] != q.shape[:-2] or k.shape[-1] != q.shape[-1]:
-        raise ValueError(
-            f"k must be (..., S, E) with q's leading dims and feature dim E, got q {shape_str(q.shape)} "
-            f"and k {shape_str(k.shape)}"
-        )
-    if v.dim() != k.dim() or v.shape[:-1] != k.shape[:-1]:
-        raise ValueError(
-            f"v must be (..., S, Ev) with k's leading dims and length S, got k {shape_str(k.shape)} "
-            f"and v {shape_str(v.shape)}"
-        )
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name} contains NaN or inf values; attention needs finite inputs")
-    if not isinstance(is_causal, bool):
-        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
-    if causal_alignment not in ALIGNMENTS:
-        raise ValueError(f"causal_alignment must be 'top-left' or 'bottom-right', got {causal_alignment!r}")
-    check_positive_int(block_q, "block_q")
-    check_positive_int(block_k, "block_k")
-    if scale is None:
-        return 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
-    return check_positive_float(scale, "scale")
-
-
-def causal_offset(is_causal: bool, causal_alignment: str, L: int, S: int) -> int | None:
-    """Query i may see key j iff ``j <= i + offset``; None when there is no causal mask."""
-    if not is_causal:
-        return None
-    return 0 if causal_alignment == "top-left" else S - L
+    """The blocked front-ends' one validator, without a mask; returns the scale to use."""
+    return check_blocked_call(q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, False)[3]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -147,31 +111,29 @@ def flash_attention_loops(
     for i0 in range(0, L, block_q):
         qi = qf[..., i0 : i0 + block_q, :]
         rows = torch.arange(i0, i0 + qi.shape[-2], device=q.device)
-        m = torch.full(qi.shape[:-1], -math.inf, dtype=compute, device=q.device)  # running max
-        l = torch.zeros_like(m)  # running sum of exp(s - m)
-        acc = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=compute, device=q.device)  # sum of exp(s - m) v
+        # The running max is kept of the dot products q.k, *before* the scale: exp(scale * (r - m)) has an
+        # exponent <= 0 for any positive scale, where scale * r alone overflows for a scale like 1e38.
+        m = torch.full(qi.shape[:-1], -math.inf, dtype=compute, device=q.device)  # running max of q.k
+        l = torch.zeros_like(m)  # running sum of exp(scale * (r - m))
+        acc = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=compute, device=q.device)  # sum of exp(...) v
         for j0 in range(0, S, block_k):
             kj, vj = kf[..., j0 : j0 + block_k, :], vf[..., j0 : j0 + block_k, :]
-            s = scale * qi @ kj.transpose(-2, -1)  # (..., block_q, block_k)
+            r = qi @ kj.transpose(-2, -1)  # (..., block_q, block_k) dot products; the scores are scale * r
             if offset is not None:
                 cols = torch.arange(j0, j0 + kj.shape[-2], device=q.device)
-                s = s.masked_fill(cols[None, :] > rows[:, None] + offset, -math.inf)
-            m_new = torch.maximum(m, s.amax(dim=-1))
+                r = r.masked_fill(cols[None, :] > rows[:, None] + offset, -math.inf)
+            m_new = torch.maximum(m, r.amax(dim=-1))
             shift = torch.where(m_new == -math.inf, 0.0, m_new)  # nothing visible yet: exp(-inf - 0) = 0
-            p = torch.exp(s - shift.unsqueeze(-1))
-            rescale = torch.exp(m - shift)  # how much the old terms shrink under the new max
+            p = torch.exp(scale * (r - shift.unsqueeze(-1)))
+            rescale = torch.exp(scale * (m - shift))  # how much the old terms shrink under the new max
             l = l * rescale + p.sum(dim=-1)
             acc = acc * rescale.unsqueeze(-1) + p @ vj
             m = m_new
         seen = l > 0
         out_blocks.append(acc / torch.where(seen, l, 1.0).unsqueeze(-1))  # no visible key: 0 / 1 = 0
-        lse_blocks.append(torch.where(seen, m + torch.log(torch.where(seen, l, 1.0)), -math.inf))
-    if L == 0:
-        out = q.new_zeros(*q.shape[:-1], v.shape[-1])
-        lse = torch.zeros(q.shape[:-1], dtype=torch.float32, device=q.device)
-    else:
-        out, lse = torch.cat(out_blocks, dim=-2).to(q.dtype), torch.cat(lse_blocks, dim=-1)
-        lse = lse.to(torch.float32) if compute != torch.float64 else lse
+        lse_blocks.append(torch.where(seen, scale * m + torch.log(torch.where(seen, l, 1.0)), -math.inf))
+    out, lse = torch.cat(out_blocks, dim=-2).to(q.dtype), torch.cat(lse_blocks, dim=-1)
+    lse = lse.to(torch.float32) if compute != torch.float64 else lse
     return (out, lse) if return_lse else out
 
 
@@ -225,202 +187,8 @@ def flash_backward_loops(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The fast path: kernels on (N, L, E) tensors in base 2, in place, one worker per core
+# The fast path: attnlib.blocked's kernels
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _buffer(cache: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    numel = math.prod(shape)
-    buf = cache.get(name)
-    if buf is None or buf.numel() < numel:
-        buf = cache[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
-    return buf[:numel].view(shape)
-
-
-def _causal_block(cache: dict, rows: int, cols: int, diagonal: int, device) -> torch.Tensor:
-    """True where local (row r, col c) is masked: c > r + diagonal."""
-    key = (rows, cols, diagonal)
-    if key not in cache:
-        cache[key] = torch.ones(rows, cols, dtype=torch.bool, device=device).triu(diagonal + 1)
-    return cache[key]
-
-
-def _key_end(offset: int | None, i1: int, S: int) -> int:
-    """One past the last key that any of the query rows [.., i1) may see."""
-    return S if offset is None else max(0, min(S, i1 + offset))
-
-
-def _forward_kernel(q, k, v, out, lse2, alpha, offset, block_q, block_k, matmuls_only=False) -> None:
-    """Writes out (N, L, Ev) and lse2 (N, L), the logsumexp of the base-2 scores (+inf: no visible key).
-
-    ``matmuls_only`` runs the same loop with only the two matmuls per block (a wrong answer): what the benchmark
-    times to show how much of the time the softmax bookkeeping takes.
-    """
-    N, L, S = q.shape[0], q.shape[1], k.shape[1]
-    bufs: dict = {}
-    masks: dict = {}
-    for i0 in range(0, L, block_q):
-        i1 = min(i0 + block_q, L)
-        rows, end = i1 - i0, _key_end(offset, i1, S)
-        if end == 0:  # every key of these rows is in their future
-            out[:, i0:i1] = 0
-            lse2[:, i0:i1] = math.inf
-            continue
-        qi, acc = q[:, i0:i1], _buffer(bufs, "acc", (N, rows, v.shape[-1]), q)
-        m = l = None
-        for j0 in range(0, end, block_k):
-            j1 = min(j0 + block_k, end)
-            s = _buffer(bufs, "s", (N, rows, j1 - j0), q)
-            torch.baddbmm(s, qi, k[:, j0:j1].transpose(1, 2), beta=0.0, alpha=alpha, out=s)  # base-2 scores
-            if matmuls_only:
-                acc.baddbmm_(s, v[:, j0:j1])
-                continue
-            if offset is not None and j1 - 1 > i0 + offset:  # the block crosses the diagonal
-                s.masked_fill_(_causal_block(masks, rows, j1 - j0, i0 + offset - j0, q.device), -math.inf)
-            m_blk = s.amax(dim=-1)
-            m_new = m_blk if m is None else torch.maximum(m, m_blk)
-            shift = m_new.masked_fill(m_new == -math.inf, 0.0)
-            s.sub_(shift.unsqueeze(-1)).exp2_()  # p = exp2(s - m), in place
-            if m is None:
-                l = s.sum(dim=-1)
-                torch.bmm(s, v[:, j0:j1], out=acc)
-            else:
-                rescale = torch.exp2(m - shift)
-                l.mul_(rescale).add_(s.sum(dim=-1))
-                acc.mul_(rescale.unsqueeze(-1)).baddbmm_(s, v[:, j0:j1])
-            m = m_new
-        if matmuls_only:
-            out[:, i0:i1] = acc
-            continue
-        seen = l > 0
-        safe_l = torch.where(seen, l, 1.0)
-        torch.div(acc, safe_l.unsqueeze(-1), out=out[:, i0:i1])
-        lse2[:, i0:i1] = torch.where(seen, m + torch.log2(safe_l), math.inf)
-
-
-def _backward_kernel(
-    q, k, v, grad_out, delta, lse2, dq, dk, dv, alpha, offset, block_q, block_k, matmuls_only=False
-) -> None:
-    """Accumulates into zeroed dq, dk (both still to be multiplied by scale) and dv.
-
-    ``delta`` is D - dlse (N, L): D_i = dO_i . O_i, less the gradient flowing into the logsumexp output if any.
-    ``matmuls_only``: only the five matmuls per block (a wrong answer; for the benchmark's bound).
-    """
-    N, L, S = q.shape[0], q.shape[1], k.shape[1]
-    bufs: dict = {}
-    masks: dict = {}
-    for i0 in range(0, L, block_q):
-        i1 = min(i0 + block_q, L)
-        rows, end = i1 - i0, _key_end(offset, i1, S)
-        qi, doi, dqi = q[:, i0:i1], grad_out[:, i0:i1], dq[:, i0:i1]
-        if not matmuls_only:  # subtracted inside the matmuls (beta = 1 on a broadcast input): no extra pass
-            neg_lse_i, neg_delta_i = -lse2[:, i0:i1].unsqueeze(-1), -delta[:, i0:i1].unsqueeze(-1)
-        for j0 in range(0, end, block_k):
-            j1 = min(j0 + block_k, end)
-            cols = j1 - j0
-            p = _buffer(bufs, "p", (N, rows, cols), q)
-            ds = _buffer(bufs, "ds", (N, rows, cols), q)
-            if matmuls_only:
-                torch.baddbmm(p, qi, k[:, j0:j1].transpose(1, 2), beta=0.0, alpha=alpha, out=p)
-                dv[:, j0:j1].baddbmm_(p.transpose(1, 2), doi)
-                torch.bmm(doi, v[:, j0:j1].transpose(1, 2), out=ds)
-            else:
-                torch.baddbmm(neg_lse_i, qi, k[:, j0:j1].transpose(1, 2), alpha=alpha, out=p)  # s - lse (base 2)
-                if offset is not None and j1 - 1 > i0 + offset:
-                    p.masked_fill_(_causal_block(masks, rows, cols, i0 + offset - j0, q.device), -math.inf)
-                p.exp2_()  # P, recomputed from the saved logsumexp
-                dv[:, j0:j1].baddbmm_(p.transpose(1, 2), doi)  # dV += P^T dO
-                torch.baddbmm(neg_delta_i, doi, v[:, j0:j1].transpose(1, 2), out=ds)  # dP - D, dP = dO V^T
-                ds.mul_(p)  # dS = P * (dP - D)
-            dqi.baddbmm_(ds, k[:, j0:j1])  # dQ += dS K
-            dk[:, j0:j1].baddbmm_(ds.transpose(1, 2), qi)  # dK += dS^T Q
-
-
-# Threads: a blocked loop issues many small ops; with torch's intra-op threads each op forks and joins across
-# the cores. One single-threaded worker per core, each on its own contiguous slice of the N (batch, head) rows,
-# joins once per call instead.
-MIN_SCORES_PER_WORKER = 1 << 20
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOL_LOCK = threading.Lock()
-os.register_at_fork(after_in_child=_POOLS.clear)
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    with _POOL_LOCK:
-        if workers not in _POOLS:
-            before = torch.get_num_threads()
-            ready = threading.Barrier(workers)
-
-            def init() -> None:
-                torch.set_num_threads(1)
-                ready.wait()
-
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="attnlib-flash", initializer=init)
-            for f in [pool.submit(int) for _ in range(workers)]:
-                f.result()
-            torch.set_num_threads(before)
-            _POOLS[workers] = pool
-        return _POOLS[workers]
-
-
-# Scores per op on the CPU: (batch, head) rows per op x block_q x block_k. 2^18 fp32 scores (1 MiB, e.g. two rows of
-# 256 x 512 blocks) stay in a core's L2 cache across the elementwise passes, while each op is still large enough
-# that dispatch is small next to the matmuls (single-thread CPU time at L = 2048, B=4, H=8, D=64 on a busy machine:
-# 2^18 gave 0.79-0.84x SDPA forward, 2^21 0.67-0.75x, 2^23 0.63-0.70x; see `attnlib bench` for the real thing).
-SCORES_PER_OP = 1 << 18
-
-
-def _rows_per_op(q: torch.Tensor, N: int, block_q: int, block_k: int) -> int:
-    return max(1, N if q.device.type != "cpu" else SCORES_PER_OP // (block_q * block_k))
-
-
-def _workers(q: torch.Tensor, N: int, L: int, S: int) -> int:
-    if q.device.type != "cpu":
-        return 1
-    return max(1, min(torch.get_num_threads(), N, (N * L * S) // MIN_SCORES_PER_WORKER))
-
-
-def _run_split(fn, N: int, workers: int, rows_per_op: int, *tensors) -> None:
-    """Call ``fn(*slices)`` on ``workers`` contiguous slices of the first dim of every tensor, each slice cut
-    into pieces of at most ``rows_per_op`` rows (so that one score block stays a few MiB)."""
-
-    def run_range(a, b):
-        for c in range(a, b, rows_per_op):
-            fn(*(t[c : min(c + rows_per_op, b)] for t in tensors))
-
-    if workers == 1:
-        run_range(0, N)
-        return
-    bounds = [round(w * N / workers) for w in range(workers + 1)]
-
-    def task(a, b):
-        def run():
-            with torch.no_grad():
-                run_range(a, b)
-
-        return run
-
-    futures = [_pool(workers).submit(task(a, b)) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
-    for f in futures:
-        f.result()
-
-
-def _flash_forward(q3, k3, v3, scale, offset, block_q, block_k, matmuls_only=False):
-    """(out, lse2) for fp32/fp64 (N, L, E) tensors."""
-    N, L, S = q3.shape[0], q3.shape[1], k3.shape[1]
-    out = q3.new_empty(N, L, v3.shape[-1])
-    lse2 = q3.new_empty(N, L)
-    alpha = scale * LOG2E
-
-    def fn(q, k, v, o, lse):
-        _forward_kernel(q, k, v, o, lse, alpha, offset, block_q, block_k, matmuls_only)
-
-    _run_split(fn, N, _workers(q3, N, L, S), _rows_per_op(q3, N, block_q, block_k), q3, k3, v3, out, lse2)
-    return out, lse2
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class FlashAttention2(torch.autograd.Function):
@@ -428,94 +196,44 @@ class FlashAttention2(torch.autograd.Function):
 
     ``q`` (..., L, E), ``k`` (..., S, E), ``v`` (..., S, Ev); extra positional arguments after ``is_causal``:
     ``scale`` (None: 1/sqrt(E)), ``block_q``, ``block_k``, ``causal_alignment``. Returns the output (..., L, Ev).
-    The forward saves q, k, v, the output and the natural-log logsumexp (..., L) (fp32; for inputs of shape
-    (batch, n_queries, d), a (batch, n_queries) tensor, what CS336's tests look for in ``ctx.saved_tensors``).
+    ``apply`` checks the arguments (as :func:`flash_attention` does) before autograd sees them. The forward
+    saves q, k, v, the output (fp32 for fp16/bf16 inputs) and the natural-log logsumexp (..., L) (fp32; for
+    inputs of shape (batch, n_queries, d), a (batch, n_queries) tensor, what CS336's tests look for in
+    ``ctx.saved_tensors``).
     """
 
-    @staticmethod
-    def forward(ctx, q, k, v, is_causal=False, scale=None, block_q=256, block_k=512, causal_alignment="top-left"):
-        out, lse = _forward_impl(ctx, q, k, v, is_causal, scale, block_q, block_k, causal_alignment)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        return (*_backward_impl(ctx, grad_out, None), None, None, None, None, None)
-
-
-class _FlashAttention2WithLse(torch.autograd.Function):
-    """Same as :class:`FlashAttention2`, returning (out, lse); the logsumexp is differentiable too."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, is_causal, scale, block_q, block_k, causal_alignment):
-        return _forward_impl(ctx, q, k, v, is_causal, scale, block_q, block_k, causal_alignment)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out, grad_lse):
-        return (*_backward_impl(ctx, grad_out, grad_lse), None, None, None, None, None)
-
-
-def _forward_impl(ctx, q, k, v, is_causal, scale, block_q, block_k, causal_alignment):
-    scale = _check_inputs(q, k, v, is_causal, causal_alignment, scale, block_q, block_k)
-    batch, L, S, Ev = q.shape[:-2], q.shape[-2], k.shape[-2], v.shape[-1]
-    N = math.prod(batch)
-    offset = causal_offset(is_causal, causal_alignment, L, S)
-    compute = _compute_dtype(q.dtype)
-    q3, k3, v3 = (t.detach().reshape(N, t.shape[-2], t.shape[-1]).to(compute).contiguous() for t in (q, k, v))
-    if N * L == 0:
-        out3, lse2 = q3.new_zeros(N, L, Ev), q3.new_full((N, L), math.inf)
-    else:
-        out3, lse2 = _flash_forward(q3, k3, v3, scale, offset, block_q, block_k)
-    lse2[lse2 == math.inf] = -math.inf  # logsumexp over no keys is -inf (as torch.logsumexp)
-    lse = (lse2 * LN2).to(torch.float64 if compute == torch.float64 else torch.float32).reshape(*batch, L)
-    out = out3.reshape(*batch, L, Ev).to(q.dtype)
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.settings = (scale, offset, block_q, block_k)
-    return out, lse
-
-
-def _backward_impl(ctx, grad_out, grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    scale, offset, block_q, block_k = ctx.settings
-    batch, L, S, E, Ev = q.shape[:-2], q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    N = math.prod(batch)
-    compute = _compute_dtype(q.dtype)
-    q3, k3, v3 = (t.reshape(N, t.shape[-2], t.shape[-1]).to(compute).contiguous() for t in (q, k, v))
-    o3 = out.reshape(N, L, Ev).to(compute)
-    do3 = grad_out.reshape(N, L, Ev).to(compute).contiguous()
-    delta = (do3 * o3).sum(dim=-1)  # D_i = dO_i . O_i
-    if grad_lse is not None:
-        delta -= grad_lse.reshape(N, L).to(compute)  # d lse_i / d s_ij = P_ij: dS = P * (dP - D + dlse)
-    lse2 = lse.reshape(N, L).to(compute) * LOG2E
-    lse2 = lse2.masked_fill(lse2 == -math.inf, math.inf)  # no visible key: P = exp2(s - inf) = 0
-    dq, dk, dv = torch.zeros_like(q3), torch.zeros_like(k3), torch.zeros_like(v3)
-    if N * L * S > 0:
-
-        def fn(q_, k_, v_, do_, de_, ls_, dq_, dk_, dv_):
-            _backward_kernel(q_, k_, v_, do_, de_, ls_, dq_, dk_, dv_, scale * LOG2E, offset, block_q, block_k)
-
-        _run_split(
-            fn,
-            N,
-            _workers(q3, N, L, S),
-            _rows_per_op(q3, N, block_q, block_k),
-            q3,
-            k3,
-            v3,
-            do3,
-            delta,
-            lse2,
-            dq,
-            dk,
-            dv,
+    @classmethod
+    def apply(cls, q, k, v, is_causal=False, scale=None, block_q=512, block_k=512, causal_alignment="top-left"):
+        _, is_causal, causal_alignment, scale, maxima = check_blocked_call(
+            q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, False
         )
-    dq = dq.mul_(scale).reshape(*batch, L, E).to(q.dtype)
-    dk = dk.mul_(scale).reshape(*batch, S, E).to(k.dtype)
-    return dq, dk, dv.reshape(*batch, S, Ev).to(v.dtype)
+        return super().apply(q, k, v, is_causal, scale, block_q, block_k, causal_alignment, maxima)
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal, scale, block_q, block_k, causal_alignment, maxima):
+        batch, L, Ev = q.shape[:-2], q.shape[-2], v.shape[-1]
+        q3, k3, v3, _, plan = make_plan(q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, maxima)
+        q3, k3, v3 = q3.contiguous(), k3.contiguous(), v3.contiguous()
+        out3, stats = run_forward(q3, k3, v3, plan)
+        lse = lse_from_stats(stats, plan).reshape(*batch, L)
+        ctx.save_for_backward(q3, k3, v3, out3, stats, lse)
+        ctx.plan, ctx.scale, ctx.shapes = plan, scale, (q.shape, k.shape, v.shape, q.dtype)
+        return out3.reshape(*batch, L, Ev).to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        refuse_double_backward()
+        q3, k3, v3, out3, stats, _ = saved_for_backward(ctx)
+        q_shape, k_shape, v_shape, dtype = ctx.shapes
+        do3 = grad_out.reshape(out3.shape).to(out3.dtype).contiguous()
+        zero = torch.zeros(out3.shape[:2], dtype=out3.dtype, device=out3.device)
+        dq, dk, dv, _ = run_backward(do3, zero, q3, k3, v3, out3, stats, ctx.plan)
+        dq = dq.mul_(ctx.scale).reshape(q_shape).to(dtype)
+        dk = dk.mul_(ctx.scale).reshape(k_shape).to(dtype)
+        return dq, dk, dv.reshape(v_shape).to(dtype), None, None, None, None, None, None
 
 
-def flash_matmuls_only(q, k, v, grad_out=None, *, is_causal=False, block_q=256, block_k=512) -> torch.Tensor:
+def flash_matmuls_only(q, k, v, grad_out=None, *, is_causal=False, block_q=512, block_k=512) -> torch.Tensor:
     """The fast path's loops, threads and buffers with **only their matmuls** (the result is not attention).
 
     Its time is the floor under :func:`flash_attention` on this machine: what is left when the softmax bookkeeping
@@ -523,24 +241,18 @@ def flash_matmuls_only(q, k, v, grad_out=None, *, is_causal=False, block_q=256, 
     bench`` times it as ``flash-mm`` to show, measured, how much of the tiled path's time is outside the matmuls.
     With ``grad_out`` it also runs the backward's five matmuls per block. Inputs (batch, heads, seq, dim), fp32/64.
     """
-    _check_inputs(q, k, v, is_causal, "top-left", None, block_q, block_k)
-    batch, L, S = q.shape[:-2], q.shape[-2], k.shape[-2]
-    N = math.prod(batch)
-    offset = causal_offset(is_causal, "top-left", L, S)
-    q3, k3, v3 = (t.detach().reshape(N, t.shape[-2], t.shape[-1]).contiguous() for t in (q, k, v))
+    _, is_causal, _, scale, maxima = check_blocked_call(
+        q, k, v, None, is_causal, "top-left", None, block_q, block_k, False
+    )
+    batch, L = q.shape[:-2], q.shape[-2]
     with torch.no_grad():
-        out, lse2 = _flash_forward(q3, k3, v3, 1.0, offset, block_q, block_k, matmuls_only=True)
-        out = out.reshape(*batch, L, v.shape[-1])
-        if grad_out is None:
-            return out
-        do3 = grad_out.reshape(N, L, -1).contiguous()
-        dq, dk, dv = torch.zeros_like(q3), torch.zeros_like(k3), torch.zeros_like(v3)
-
-        def fn(q_, k_, v_, do_, dq_, dk_, dv_):
-            _backward_kernel(q_, k_, v_, do_, None, None, dq_, dk_, dv_, 1.0, offset, block_q, block_k, True)
-
-        _run_split(fn, N, _workers(q3, N, L, S), _rows_per_op(q3, N, block_q, block_k), q3, k3, v3, do3, dq, dk, dv)
-        return out
+        q3, k3, v3, _, plan = make_plan(q, k, v, None, is_causal, "top-left", scale, block_q, block_k, maxima)
+        q3, k3, v3 = q3.contiguous(), k3.contiguous(), v3.contiguous()
+        out, stats = run_forward(q3, k3, v3, plan, matmuls_only=True)
+        if grad_out is not None:
+            do3 = grad_out.reshape(out.shape).to(out.dtype).contiguous()
+            run_backward(do3, None, q3, k3, v3, out, stats, plan, matmuls_only=True)
+        return out.reshape(*batch, L, v.shape[-1])
 
 
 def flash_attention(
@@ -551,7 +263,7 @@ def flash_attention(
     is_causal: bool = False,
     causal_alignment: str = "top-left",
     scale: float | None = None,
-    block_q: int = 256,
+    block_q: int = 512,
     block_k: int = 512,
     return_lse: bool = False,
 ):
@@ -579,11 +291,11 @@ def flash_attention(
 
     Raises:
         TypeError / ValueError naming the argument for non-tensors, integer dtypes, mismatched dtypes or devices,
-        shapes that do not fit, NaN/inf inputs, non-bool ``is_causal``, unknown alignments, bad block sizes or scale.
+        shapes that do not fit, empty sequences (L, S or E = 0, as :func:`attnlib.scaled_dot_product_attention`),
+        NaN/inf inputs, non-bool ``is_causal``, unknown alignments, bad block sizes or scale. Any positive scale
+        works: ``scale=1e38`` gives the exact limit (attention on the largest score), not NaN.
     """
-    if not isinstance(return_lse, bool):
-        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    args = (q, k, v, is_causal, scale, block_q, block_k, causal_alignment)
-    if return_lse:
-        return _FlashAttention2WithLse.apply(*args)
-    return FlashAttention2.apply(*args)
+    _, is_causal, causal_alignment, scale, maxima = check_blocked_call(
+        q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, return_lse
+    )
+    return blocked_attention(q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, return_lse, maxima)

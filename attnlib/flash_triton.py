@@ -31,7 +31,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .flash import LN2, LOG2E, _check_inputs, causal_offset, flash_attention
+from ._checks import shape_str
+from .blocked import LN2, LOG2E, blocked_attention, causal_offset, check_blocked_call
 
 try:
     import triton
@@ -278,12 +279,14 @@ def flash_attention_triton(
     :func:`attnlib.flash.flash_attention` (q (batch, heads, L, E), k (batch, heads, S, E), v (batch, heads, S, Ev)).
 
     ``block_q`` and ``block_k`` must be powers of two >= 16 (``tl.arange`` and ``tl.dot`` need them). fp64 is not
-    supported. Raises ``RuntimeError`` saying why when the kernels cannot run on q's device
+    supported, nor bf16 under Triton's interpreter (a TypeError: its ``tl.dot`` gives wrong bf16 results). The
+    arguments are checked by :func:`attnlib.blocked.check_blocked_call`, the check of every blocked front-end.
+    Raises ``RuntimeError`` saying why when the kernels cannot run on q's device
     (:func:`unavailable_reason`). The logsumexp returned with ``return_lse=True`` carries no gradient.
     """
-    scale = _check_inputs(q, k, v, is_causal, causal_alignment, scale, block_q, block_k)
-    if not isinstance(return_lse, bool):
-        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    _, is_causal, causal_alignment, scale, maxima = check_blocked_call(
+        q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, return_lse
+    )
     for name, b in (("block_q", block_q), ("block_k", block_k)):
         if b < 16 or b & (b - 1):
             raise ValueError(f"{name} must be a power of two >= 16 for the Triton kernels, got {b}")
@@ -292,10 +295,18 @@ def flash_attention_triton(
     reason = unavailable_reason(q.device)
     if reason:
         raise RuntimeError(reason)
-    batch, L, S, EV = q.shape[:-2], q.shape[-2], k.shape[-2], v.shape[-1]
+    if q.dtype == torch.bfloat16 and interpreted():
+        raise TypeError(
+            f"q is bfloat16 (shape {shape_str(q.shape)}), which Triton's interpreter does not run (its tl.dot "
+            "returns garbage for bf16: outputs near 1e9 where they should be near 1); use float16 or float32 on the "
+            "CPU, or run the bf16 kernels on CUDA"
+        )
+    batch, L, EV = q.shape[:-2], q.shape[-2], v.shape[-1]
     N = math.prod(batch)
-    if N * L == 0 or S == 0:  # nothing to launch: the PyTorch path gives the empty or all-zero result
-        return flash_attention(q, k, v, is_causal=is_causal, causal_alignment=causal_alignment, return_lse=return_lse)
+    if N == 0:  # nothing to launch: the PyTorch core gives the empty result, with the graph
+        return blocked_attention(
+            q, k, v, None, is_causal, causal_alignment, scale, block_q, block_k, return_lse, maxima
+        )
     q3, k3, v3 = (t.reshape(N, t.shape[-2], t.shape[-1]).contiguous() for t in (q, k, v))
     out, lse = TritonFlashAttention2.apply(q3, k3, v3, is_causal, scale, block_q, block_k, causal_alignment)
     out, lse = out.reshape(*batch, L, EV), lse.reshape(*batch, L)

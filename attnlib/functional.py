@@ -20,6 +20,8 @@ from ._checks import (
     causal_bias_info,
     check_bool,
     check_dropout,
+    check_finite,
+    check_fits,
     check_float_tensor,
     check_generator,
     check_index,
@@ -27,7 +29,8 @@ from ._checks import (
     check_min_rank,
     check_positive_float,
     check_positive_int,
-    check_same_dtype_device,
+    check_qk,
+    check_qkv,
     shape_str,
 )
 from .masks import causal_mask
@@ -39,11 +42,6 @@ __all__ = [
     "split_heads",
     "merge_heads",
 ]
-
-
-def _check_finite(x: torch.Tensor, name: str) -> None:
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf values; attention needs finite inputs")
 
 
 def _safe_softmax_lse(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,50 +103,8 @@ def softmax(x: torch.Tensor, dim: int = -1, temperature: float = 1.0) -> torch.T
     return _safe_softmax(z / temperature, dim).to(x.dtype)
 
 
-def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
-    check_float_tensor(q, "q")
-    check_float_tensor(k, "k")
-    check_min_rank(q, "q", 2, "(..., L, E)")
-    check_min_rank(k, "k", 2, "(..., S, E)")
-    check_same_dtype_device({"q": q, "k": k})
-    if q.dim() != k.dim():
-        raise ValueError(
-            f"q and k must have the same number of dims, got q {shape_str(q.shape)} and k {shape_str(k.shape)}"
-        )
-    if q.shape[:-2] != k.shape[:-2]:
-        raise ValueError(
-            f"q and k must share their leading (batch, heads) dims, got q {shape_str(q.shape)} and "
-            f"k {shape_str(k.shape)}"
-        )
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q and k must have the same feature dim E to take dot products, got q {shape_str(q.shape)} "
-            f"(E={q.shape[-1]}) and k {shape_str(k.shape)} (E={k.shape[-1]})"
-        )
-    if q.shape[-1] == 0:
-        raise ValueError(f"q and k have feature dim E=0 (q {shape_str(q.shape)}); need E >= 1")
-    if q.shape[-2] == 0:
-        raise ValueError(f"q is an empty sequence (L=0, shape {shape_str(q.shape)}); need at least one query")
-    if k.shape[-2] == 0:
-        raise ValueError(
-            f"k is an empty sequence (S=0, shape {shape_str(k.shape)}); need at least one key "
-            "(to let a query attend to nothing, mask all its keys instead)"
-        )
-    _check_finite(q, "q")
-    _check_finite(k, "k")
-
-
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """q (..., L, E), k (..., S, E) and v (..., S, Ev): one dtype and device, shared leading dims, finite v."""
-    _check_qk(q, k)
-    check_float_tensor(v, "v")
-    check_same_dtype_device({"q": q, "v": v})
-    if v.dim() != q.dim() or v.shape[:-2] != k.shape[:-2] or v.shape[-2] != k.shape[-2]:
-        raise ValueError(
-            f"v must be (..., S, Ev) with the same leading dims and length S as k, got k {shape_str(k.shape)} "
-            f"and v {shape_str(v.shape)}"
-        )
-    _check_finite(v, "v")
+_check_qk = check_qk  # the checks of q, k (and v) live in attnlib._checks, shared by every front-end
+_check_qkv = check_qkv
 
 
 def _resolve_scale(scale: float | None, E: int) -> float:
@@ -159,11 +115,25 @@ def _raw_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """``q @ k^T``, refusing a product that overflows the dtype (it would turn into NaN further on)."""
     raw = q @ k.transpose(-2, -1)
     if not torch.isfinite(raw).all():
-        raise ValueError(
-            f"q @ k^T overflows {raw.dtype} (largest |q| {q.abs().max().item():.3g}, |k| {k.abs().max().item():.3g}); "
-            "scale q and k down, or compute in float64"
-        )
+        _refuse_overflow(q, k, raw.dtype)
     return raw
+
+
+def _refuse_overflow(q: torch.Tensor, k: torch.Tensor, dtype: torch.dtype):
+    raise ValueError(
+        f"q @ k^T overflows {dtype} (largest |q| {q.abs().max().item():.3g}, |k| {k.abs().max().item():.3g}); "
+        "scale q and k down, or compute in float64"
+    )
+
+
+def check_attention_output(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
+    """The one check after the core: q @ k^T too large for the dtype is the only way finite, validated inputs give a
+    non-finite output (inf - inf in the softmax), so one pass over the (..., L, Ev) output replaces a pass over
+    the (..., L, S) scores."""
+    try:
+        check_finite(out, "out")
+    except ValueError:
+        _refuse_overflow(q, k, out.dtype)
 
 
 def attention_scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -172,8 +142,9 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = Non
     ``scale`` defaults to :math:`1/\sqrt{E}`, E being the (per-head) feature dim of q and k. Scores too large for
     the dtype raise ``ValueError`` (naming ``scale`` when it is the scale that makes them overflow).
     """
-    _check_qk(q, k)
+    check_qk(q, k)
     scale = _resolve_scale(scale, q.shape[-1])
+    check_scores_fit(q, k)
     scores = _raw_scores(q, k) * scale
     if not torch.isfinite(scores).all():
         raise ValueError(
@@ -242,13 +213,28 @@ def scaled_dot_product_attention(
     floating-point tolerance. fp16/bf16 inputs are computed in fp32 throughout (scores, softmax and
     ``weights @ v``, forward and backward) and the output and weights are returned in their dtype, as SDPA does.
     """
-    _check_qkv(q, k, v)
+    q_max, k_max, _ = check_qkv(q, k, v)
     is_causal = check_bool(is_causal, "is_causal")
     return_lse = check_bool(return_lse, "return_lse")
     dropout_p = check_dropout(dropout_p)
     generator = check_generator(generator)
+    mask = prepare_mask(attn_mask, is_causal, q, k)
+    scale = _resolve_scale(scale, q.shape[-1])
+    check_scores_fit(q, k)
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    if (
+        q.shape[-1] * q_max * k_max >= torch.finfo(compute).max
+    ):  # q k^T might not fit the dtype: look at it (rare, so only then)
+        _raw_scores(q.to(compute), k.to(compute))
+    result = attention_core(q, k, v, mask, scale, dropout_p, generator, return_lse)
+    check_attention_output(result[0], q, k)
+    return result
+
+
+def prepare_mask(attn_mask: object, is_causal: bool, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """The one mask the core applies: ``attn_mask`` checked (a CausalBias read as its causal mask), or the
+    top-left causal mask for ``is_causal``. Both at once is a ValueError (attnlib's one rule, in every front-end)."""
     L, S = q.shape[-2], k.shape[-2]
-    score_shape = (*q.shape[:-2], L, S)
     attn_mask = _resolve_attn_mask(attn_mask, is_causal, L, S, q.device)
     if attn_mask is not None:
         if is_causal:
@@ -256,35 +242,50 @@ def scaled_dot_product_attention(
                 "is_causal=True and attn_mask were both given; combine them explicitly with "
                 "attnlib.combine_masks(attnlib.causal_mask(L, S), attn_mask)"
             )
-        check_mask(attn_mask, score_shape, q)
-    elif is_causal:
-        attn_mask = causal_mask(L, S, device=q.device)
-    scale = _resolve_scale(scale, q.shape[-1])
+        return check_mask(attn_mask, (*q.shape[:-2], L, S), q)
+    if is_causal:
+        return causal_mask(L, S, device=q.device)
+    return None
 
+
+def check_scores_fit(q: torch.Tensor, k: torch.Tensor) -> None:
+    """Refuse, before allocating them, (..., L, S) scores that cannot fit in memory: the math path holds about
+    three such tensors (scores, exponentials, weights) in the compute dtype."""
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    n = math.prod(q.shape[:-1]) * k.shape[-2]
+    itemsize = torch.empty((), dtype=compute).element_size()
+    check_fits(
+        3 * n * itemsize, f"the (..., L, S) = {shape_str((*q.shape[:-1], k.shape[-2]))} scores", q.device, "q, k"
+    )
+
+
+def attention_core(q, k, v, mask, scale: float, dropout_p: float = 0.0, generator=None, return_lse: bool = False):
+    """The math of :func:`scaled_dot_product_attention` on inputs it trusts: checked q, k, v, a checked mask
+    (bool or additive, or None; the causal mask already built) and a resolved scale. No checks, no host syncs;
+    :func:`check_attention_output` is the caller's one check after it."""
     # fp16/bf16: everything in fp32, as torch's kernels do; q @ k^T alone can overflow fp16 (max 65504), and
     # weights rounded to bf16 before weights @ v would lose two decimal digits of the gradient.
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    raw = _raw_scores(q.to(compute), k.to(compute))
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
-        raw = raw.masked_fill(~attn_mask, float("-inf"))
+    raw = q.to(compute) @ k.to(compute).transpose(-2, -1)
+    if mask is not None and mask.dtype == torch.bool:
+        raw = raw.masked_fill(~mask, float("-inf"))
     shift = None
     if scale > 1.0:  # multiplying enlarges: subtract each row's max first, so that nothing can overflow
         shift = _max_shift(raw, -1)
         raw = raw - shift
     scores = raw * scale
-    if attn_mask is not None and attn_mask.dtype != torch.bool:
-        scores = scores + attn_mask
+    if mask is not None and mask.dtype != torch.bool:
+        scores = scores + mask
     weights, lse = _safe_softmax_lse(scores, dim=-1)
     if dropout_p > 0:
         keep = torch.rand(weights.shape, generator=generator, device=weights.device) >= dropout_p
         weights = weights * keep / (1.0 - dropout_p)
-    out = (weights @ v.to(compute)).to(q.dtype)
-    weights = weights.to(q.dtype)
+    out = weights @ v.to(compute)
     if not return_lse:
-        return out, weights
+        return out.to(q.dtype) if compute != q.dtype else out, weights.to(q.dtype)
     if shift is not None:
         lse = lse + shift.squeeze(-1) * scale
-    return out, weights, lse
+    return out.to(q.dtype), weights.to(q.dtype), lse
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

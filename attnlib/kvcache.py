@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_float_tensor, check_positive_int, check_rank, check_same_dtype_device, shape_str
+from ._checks import (
+    check_fits,
+    check_float_tensor,
+    check_positive_int,
+    check_rank,
+    check_same_dtype_device,
+    shape_str,
+)
 from .functional import merge_heads, scaled_dot_product_attention, split_heads
 from .masks import causal_mask
 from .modules import MultiHeadAttention
@@ -114,6 +121,8 @@ class KVCache:
         capacity = self._capacity if self._k is None else self._k.shape[2]
         while capacity < needed:
             capacity *= 2
+        per_position = k[:, :, :1].numel() * k.element_size() + v[:, :, :1].numel() * v.element_size()
+        check_fits(capacity * per_position, f"a cache of {capacity} positions", k.device, "k, v")
         new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
         new_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
         if self._k is not None:  # views handed out earlier keep pointing at the old storage, unchanged

@@ -18,7 +18,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ._checks import causal_bias_info, check_device, check_index, check_positive_int, check_tensor, shape_str
+from ._checks import (
+    causal_bias_info,
+    check_device,
+    check_fits,
+    check_index,
+    check_positive_int,
+    check_tensor,
+    shape_str,
+)
 
 Alignment = Literal["top-left", "bottom-right"]
 
@@ -46,7 +54,8 @@ def causal_mask(
     if alignment not in ("top-left", "bottom-right"):
         raise ValueError(f"alignment must be 'top-left' or 'bottom-right', got {alignment!r}")
     diagonal = 0 if alignment == "top-left" else S - L
-    return torch.ones(L, S, dtype=torch.bool, device=device).tril(diagonal=diagonal)
+    check_fits(L * S, f"an ({L}, {S}) boolean mask", device, "L, S")
+    return torch.ones(L, S, dtype=torch.bool, device=device).tril_(diagonal=diagonal)
 
 
 def padding_mask(
@@ -94,6 +103,7 @@ def padding_mask(
     S = check_positive_int(S, "S")
     if max(values) > S:
         raise ValueError(f"lengths {values} exceed the key length S={S}")
+    check_fits(len(values) * S, f"a ({len(values)}, 1, 1, {S}) boolean mask", device, "lengths, S")
     positions = torch.arange(S, device=device)
     lens = torch.tensor(values, device=device)
     return (positions[None, :] < lens[:, None])[:, None, None, :]

@@ -11,11 +11,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_dropout, check_float_tensor, check_positive_int, check_rank, shape_str
-from .functional import merge_heads, scaled_dot_product_attention, split_heads
+from ._checks import (
+    check_bool,
+    check_dropout,
+    check_finite,
+    check_float_tensor,
+    check_positive_int,
+    check_rank,
+    shape_str,
+)
+from .functional import (
+    attention_core,
+    check_attention_output,
+    merge_heads,
+    prepare_mask,
+    scaled_dot_product_attention,
+    split_heads,
+)
 
 
-def _check_input(x: object, name: str, features: int, like: torch.Tensor) -> torch.Tensor:
+def _check_input(x: object, name: str, features: int, like: torch.Tensor, *, finite: bool = True) -> torch.Tensor:
     x = check_float_tensor(x, name)
     check_rank(x, name, (2, 3), f"(batch, seq, {features}) or (seq, {features})")
     if x.shape[-1] != features:
@@ -26,10 +41,10 @@ def _check_input(x: object, name: str, features: int, like: torch.Tensor) -> tor
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's weights are {like.dtype}; convert one of them")
     if x.device != like.device:
         raise ValueError(f"{name} is on {x.device} but the layer's weights are on {like.device}")
-    if not torch.isfinite(x).all():
-        raise ValueError(
-            f"{name} contains NaN or inf values (shape {shape_str(x.shape)}); attention needs finite inputs"
-        )
+    if x.shape[-2] == 0:
+        raise ValueError(f"{name} is an empty sequence (shape {shape_str(x.shape)}); need at least one position")
+    if finite:
+        check_finite(x, name)
     return x
 
 
@@ -143,11 +158,13 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = True,
     ):
         check_bool(need_weights, "need_weights")
+        check_bool(is_causal, "is_causal")
         key = query if key is None else key
         value = key if value is None else value
+        # each distinct tensor is checked once (self-attention: query is key is value, one finiteness pass)
         _check_input(query, "query", self.embed_dim, self.w_q.weight)
-        _check_input(key, "key", self.kdim, self.w_k.weight)
-        _check_input(value, "value", self.vdim, self.w_v.weight)
+        _check_input(key, "key", self.kdim, self.w_k.weight, finite=key is not query)
+        _check_input(value, "value", self.vdim, self.w_v.weight, finite=value is not key and value is not query)
         if not (query.dim() == key.dim() == value.dim()):
             raise ValueError(
                 f"query {shape_str(query.shape)}, key {shape_str(key.shape)} and value {shape_str(value.shape)} "
@@ -158,12 +175,25 @@ class MultiHeadAttention(nn.Module):
                 f"batch sizes and key/value lengths must match, got query {shape_str(query.shape)}, "
                 f"key {shape_str(key.shape)}, value {shape_str(value.shape)}"
             )
+        heads_shape = (*query.shape[:-2], self.num_heads)
+        q_shape = (*heads_shape, query.shape[-2], self.head_dim)
+        k_shape = (*heads_shape, key.shape[-2], self.head_dim)
+        mask = prepare_mask(
+            attn_mask, is_causal, query.new_empty(()).expand(q_shape), query.new_empty(()).expand(k_shape)
+        )
+        out, weights = self._attend(query, key, value, mask)
+        return out, (weights if need_weights else None)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None):
+        """The module's math on inputs :meth:`forward` (or a caller that checked them) has validated: project,
+        split into heads, :func:`attnlib.functional.attention_core`, merge, project out. One check after it."""
         q = split_heads(self.w_q(query), self.num_heads)  # (batch, heads, L, head_dim)
         k = split_heads(self.w_k(key), self.num_heads)  # (batch, heads, S, head_dim)
         v = split_heads(self.w_v(value), self.num_heads)
         p = self.dropout if self.training else 0.0
-        out, weights = scaled_dot_product_attention(q, k, v, attn_mask, is_causal=is_causal, dropout_p=p)
-        return self.w_o(merge_heads(out)), (weights if need_weights else None)
+        out, weights = attention_core(q, k, v, mask, 1.0 / self.head_dim**0.5, p)
+        check_attention_output(out, q, k)
+        return self.w_o(merge_heads(out)), weights
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention) -> MultiHeadAttention:

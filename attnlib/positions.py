@@ -18,7 +18,17 @@ import math
 
 import torch
 
-from ._checks import check_float_tensor, check_min_rank, check_positive_float, check_positive_int, shape_str
+from ._checks import (
+    check_finite,
+    check_fits,
+    check_float_dtype,
+    check_float_tensor,
+    check_min_rank,
+    check_positive_float,
+    check_positive_int,
+    check_same_device,
+    shape_str,
+)
 
 __all__ = ["sinusoidal_positions", "rope_angles", "rotate_half", "apply_rope", "alibi_slopes", "alibi_bias"]
 
@@ -49,6 +59,8 @@ def sinusoidal_positions(
     seq_len = check_positive_int(seq_len, "seq_len")
     dim = _check_even(dim, "dim")
     base = check_positive_float(base, "base")
+    dtype = check_float_dtype(dtype)
+    check_fits(seq_len * dim * 8 * 3, f"a ({seq_len}, {dim}) table (built in float64)", device, "seq_len, dim")
     position = torch.arange(seq_len, dtype=torch.float64, device=device)[:, None]  # (seq_len, 1)
     omega = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)  # (dim / 2,)
     angle = position * omega  # (seq_len, dim / 2)
@@ -69,12 +81,25 @@ def rope_angles(
         raise TypeError(f"positions must be a 1-D torch.Tensor of token positions, got {type(positions).__name__}")
     if positions.dim() != 1:
         raise ValueError(f"positions must be 1-D (seq,), got shape {shape_str(positions.shape)}")
+    _check_positions(positions)
     dim = _check_even(dim, "dim")
     base = check_positive_float(base, "base")
+    dtype = check_float_dtype(dtype)
     theta = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)  # (dim / 2,)
     angle = positions.to(torch.float64)[:, None] * theta  # (seq, dim / 2)
     angle = torch.cat([angle, angle], dim=-1)  # (seq, dim): the same angle for feature i and i + dim/2
     return angle.cos().to(dtype), angle.sin().to(dtype)
+
+
+def _check_positions(positions: torch.Tensor) -> None:
+    """Token positions: integers or finite floats (a bool tensor is a mask, not positions)."""
+    if positions.dtype == torch.bool or positions.is_complex():
+        raise TypeError(
+            f"positions must hold integer (or float) token positions, got dtype {positions.dtype}; "
+            "e.g. torch.arange(seq)"
+        )
+    if positions.is_floating_point():
+        check_finite(positions, "positions")
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -102,6 +127,7 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor | None = None, *, base: 
     """
     check_float_tensor(x, "x")
     check_min_rank(x, "x", 2, "(batch, heads, seq, head_dim)")
+    check_finite(x, "x")
     seq, dim = x.shape[-2], x.shape[-1]
     if dim % 2:
         raise ValueError(f"x's head_dim must be even for RoPE (features are rotated in pairs), got {x.shape}")
@@ -111,6 +137,8 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor | None = None, *, base: 
         raise TypeError(f"positions must be a torch.Tensor of shape ({seq},), got {type(positions).__name__}")
     elif positions.shape != (seq,):
         raise ValueError(f"positions must have shape ({seq},) to match x {shape_str(x.shape)}, got {positions.shape}")
+    else:
+        check_same_device({"x": x, "positions": positions})
     cos, sin = rope_angles(positions, dim, base=base, dtype=x.dtype)
     return x * cos + rotate_half(x) * sin
 
@@ -123,6 +151,7 @@ def alibi_slopes(num_heads: int, *, dtype: torch.dtype = torch.float32, device=N
     then every other slope of twice that many.
     """
     num_heads = check_positive_int(num_heads, "num_heads")
+    dtype = check_float_dtype(dtype)
 
     def powers(n: int) -> list[float]:
         return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
@@ -151,6 +180,9 @@ def alibi_bias(
     """
     L = check_positive_int(L, "L")
     S = L if S is None else check_positive_int(S, "S")
+    dtype = check_float_dtype(dtype)
+    num_heads = check_positive_int(num_heads, "num_heads")
+    check_fits(num_heads * L * S * 8 * 2, f"a ({num_heads}, {L}, {S}) bias (built in float64)", device, "L, S")
     slopes = alibi_slopes(num_heads, dtype=torch.float64, device=device)
     pos_q = torch.arange(L, dtype=torch.float64, device=device)[:, None] + (S - L)
     pos_k = torch.arange(S, dtype=torch.float64, device=device)[None, :]

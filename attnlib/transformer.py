@@ -16,13 +16,24 @@ L, S). Boolean masks are True = may attend.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_float_tensor, check_positive_int, check_rank, check_tensor, shape_str
-from .functional import merge_heads, split_heads
+from ._checks import (
+    check_bool,
+    check_finite,
+    check_float_tensor,
+    check_positive_int,
+    check_rank,
+    check_tensor,
+    shape_str,
+)
+from .functional import merge_heads, prepare_mask, softmax, split_heads
 from .kvcache import KVCache
+from .masks import causal_mask
 from .modules import MultiHeadAttention
 
 __all__ = ["TransformerBlock", "TinyDecoder", "causal_lm_loss", "generate"]
@@ -80,14 +91,33 @@ class TransformerBlock(nn.Module):
             raise ValueError(
                 f"x has {x.shape[-1]} features (shape {shape_str(x.shape)}); the block expects {self.d_model}"
             )
-        h = self.ln1(x)
+        weight = self.attn.w_q.weight
+        if x.dtype != weight.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the block's weights are {weight.dtype}; convert one of them")
+        if x.device != weight.device:
+            raise ValueError(f"x is on {x.device} but the block's weights are on {weight.device}; move one of them")
+        if x.shape[1] == 0:
+            raise ValueError(f"x is an empty sequence (shape {shape_str(x.shape)}); need at least one position")
+        check_finite(x, "x")
+        check_bool(is_causal, "is_causal")
+        mask = None
         if cache is None:
-            a, weights = self.attn(h, attn_mask=attn_mask, is_causal=is_causal)
+            heads = (x.shape[0], self.attn.num_heads, x.shape[1], self.attn.head_dim)
+            like = x.new_empty(()).expand(heads)
+            mask = prepare_mask(attn_mask, is_causal, like, like)
         else:
             if not isinstance(cache, KVCache):
                 raise TypeError(f"cache must be an attnlib.kvcache.KVCache, got {type(cache).__name__}")
             if attn_mask is not None or is_causal:
                 raise ValueError("with a cache the mask is implied (causal, bottom-right); pass no attn_mask/is_causal")
+        return self._forward(x, mask, cache)
+
+    def _forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None):
+        """The block's math on an input :meth:`forward` (or :class:`TinyDecoder`) has checked."""
+        h = self.ln1(x)
+        if cache is None:
+            a, weights = self.attn._attend(h, h, h, mask)
+        else:
             heads = self.attn.num_heads
             q, k, v = (split_heads(w(h), heads) for w in (self.attn.w_q, self.attn.w_k, self.attn.w_v))
             out, weights = cache.step(q, k, v)
@@ -170,8 +200,14 @@ class TinyDecoder(nn.Module):
         if tokens.dtype != torch.long:
             raise TypeError(f"tokens must be int64 token ids, got {tokens.dtype}")
         check_rank(tokens, "tokens", (2,), "(batch, T)")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"tokens must be ids in 0 .. {self.vocab_size - 1}")
+        if tokens.shape[1] == 0:
+            raise ValueError(f"tokens has no positions (shape {shape_str(tokens.shape)}); need T >= 1")
+        if tokens.device != self.token.weight.device:
+            raise ValueError(
+                f"tokens are on {tokens.device} but the model's weights are on {self.token.weight.device}; "
+                "move one of them"
+            )
+        _check_ids(tokens, self.vocab_size, "tokens")
         start = 0
         if caches is not None:
             if len(caches) != len(self.blocks) or not all(isinstance(c, KVCache) for c in caches):
@@ -183,14 +219,26 @@ class TinyDecoder(nn.Module):
         positions = torch.arange(start, start + T, device=tokens.device)
         x = self.token(tokens) + self.position(positions)
         all_weights = []
-        for i, block in enumerate(self.blocks):
-            if caches is None:
-                x, w = block(x, is_causal=True)
-            else:
-                x, w = block(x, cache=caches[i])
+        mask = None if caches is not None else causal_mask(T, T, device=tokens.device)
+        for i, block in enumerate(self.blocks):  # the ids are checked; the blocks trust what the embeddings give
+            x, w = block._forward(x, mask, None if caches is None else caches[i])
             all_weights.append(w)
         logits = self.head(self.ln_f(x))
         return (logits, all_weights) if need_weights else logits
+
+
+def _check_ids(tokens: torch.Tensor, vocab_size: int, name: str, ignore_index: int | None = None) -> None:
+    """Every id in 0 .. vocab_size - 1 (or ``ignore_index``); the message shows the first id that is not, and where."""
+    valid = (tokens >= 0) & (tokens < vocab_size)
+    if ignore_index is not None:
+        valid |= tokens == ignore_index
+    if not valid.all():
+        where = tuple(int(i) for i in (~valid).nonzero()[0])
+        raise ValueError(
+            f"{name} must be ids in 0 .. {vocab_size - 1}"
+            + ("" if ignore_index is None else f" (or ignore_index={ignore_index})")
+            + f"; {name}[{', '.join(map(str, where))}] = {int(tokens[where])}"
+        )
 
 
 def causal_lm_loss(logits: torch.Tensor, tokens: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
@@ -209,6 +257,9 @@ def causal_lm_loss(logits: torch.Tensor, tokens: torch.Tensor, *, ignore_index: 
         raise ValueError(f"tokens {shape_str(tokens.shape)} must be (batch, T) of logits {shape_str(logits.shape)}")
     if tokens.shape[1] < 2:
         raise ValueError(f"need at least 2 positions to predict a next token, got T={tokens.shape[1]}")
+    if tokens.device != logits.device:
+        raise ValueError(f"tokens are on {tokens.device} but logits on {logits.device}; move one of them")
+    _check_ids(tokens[:, 1:], logits.shape[-1], "tokens[:, 1:] (the targets)", ignore_index)
     predictions = logits[:, :-1].reshape(-1, logits.shape[-1])
     targets = tokens[:, 1:].reshape(-1)
     return F.cross_entropy(predictions, targets, ignore_index=ignore_index)
@@ -227,8 +278,10 @@ def generate(
     """Continue ``prompt`` (batch, T) by ``max_new_tokens`` tokens; returns (batch, T + max_new_tokens).
 
     ``temperature=0`` is greedy (argmax); otherwise tokens are sampled from softmax(logits / temperature) with
-    ``generator``. With ``use_cache`` the prompt is run once and each new token costs one position per block;
-    without, the whole sequence is recomputed at every step. Both give the same tokens.
+    ``generator`` (computed by :func:`attnlib.softmax`, so a tiny temperature such as 1e-40 gives the greedy limit,
+    not NaN; a NaN or negative temperature is a ValueError). With ``use_cache`` the prompt is run once and each
+    new token costs one position per block; without, the whole sequence is recomputed at every step. Both give
+    the same tokens.
     """
     if not isinstance(model, TinyDecoder):
         raise TypeError(f"model must be an attnlib.transformer.TinyDecoder, got {type(model).__name__}")
@@ -237,8 +290,10 @@ def generate(
     if prompt.shape[1] == 0:
         raise ValueError("prompt must hold at least one token per sequence")
     max_new_tokens = check_positive_int(max_new_tokens, "max_new_tokens")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a number >= 0, got {type(temperature).__name__} {temperature!r}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if prompt.shape[1] + max_new_tokens > model.max_len:
         raise ValueError(
             f"prompt length {prompt.shape[1]} + max_new_tokens {max_new_tokens} exceeds max_len={model.max_len}"
@@ -247,7 +302,9 @@ def generate(
     def pick(last_logits: torch.Tensor) -> torch.Tensor:
         if temperature == 0:
             return last_logits.argmax(-1, keepdim=True)
-        probs = torch.softmax(last_logits / temperature, dim=-1)
+        # attnlib's softmax subtracts the max before dividing: a tiny temperature gives the greedy limit (one-hot)
+        # instead of inf / inf = NaN, which torch.multinomial would refuse
+        probs = softmax(last_logits.float(), dim=-1, temperature=float(temperature))
         return torch.multinomial(probs, 1, generator=generator)
 
     tokens = prompt

@@ -17,7 +17,17 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_float_tensor, check_positive_float, check_positive_int, check_rank, shape_str
+from ._checks import (
+    check_bool,
+    check_finite,
+    check_fits,
+    check_float_tensor,
+    check_positive_float,
+    check_positive_int,
+    check_rank,
+    check_same_dtype_device,
+    shape_str,
+)
 from .functional import scaled_dot_product_attention
 from .masks import Alignment
 
@@ -66,10 +76,20 @@ def grouped_query_attention(
     hq, hkv = q.shape[1], k.shape[1]
     if v.shape[1] != hkv:
         raise ValueError(f"k {shape_str(k.shape)} and v {shape_str(v.shape)} must have the same number of heads")
+    if hkv == 0 or hq == 0:
+        raise ValueError(
+            f"q has {hq} heads and k, v {hkv}: every tensor needs at least one head (q {shape_str(q.shape)}, "
+            f"k {shape_str(k.shape)})"
+        )
     if hq % hkv:
         raise ValueError(
             f"q has {hq} heads, k and v {hkv}: the number of query heads must be a multiple of the key/value heads "
             f"(q {shape_str(q.shape)}, k {shape_str(k.shape)})"
+        )
+    if q.shape[0] != k.shape[0] or k.shape[0] != v.shape[0] or q.shape[-1] != k.shape[-1] or k.shape[2] != v.shape[2]:
+        raise ValueError(
+            "expected q (batch, Hq, L, head_dim), k (batch, Hkv, S, head_dim), v (batch, Hkv, S, v_dim); got "
+            f"q {shape_str(q.shape)}, k {shape_str(k.shape)}, v {shape_str(v.shape)}"
         )
     n_rep = hq // hkv
     return scaled_dot_product_attention(
@@ -96,10 +116,27 @@ def sliding_window_mask(
     window = check_positive_int(window, "window")
     if alignment not in ("top-left", "bottom-right"):
         raise ValueError(f"alignment must be 'top-left' or 'bottom-right', got {alignment!r}")
-    pos_q = torch.arange(L, device=device)[:, None] + (S - L if alignment == "bottom-right" else 0)
-    pos_k = torch.arange(S, device=device)[None, :]
-    offset = pos_q - pos_k
-    return (offset >= 0) & (offset < window)
+    check_fits(2 * L * S, f"an ({L}, {S}) boolean mask", device, "L, S")
+    shift = S - L if alignment == "bottom-right" else 0  # query i sits at position i + shift
+    # key j is visible iff 0 <= (i + shift) - j < window: between two diagonals, built as bool (1 byte a score)
+    ones = torch.ones(L, S, dtype=torch.bool, device=device)
+    return ones.tril_(shift).triu_(shift - window + 1)
+
+
+def _check_feature(phi: object, x: torch.Tensor, name: str) -> None:
+    """phi(x): a finite, non-negative tensor of x's shape. A negative feature can make the denominator
+    phi(q) . sum phi(k) zero or negative, and the output then means nothing."""
+    if not isinstance(phi, torch.Tensor) or phi.shape != x.shape:
+        got = shape_str(phi.shape) if isinstance(phi, torch.Tensor) else type(phi).__name__
+        raise ValueError(f"{name} must return a tensor of the input's shape {shape_str(x.shape)}, got {got}")
+    smallest = float(phi.detach().amin()) if phi.numel() else 0.0
+    if not torch.isfinite(phi).all():
+        raise ValueError(f"{name} contains NaN or inf values; the feature map must be finite")
+    if smallest < 0:
+        raise ValueError(
+            f"{name} has negative entries (smallest {smallest:.3g}); linear attention needs a non-negative feature "
+            "map phi (the weights phi(q).phi(k) / sum_j phi(q).phi(k_j) must be >= 0), e.g. elu_feature_map"
+        )
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -128,12 +165,16 @@ def linear_attention(
 
     Args:
         q: (batch, heads, L, d); k: (batch, heads, S, d); v: (batch, heads, S, d_v). ``causal`` needs L == S.
-        feature_map: elementwise positive map :math:`\phi`, default :func:`elu_feature_map`.
+        feature_map: elementwise non-negative map :math:`\phi`, default :func:`elu_feature_map`; a map whose
+            output has a negative entry (or NaN/inf) is a ValueError, since the "weights" would not be a weighted
+            average any more.
         eps: added to the denominator.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_float_tensor(t, name)
         check_rank(t, name, (4,), _LAYOUT)
+    check_same_dtype_device({"q": q, "k": k, "v": v})
+    causal = check_bool(causal, "causal")
     if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"expected q (B, H, L, d), k (B, H, S, d), v (B, H, S, d_v); got q {shape_str(q.shape)}, "
@@ -144,7 +185,16 @@ def linear_attention(
     if not callable(feature_map):
         raise TypeError(f"feature_map must be callable, got {type(feature_map).__name__}")
     eps = check_positive_float(eps, "eps")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_finite(t, name)
+    if causal:
+        B, H, L, d = q.shape
+        itemsize = torch.empty((), dtype=q.dtype).element_size()
+        check_fits(2 * B * H * L * d * v.shape[-1] * itemsize, f"the causal prefix sums (B, H, L, d, d_v) = "
+                   f"{shape_str((B, H, L, d, v.shape[-1]))}", q.device, "q, v")  # fmt: skip
     phi_q, phi_k = feature_map(q), feature_map(k)  # (B, H, L, d), (B, H, S, d)
+    for name, phi, t in (("feature_map(q)", phi_q, q), ("feature_map(k)", phi_k, k)):
+        _check_feature(phi, t, name)
     if causal:
         kv = torch.cumsum(phi_k.unsqueeze(-1) * v.unsqueeze(-2), dim=2)  # (B, H, L, d, d_v): sum over j <= i
         z = torch.cumsum(phi_k, dim=2)  # (B, H, L, d)

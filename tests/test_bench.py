@@ -204,3 +204,28 @@ def test_markdown_summary_reads_ratios_memory_and_skips_from_the_results():
         "| 4096 | 750 ms | 1.50 s | 0.50x | 1.00 s | 0.75x | 60% | - | 32 MiB | 64 MiB "
         "| skipped: needs ~6.1 GiB > 5.5 GiB budget |"
     )
+
+
+def test_an_implementation_is_one_record(monkeypatch):
+    """Adding an implementation is one Implementation record: the call, the memory estimate, the skip reason and
+    the --impls help all come from it."""
+    import torch
+
+    assert bench.IMPLS == tuple(bench.IMPLEMENTATIONS)
+    for r in bench.IMPLEMENTATIONS.values():
+        assert r.summary and (r.forward is None) != (r.call is None), r.name
+    fake = bench.Implementation(
+        "double-v",
+        "returns 2 v (a test record)",
+        extra_bytes=lambda B, H, L, S, D, itemsize, backward: 12345,
+        forward=lambda spec: lambda q, k, v: 2 * v,
+        skip=lambda spec: "too long" if spec["L"] > 8 else None,
+    )
+    monkeypatch.setitem(bench.IMPLEMENTATIONS, "double-v", fake)
+    v = torch.ones(1, 1, 4, 2)
+    spec = dict(causal=False, backward=True, L=4, batch=1, heads=1, head_dim=2, dtype="float32")
+    out = bench.make_call("double-v", spec, v, v, v, torch.ones_like(v))()
+    assert torch.equal(out, 2 * v)
+    assert bench.estimate_bytes("double-v", 1, 1, 4, 4, 2, 4) == 3 * 4 * 2 * 4 + 12345
+    assert bench._skip_reason("double-v", dict(spec, L=16), budget=10**12) == "too long"
+    assert bench._skip_reason("double-v", spec, budget=10**12) is None

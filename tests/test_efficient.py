@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-import attnlib.efficient as eff
+import attnlib.blocked as eff
 from attnlib import causal_mask, combine_masks, padding_mask, scaled_dot_product_attention, to_additive
 from attnlib.efficient import chunked_attention, online_softmax, online_softmax_update
 
@@ -54,6 +54,8 @@ def _make_case(seed, batch, L, S, E, Ev, kind, dtype=torch.float64, device="cpu"
     ref_mask = mask
     if causal:
         ref_mask = combine_masks(causal_mask(L, S, alignment=align, device=device), mask)
+        if mask is not None:  # attnlib's one rule: is_causal with a mask is refused, the caller combines them
+            mask, causal = ref_mask, False
     return q, k, v, mask, causal, align, ref_mask
 
 
@@ -202,7 +204,7 @@ def test_backward_saves_only_linear_size_tensors():
 
 @pytest.mark.parametrize("max_rows", [1, 2, 3, 4, 5, 7, 100])
 def test_batch_pieces_cover_the_batch_in_order(max_rows):
-    plan = eff._Plan((3, 2, 2), 4, 4, 2, 2, None, None, None, torch.device("cpu"), 1.0)
+    plan = eff.BlockPlan((3, 2, 2), 4, 4, 2, 2, None, None, None, torch.device("cpu"), 1.0)
     pieces = plan.pieces(max_rows)
     rows = [n for n0, n1, _, _ in pieces for n in range(n0, n1)]
     assert rows == list(range(12))  # contiguous, in order, no overlap
@@ -214,7 +216,7 @@ def test_batch_pieces_cover_the_batch_in_order(max_rows):
 
 
 def test_causal_skips_key_blocks_that_are_entirely_masked():
-    plan = eff._Plan((1,), 8, 8, 2, 2, 0, None, None, torch.device("cpu"), 1.0)
+    plan = eff.BlockPlan((1,), 8, 8, 2, 2, 0, None, None, torch.device("cpu"), 1.0)
     visited = sum(len(keys) for _, _, keys in plan.blocks())
     assert visited == 4 + 3 + 2 + 1  # the lower triangle of a 4 x 4 grid of blocks, not 16
 
@@ -226,16 +228,22 @@ def _key_end_off_by_one(offset, i1, S):
 def test_the_comparison_catches_an_off_by_one_in_block_skipping(monkeypatch):
     case = _make_case(0, (1, 2), 12, 12, 4, 4, "causal-tl")
     _assert_close_to_math(*case, block_q=4, block_k=4, atol=1e-10)
-    monkeypatch.setattr(eff, "_key_end", _key_end_off_by_one)
+    monkeypatch.setattr(eff, "key_end", _key_end_off_by_one)
     with pytest.raises(AssertionError):
         _assert_close_to_math(*case, block_q=4, block_k=4, atol=1e-10)
 
 
-def test_causal_can_be_combined_with_a_mask():
+def test_causal_and_a_mask_follow_the_one_rule():
+    """is_causal with attn_mask is a ValueError in chunked_attention as in scaled_dot_product_attention; the
+    combined mask gives the same answer as the math path."""
     case = _make_case(7, (2, 2), 10, 10, 4, 4, "causal+padding")
     q, k, v, mask, causal, align, ref_mask = case
-    assert mask is not None and causal
+    assert mask is ref_mask and not causal
     _assert_close_to_math(*case, block_q=3, block_k=3, atol=1e-10)
+    pad = padding_mask([3, 10], 10).reshape(2, 1, 1, 10)
+    for fn in (chunked_attention, lambda *a, **kw: scaled_dot_product_attention(*a, **kw)[0]):
+        with pytest.raises(ValueError, match="is_causal=True and attn_mask were both given"):
+            fn(q, k, v, pad, is_causal=True)
 
 
 @pytest.mark.parametrize(
@@ -320,3 +328,27 @@ def test_online_softmax_masked_entries():
         online_softmax([])
     with pytest.raises(ValueError, match="1-D"):
         online_softmax([torch.zeros(2, 2)])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_lazy_shift_is_refreshed_when_a_later_block_could_exceed_it(causal, monkeypatch):
+    """Key blocks whose scores rise from about -60 to +60 (in base-2 units): the running shift of the first block
+    is far below the later scores, so the kernel must refresh it (the headroom bound says so) and still agree with
+    the math path; and the refresh really happens (counted), while ordinary inputs never need it."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.ones(1, 2, 64, 4, dtype=torch.float64) + 0.01 * torch.randn(1, 2, 64, 4, generator=g, dtype=torch.float64)
+    ramp = torch.linspace(-4.0, 4.0, 64, dtype=torch.float64)[:, None]  # scores ramp up along the keys
+    k = ramp * torch.ones(1, 2, 64, 4, dtype=torch.float64)
+    v = torch.randn(1, 2, 64, 3, generator=g, dtype=torch.float64)
+    expected, _ = scaled_dot_product_attention(q, k, v, is_causal=causal, scale=8.0)
+    refreshes = []
+    original = torch.Tensor.amax
+    monkeypatch.setattr(torch.Tensor, "amax", lambda t, *a, **kw: refreshes.append(t.shape) or original(t, *a, **kw))
+    got = chunked_attention(q, k, v, is_causal=causal, scale=8.0, block_q=16, block_k=16)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+    score_blocks = [s for s in refreshes if len(s) == 3]  # amax over a (N, rows, cols) score block
+    assert len(score_blocks) > 4  # more than one per query block: later blocks refreshed the shift
+    refreshes.clear()
+    q, k, v = (torch.randn(1, 2, 64, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    chunked_attention(q, k, v, is_causal=causal, block_q=16, block_k=16)
+    assert len([s for s in refreshes if len(s) == 3]) == 4  # ordinary scores: only the first block of each row

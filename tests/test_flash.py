@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+from attnlib import scaled_dot_product_attention
 from attnlib.flash import (
     FlashAttention2,
     flash_attention,
@@ -184,12 +185,18 @@ def test_rows_with_no_visible_key_give_zero_with_finite_gradients_like_sdpa():
     torch.testing.assert_close(out, sdpa)
 
 
-def test_empty_sequences():
-    q, k, v = _inputs(2, 1, 5, 0, 4, 3)
+def test_empty_sequences_are_refused_as_in_sdpa():
+    """L = 0, S = 0 or E = 0 is a ValueError naming the tensor, as in attnlib.scaled_dot_product_attention (on main
+    flash_attention returned an empty or all-zero output); an empty batch is fine."""
+    for shape, match in (((2, 1, 5, 0, 4, 3), "k is an empty sequence"), ((2, 1, 0, 5, 4, 3), "q is an empty"),
+                         ((2, 1, 5, 5, 0, 3), "feature dim E=0")):  # fmt: skip
+        q, k, v = _inputs(*shape)
+        for fn in (flash_attention, flash_attention_loops, scaled_dot_product_attention):
+            with pytest.raises(ValueError, match=match):
+                fn(q, k, v)
+    q, k, v = _inputs(0, 1, 5, 6, 4, 3)
     out, lse = flash_attention(q, k, v, return_lse=True)
-    assert out.shape == (2, 1, 5, 3) and (out == 0).all() and (lse == -math.inf).all()
-    q, k, v = _inputs(2, 1, 0, 5, 4, 3)
-    assert flash_attention(q, k, v).shape == (2, 1, 0, 3)
+    assert out.shape == (0, 1, 5, 3) and lse.shape == (0, 1, 5)
 
 
 def test_inputs_are_not_modified_and_scale_is_used():
@@ -221,7 +228,7 @@ def test_the_D_term_is_what_makes_the_gradient_right():
         (dict(q=[1.0]), TypeError, "q must be a torch.Tensor"),
         (dict(k=torch.ones(1, 2, 5, 8, dtype=torch.int64)), TypeError, "k must have a floating-point"),
         (dict(v=torch.ones(1, 2, 5, 8, dtype=torch.float64)), TypeError, "v has dtype"),
-        (dict(k=torch.ones(1, 2, 5, 7)), ValueError, "k must be"),
+        (dict(k=torch.ones(1, 2, 5, 7)), ValueError, "same feature dim E"),
         (dict(v=torch.ones(1, 2, 6, 8)), ValueError, "v must be"),
         (dict(q=torch.full((1, 2, 4, 8), math.nan)), ValueError, "q contains NaN"),
         (dict(is_causal=1), TypeError, "is_causal"),

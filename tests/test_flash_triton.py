@@ -78,6 +78,13 @@ def _interpreter_child() -> None:
     print(json.dumps({"interpreted": ft.interpreted()}))
     for case in CASES:
         print(json.dumps({"case": case[0], **run_case(case)}), flush=True)
+    q = torch.randn(1, 2, 32, 16, generator=torch.Generator().manual_seed(0)).bfloat16()
+    try:  # the interpreter's bf16 tl.dot gives garbage (max |out| ~1e9 for |v| ~ 1): refused, never returned
+        out = ft.flash_attention_triton(q, q, q, block_q=16, block_k=16)
+        result = {"refused": False, "max_abs_out": float(out.float().abs().max())}
+    except TypeError as err:
+        result = {"refused": True, "message": str(err)}
+    print(json.dumps({"case": "bf16-probe", **result}), flush=True)
 
 
 def _decided_at_import_child() -> None:
@@ -159,6 +166,14 @@ def test_attnlib_works_without_triton():
     assert "raised triton is not installed" in proc.stdout
 
 
+def test_interpreter_refuses_bf16_instead_of_returning_garbage(interpreter_results):
+    if interpreter_results is None:
+        pytest.skip("triton is not installed (optional, Linux only)")
+    r = interpreter_results["bf16-probe"]
+    assert r["refused"], f"bf16 ran under the interpreter and returned max |out| = {r.get('max_abs_out')}"
+    assert "q is bfloat16" in r["message"] and "interpreter" in r["message"]
+
+
 def test_bad_arguments_are_rejected_before_any_launch():
     ft = pytest.importorskip("attnlib.flash_triton")
     q = torch.ones(1, 1, 4, 16)
@@ -166,7 +181,7 @@ def test_bad_arguments_are_rejected_before_any_launch():
         ft.flash_attention_triton(q, q, q, block_q=24)
     with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
         ft.flash_attention_triton(q.double(), q.double(), q.double())
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="same feature dim E"):
         ft.flash_attention_triton(q, torch.ones(1, 1, 4, 8), q)
     if ft.HAS_TRITON and not ft.interpreted():
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):

@@ -46,13 +46,10 @@ def test_causal_bias_is_read_as_its_mask(make, alignment, L, S, device):
     torch.testing.assert_close(out, expected)
     assert torch.equal(weights > 0, attnlib.causal_mask(L, S, alignment=alignment, device=device).expand_as(weights))
     torch.testing.assert_close(chunked_attention(q, k, v, bias, block_q=2, block_k=3), expected)
-    # with is_causal as well, chunked attention ANDs the two causal masks
-    both = attnlib.combine_masks(
-        attnlib.causal_mask(L, S, device=device), attnlib.causal_mask(L, S, alignment=alignment, device=device)
-    )
-    torch.testing.assert_close(
-        chunked_attention(q, k, v, bias, is_causal=True, block_q=2, block_k=3), sdpa(q, k, v, both)[0]
-    )
+    # with is_causal as well: attnlib's one rule, refused by every front-end (the CausalBias alone says it)
+    for fn in (chunked_attention, sdpa):
+        with pytest.raises(ValueError, match="is_causal=True and attn_mask"):
+            fn(q, k, v, bias, is_causal=True)
     # the NumPy reference reads it too
     ref_out, _ = reference.attention(q.cpu().numpy(), k.cpu().numpy(), v.cpu().numpy(), bias)
     np.testing.assert_allclose(ref_out, expected.cpu().numpy(), atol=1e-12)
