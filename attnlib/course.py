@@ -189,7 +189,7 @@ LESSONS: list[Lesson] = [
         "notebooks/13_flash_attention.ipynb",
         "FlashAttention",
         4,
-        "Bytes moved, not FLOPs; FlashAttention-2's forward with the logsumexp, its backward with D; a Triton kernel.",
+        "Bytes moved against the machine's balance; FlashAttention-2's forward with the lse, backward with D; Triton.",
         "exercises/13_flash_attention.ipynb",
         teaches=("flash_forward", "flash_backward", "hbm_bytes"),
         uses=("online_softmax", "chunked_attention"),
@@ -199,12 +199,65 @@ LESSONS: list[Lesson] = [
         "notebooks/14_inside_a_pretrained_model.ipynb",
         "Inside a pretrained model",
         4,
-        "Load a MiniLM layer into your multi-head module; what its 72 heads do and what context does, measured.",
+        "Load a MiniLM layer into your multi-head module; survey 72 heads on 110 sentences, ablate one, test claims.",
         "exercises/14_inside_a_pretrained_model.ipynb",
         budget_s=20.0,
-        teaches=("load_layer_attention", "words_of", "word_attention", "leave_one_out_accuracy"),
+        teaches=(
+            "load_layer_attention",
+            "previous_token_score",
+            "special_mass",
+            "head_entropy",
+            "words_of",
+            "word_attention",
+            "run_without_head",
+            "leave_one_out_accuracy",
+        ),
         uses=("MultiHeadAttention", "split_heads", "merge_heads", "padding_mask"),
     ),
+]
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A table, figure or worked example that exactly one lesson produces; later lessons refer back to it in a line.
+
+    ``pattern`` is a regular expression that finds the demonstration's code in a lesson's code cells (it is
+    matched against each code cell's source separately). ``tests/test_course.py`` fails when it matches in any
+    lesson but ``lesson``, or not in ``lesson``.
+    """
+
+    name: str
+    lesson: int
+    pattern: str
+
+
+DEMONSTRATIONS: list[Demonstration] = [
+    Demonstration(
+        "the known-answer example, Q = K = [[1, 0, 2], [0, 4, 1]]", 4, r"known_answer\(|\[0\.0, 4\.0, 1\.0\]"
+    ),
+    Demonstration(
+        "the mean largest weight against d_k, with and without the scale",
+        2,
+        r"for d_k in \(4, 64, 1024\):[^@]*@[\s\S]*?amax\(-1\)",
+    ),
+    Demonstration("scaling by 1/sqrt(d_model) instead of 1/sqrt(d_head)", 2, r"1 / math\.sqrt\(d_model\)"),
+    Demonstration("the softmax over the queries (dim=0)", 3, r"softmax\([^()]*dim=0\)"),
+    Demonstration("a blocked row filled with finfo.min instead of -inf", 5, r"finfo\([^()]*\)\.min"),
+    Demonstration(
+        "nn.MultiheadAttention given an unconverted mask (True = ignore)",
+        5,
+        r"key_padding_mask=(?!additive|~|attnlib\.to_mha_mask)",
+    ),
+    Demonstration(
+        "the KV cache's bytes against the number of key/value heads", 11, r"def cache_bytes|kv_cache_bytes\("
+    ),
+    Demonstration("linear attention", 11, r"def linear_attention"),
+    Demonstration("a power-law fit of measured times", 12, r"fit_power_law\("),
+    Demonstration("a decoded token given position 0", 10, r"position=0\)"),
+    Demonstration(
+        "the machine's balance from a matmul and a copy into a preallocated buffer", 13, r"dst\.copy_\(src\)"
+    ),
+    Demonstration("the head survey over many sentences", 14, r"SURVEY_SENTENCES"),
 ]
 
 

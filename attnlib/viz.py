@@ -48,10 +48,13 @@ def attention_heatmap(
     colorbar: bool = True,
     xlabel: str = "key (attended to)",
     ylabel: str = "query (attending)",
+    masked=None,
 ):
     """Draw an (L, S) attention-weight matrix on ``ax``: rows are queries, columns keys, both token-labelled.
 
-    ``annotate`` writes each weight in its cell (default: when the matrix is at most 12 x 12).
+    ``annotate`` writes each weight in its cell (default: when the matrix is at most 12 x 12). ``masked``, an
+    (L, S) boolean array with True where a key is masked out (not allowed), draws those cells in light grey,
+    apart from the colour of a weight of 0, and says so in a legend entry.
     Returns the image so callers can add their own colorbar.
     """
     w = _as_numpy(weights)
@@ -64,7 +67,25 @@ def attention_heatmap(
         raise ValueError(
             f"got {len(query_labels)} query labels and {len(key_labels)} key labels for weights of shape {w.shape}"
         )
-    image = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto")
+    shown, colours = w, cmap
+    if masked is not None:
+        import matplotlib
+        from matplotlib.patches import Patch
+
+        hidden = np.asarray(_as_numpy(masked), dtype=bool)
+        if hidden.shape != w.shape:
+            raise ValueError(f"masked must have the weights' shape {w.shape}, got {hidden.shape}")
+        shown = np.ma.masked_where(hidden, w)
+        colours = matplotlib.colormaps[cmap].copy()
+        colours.set_bad("#d0d0d0")
+        ax.legend(
+            handles=[Patch(facecolor="#d0d0d0", label="masked (not allowed)")],
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.22),
+            fontsize=7,
+            frameon=False,
+        )
+    image = ax.imshow(shown, cmap=colours, vmin=0.0, vmax=vmax, aspect="auto")
     ax.set_xticks(range(S), key_labels, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(L), query_labels)
     ax.set_xlabel(xlabel)
@@ -77,6 +98,8 @@ def attention_heatmap(
         top = vmax if vmax is not None else (w.max() if w.size else 1.0)
         for i in range(L):
             for j in range(S):
+                if np.ma.is_masked(shown[i, j]):
+                    continue
                 colour = "black" if w[i, j] > 0.6 * top else "white"
                 ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
     if colorbar:
@@ -105,15 +128,22 @@ def explorer(render: Callable[..., object], **controls):
 
     ``controls`` maps each keyword of ``render`` to an ipywidgets control (``FloatSlider``, ``Dropdown``, ...) or
     to a fixed value. Whenever a control moves, ``render(**state)`` is called and its figure replaces the last.
-    Returns the widget (controls above, figure below) for the notebook to display.
+    Returns the widget (controls above, figure below) for the notebook to display. Every control's label is
+    shown in full (``description_width="initial"``, not the default fixed width that cuts long labels), and the
+    controls wrap onto a second row when they do not fit one.
     """
     import ipywidgets as widgets
     from IPython.display import display
 
     live = {k: v for k, v in controls.items() if isinstance(v, widgets.ValueWidget)}
     fixed = {k: v for k, v in controls.items() if k not in live}
+    for control in live.values():
+        style = getattr(control, "style", None)
+        if style is not None and hasattr(style, "description_width"):
+            style.description_width = "initial"
 
     def redraw(**state):
         display(render(**fixed, **state))
 
-    return widgets.VBox([widgets.HBox(list(live.values())), widgets.interactive_output(redraw, live)])
+    row = widgets.HBox(list(live.values()), layout=widgets.Layout(flex_flow="row wrap"))
+    return widgets.VBox([row, widgets.interactive_output(redraw, live)])

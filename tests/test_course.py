@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from notebook_defs import defined_names
+from notebook_defs import code_cells, defined_names
 
 from attnlib import course
 from attnlib.grader.exercises import exercises_of
@@ -221,3 +221,54 @@ def test_lesson_for_names_the_bad_path():
     assert course.lesson_for("notebooks/05_masking.ipynb").number == 5
     with pytest.raises(ValueError, match="not a lesson"):
         course.lesson_for("notebooks/99_nothing.ipynb")
+
+
+# ---------------------------------------------------------------------------------- one demonstration, one lesson
+def _demonstration_problems(demonstrations, lessons, code_of) -> list[str]:
+    """Each demonstration's pattern matches code in its own lesson and in no other (``code_of(lesson)`` gives a
+    lesson's code cells)."""
+    problems = []
+    for demo in demonstrations:
+        pattern = re.compile(demo.pattern)
+        found = [x.number for x in lessons if any(pattern.search(cell) for cell in code_of(x))]
+        if demo.lesson not in found:
+            problems.append(f"{demo.name!r} belongs to lesson {demo.lesson}, whose code does not produce it")
+        for number in found:
+            if number != demo.lesson:
+                problems.append(
+                    f"{demo.name!r} is shown by lesson {demo.lesson} and again by lesson {number}: refer back instead"
+                )
+    return problems
+
+
+def test_each_demonstration_is_produced_by_one_lesson_only():
+    assert {demo.lesson for demo in course.DEMONSTRATIONS} <= {lesson.number for lesson in course.LESSONS}
+    problems = _demonstration_problems(course.DEMONSTRATIONS, course.LESSONS, lambda x: code_cells(x.path))
+    assert not problems, "\n".join(problems)
+
+
+def test_demonstration_check_fails_on_a_repeat_and_on_a_missing_one():
+    def lesson(number):
+        return course.Lesson(number, f"notebooks/{number:02d}_x.ipynb", "x", 1, "x", None)
+
+    lessons = [lesson(1), lesson(2)]
+    demo = course.Demonstration("softmax over the queries", 1, r"softmax\([^()]*dim=0\)")
+    code = {1: ["w = torch.softmax(s, dim=0)"], 2: ["w = torch.softmax(s, dim=-1)"]}
+    assert _demonstration_problems([demo], lessons, lambda x: code[x.number]) == []
+    code[2].append("wrong = torch.softmax(scores, dim=0)  # shown again")
+    assert _demonstration_problems([demo], lessons, lambda x: code[x.number]) == [
+        "'softmax over the queries' is shown by lesson 1 and again by lesson 2: refer back instead"
+    ]
+    code[1] = []
+    assert "whose code does not produce it" in _demonstration_problems([demo], lessons, lambda x: code[x.number])[0]
+
+
+def test_the_repeats_removed_by_issue_24_would_be_caught():
+    # lesson 4 used to repeat lesson 2's saturation table and lesson 3's softmax over dim=0
+    saturation, wrong_axis = (d for d in course.DEMONSTRATIONS if d.lesson in (2, 3) and "d_model" not in d.name)
+    old_lesson_4 = [
+        "for d_k in (4, 64, 1024):\n    qd = torch.randn(16, d_k)\n    s = qd @ kd.T\n    w.amax(-1).mean()",
+        "w_bad = torch.softmax(scores_q, dim=0)  # the mistake",
+    ]
+    assert re.search(saturation.pattern, old_lesson_4[0])
+    assert re.search(wrong_axis.pattern, old_lesson_4[1])

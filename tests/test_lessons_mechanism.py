@@ -440,3 +440,22 @@ def test_difference_heatmap_is_signed_symmetric_and_token_labelled():
     assert_axes_labelled(fig)
     with pytest.raises(ValueError, match=r"\(3, 3\)"):
         sa.difference_heatmap(ax, torch.zeros(2, 2), tokens)
+
+
+def test_tinylm_runs_the_learners_attention_and_mask_with_the_same_parameters():
+    torch.manual_seed(0)
+    default = masking_demo.TinyLM()
+    torch.manual_seed(0)
+    calls = []
+
+    def attention(q, k, v, mask):
+        calls.append(mask)
+        return attnlib.scaled_dot_product_attention(q, k, v, mask)
+
+    learners = masking_demo.TinyLM(attention=attention, causal_mask=lambda T: attnlib.causal_mask(T))
+    ids = torch.randint(0, len(masking_demo.VOCAB), (3, 9))
+    for causal in (True, False):
+        torch.testing.assert_close(learners(ids, causal=causal)[0], default(ids, causal=causal)[0])
+    assert torch.equal(calls[0], attnlib.causal_mask(9)) and bool(calls[1].all())
+    with pytest.raises(ValueError, match="both attention and causal_mask"):
+        masking_demo.TinyLM(attention=attention)

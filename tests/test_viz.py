@@ -63,3 +63,31 @@ def test_explorer_calls_the_render_function_with_fixed_and_live_state():
     assert isinstance(box, widgets.VBox) and slider in box.children[0].children
     slider.value = 0.5
     assert calls[0] == (1.0, ("a", "b")) and calls[-1] == (0.5, ("a", "b"))
+
+
+def test_heatmap_draws_masked_cells_apart_from_a_zero_weight():
+    fig, ax = viz.new_figure()
+    w = torch.tensor([[1.0, 0.0], [0.4, 0.6]])
+    hidden = torch.tensor([[False, True], [False, False]])
+    viz.attention_heatmap(ax, w, ["a", "b"], ["a", "b"], masked=hidden)
+    shown = ax.images[0].get_array()
+    assert np.ma.is_masked(shown[0, 1]) and not np.ma.is_masked(shown[1, 0])
+    bad = ax.images[0].get_cmap().get_bad()
+    assert tuple(bad[:3]) != tuple(ax.images[0].get_cmap()(0.0)[:3]), "masked cells share the colour of weight 0"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["masked (not allowed)"]
+    assert "0.00" not in [t.get_text() for t in ax.texts], "a masked cell must not be annotated as a weight"
+    with pytest.raises(ValueError, match=r"masked must have the weights' shape \(2, 2\)"):
+        viz.attention_heatmap(ax, w, masked=np.ones((3, 3), dtype=bool))
+
+
+def test_explorer_shows_every_label_in_full():
+    widgets = pytest.importorskip("ipywidgets")
+    controls = {
+        "d_k": widgets.SelectionSlider(options=[1, 2], value=1, description="key dimension d_k"),
+        "scaled": widgets.Checkbox(value=False, description="divide by sqrt(d_k)"),
+        "mode": widgets.Dropdown(options=["a", "b"], value="a", description="alignment of the mask"),
+    }
+    box = viz.explorer(lambda **kw: None, **controls)
+    for control in controls.values():
+        assert control.style.description_width == "initial", control.description
+    assert box.children[0].layout.flex_flow == "row wrap"

@@ -109,7 +109,8 @@ def render_attention(
     labels = [f"{c}{i}" for i, c in enumerate(decode(tokens[example]))]
     fig, ax = viz.new_figure(width=6.0, height=5.0)
     title = f"layer {layer}, head {head}\nwhite boxes: the key {WORD_LEN} positions back (the copy to read)"
-    viz.attention_heatmap(ax, w[example, head], labels, labels, title=title, annotate=False)
+    future = torch.ones(len(labels), len(labels), dtype=torch.bool).triu(1)  # the causal mask's hidden keys
+    viz.attention_heatmap(ax, w[example, head], labels, labels, title=title, annotate=False, masked=future)
     for t in copy_queries().tolist():
         ax.add_patch(_box(t - WORD_LEN, t))
     return fig

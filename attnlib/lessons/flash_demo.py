@@ -64,23 +64,46 @@ def plot_benchmark(results: dict, impls: tuple[str, ...] = ("chunked", "flash", 
     """Throughput relative to SDPA (SDPA time / time) per length, one panel per mask, from `attnlib bench` JSON.
 
     A bar above 1 is faster than SDPA. ``flash-mm`` (flash's matmuls alone) is the ceiling flash would reach if
-    its softmax bookkeeping cost nothing.
+    its softmax bookkeeping cost nothing. Each bar is the ratio of the medians; its error bar spans the ratio of
+    SDPA's median to the implementation's slowest and fastest repeat. The legend sits below the panels, so it
+    hides no bar.
     """
     rows = [r for r in results["results"] if r["status"] == "ok" and r["impl"] in impls]
+    sdpa = {
+        (r.get("mode", "full"), r["L"]): r["median_s"]
+        for r in results["results"]
+        if r["status"] == "ok" and r["impl"] == "sdpa"
+    }
     modes = results["config"].get("modes") or ["full"]
     lengths = results["config"]["lengths"]
-    fig, axes = viz.new_figure(len(modes), width=4.6, height=3.6)
+    fig, axes = viz.new_figure(len(modes), width=4.6, height=4.0)
+    panels = [axes] if len(modes) == 1 else list(axes[0])  # new_figure returns a bare Axes for one panel
     width = 0.8 / len(impls)
-    for ax, mode in zip(axes[0], modes, strict=True):
+    top = 1.0
+    for ax, mode in zip(panels, modes, strict=True):
         for i, impl in enumerate(impls):
-            vals = {r["L"]: r["speed_vs_sdpa"] for r in rows if r["impl"] == impl and r.get("mode", "full") == mode}
+            got = {r["L"]: r for r in rows if r["impl"] == impl and r.get("mode", "full") == mode}
             xs = [j + (i - (len(impls) - 1) / 2) * width for j in range(len(lengths))]
-            ax.bar(xs, [vals.get(L, 0.0) for L in lengths], width=width, label=impl)
+            heights = [got[L]["speed_vs_sdpa"] if L in got else 0.0 for L in lengths]
+            low, high = [], []
+            for L, h in zip(lengths, heights, strict=True):
+                times = got[L].get("times_s") if L in got else None
+                if times and (mode, L) in sdpa:
+                    low.append(max(h - sdpa[(mode, L)] / max(times), 0.0))
+                    high.append(max(sdpa[(mode, L)] / min(times) - h, 0.0))
+                else:
+                    low.append(0.0)
+                    high.append(0.0)
+            top = max(top, *(h + e for h, e in zip(heights, high, strict=True)))
+            ax.bar(xs, heights, width=width, label=impl, yerr=[low, high], capsize=2, ecolor="black")
         ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="SDPA")
         ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
         ax.set_xlabel("sequence length L = S")
         ax.set_ylabel("throughput / SDPA's (higher is faster)")
         kind = "forward + backward" if results["config"]["backward"] else "forward"
         ax.set_title(f"{kind}, {mode} mask")
-        ax.legend(fontsize=7)
+    for ax in panels:
+        ax.set_ylim(0, top * 1.08)
+    handles, labels = panels[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
     return fig

@@ -146,10 +146,18 @@ class TinyLM(nn.Module):
 
     ``forward(ids, causal)`` takes ids (batch, T <= block) and returns ``(logits (batch, T, vocab),
     weights (batch, T, T))``; ``causal=True`` applies :func:`attnlib.causal_mask`.
+
+    Lesson 5 passes its own functions: ``attention(q, k, v, mask) -> (out, weights)`` (its ``masked_attention``)
+    and ``causal_mask(T) -> (T, T) bool`` (True = may attend). Then the layer's projections feed the learner's
+    attention, with the learner's causal mask when ``causal=True`` and an all-True mask otherwise; the parameters
+    (and so the training run for a seed) are the same either way.
     """
 
-    def __init__(self, vocab: int = len(VOCAB), d: int = 24, block: int = BLOCK):
+    def __init__(self, vocab: int = len(VOCAB), d: int = 24, block: int = BLOCK, *, attention=None, causal_mask=None):
         super().__init__()
+        if (attention is None) != (causal_mask is None):
+            raise ValueError("give both attention and causal_mask (the learner's functions) or neither")
+        self.attention, self.causal_mask = attention, causal_mask
         self.block = check_positive_int(block, "block")
         self.tok = nn.Embedding(check_positive_int(vocab, "vocab"), check_positive_int(d, "d"))
         self.pos = nn.Embedding(block, d)
@@ -164,6 +172,11 @@ class TinyLM(nn.Module):
             )
         T = ids.shape[1]
         h = self.tok(ids) + self.pos(torch.arange(T, device=ids.device))
+        if self.attention is not None:
+            q, k, v = self.attn.w_q(h), self.attn.w_k(h), self.attn.w_v(h)
+            mask = self.causal_mask(T) if causal else torch.ones(T, T, dtype=torch.bool)
+            a, weights = self.attention(q, k, v, mask.to(ids.device))
+            return self.out(a), weights
         mask = causal_mask(T, device=ids.device) if causal else None
         a, weights = self.attn(h, mask)
         return self.out(a), weights

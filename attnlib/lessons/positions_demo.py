@@ -168,7 +168,8 @@ def render_positions(kind: str = "sinusoidal", base: float = 10000.0, dim: int =
         g = torch.Generator().manual_seed(0)
         q, k = torch.randn(2, dim, generator=g).unbind(0)
         scores = rope_score_matrix(q, k, length, base=base)
-        im = left.imshow(scores.numpy(), cmap="RdBu_r", aspect="auto")
+        limit = float(scores.abs().max())  # a diverging map centred on 0
+        im = left.imshow(scores.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
         fig.colorbar(im, ax=left, label="score q·k after RoPE")
         left.set(xlabel="key position n", ylabel="query position m", title=f"RoPE scores, base {base:g}")
         later = length // 3

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # eight tokens of a sentence from the lesson's source material, used to label the widget's heatmap
-TOKENS = ("The", "animal", "didn't", "cross", "the", "street", "because", "it")
+TOKENS = tuple(f"x{i}" for i in range(8))  # random vectors: labelled x0..x7, not with words
 
 DIMS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 

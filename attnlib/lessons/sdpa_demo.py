@@ -22,7 +22,7 @@ from ..functional import scaled_dot_product_attention
 
 __all__ = ["TOKENS", "known_answer", "explorer_example", "render_attention"]
 
-TOKENS = ("the", "cat", "sat", "on", "the", "mat")
+TOKENS = tuple(f"x{i}" for i in range(6))  # random vectors: labelled x0..x5, not with words
 
 
 def known_answer(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

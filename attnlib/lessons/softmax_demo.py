@@ -138,6 +138,7 @@ def render_temperature(temperature: float = 1.0, *, show_source: bool = True):
     viz.weight_bars(ax_w, w, MAKING_TOKENS, title=f'weights of the query "making", T = {temperature:.3g}')
     for label in list(ax_w.texts):  # the bars' value labels would sit under the source's dots
         label.remove()
+    ax_w.containers[0].set_label(f"softmax of the scores at T = {temperature:.3g}")
     if show_source:
         ax_w.plot(
             range(len(MAKING_TOKENS)),
@@ -146,11 +147,11 @@ def render_temperature(temperature: float = 1.0, *, show_source: bool = True):
             color="tab:red",
             label=f"source figure (sums to {sum(MAKING_ILLUSTRATED):.2f})",
         )
-        ax_w.legend(fontsize=8, loc="upper right")
+    ax_w.legend(fontsize=8, loc="upper right")
     ax_w.set_xlabel("word (key)")
     temps = torch.logspace(math.log10(0.05), math.log10(20.0), 200, dtype=torch.float64)
     ent = entropy(softmax(scores / temps[:, None], dim=-1))
-    ax_h.semilogx(temps.numpy(), ent.numpy(), color="tab:blue")
+    ax_h.semilogx(temps.numpy(), ent.numpy(), color="tab:blue", label="entropy at each T")
     ax_h.axhline(math.log(len(MAKING_SCORES)), color="grey", ls=":", label="uniform: ln 9")
     ax_h.plot([temperature], [float(entropy(w))], "k*", ms=12, label="current T")
     ax_h.set_ylim(-0.05, 2.4)

@@ -95,7 +95,8 @@ def render_linear_vs_softmax(sharpness: float = 1.0, L: int = 12, d: int = 16, s
     viz.attention_heatmap(axes[0, 1], lin, labels, labels, title="linear attention (elu+1)", annotate=False, vmax=top)
     gap = float((soft - lin).abs().sum(-1).mean() / 2)
     fig.suptitle(
-        f"query scale {sharpness:g}: largest weight {float(soft.max(-1).values.mean()):.2f} (softmax) vs "
+        f"query scale {sharpness:g}: mean of the rows' largest weights {float(soft.max(-1).values.mean()):.2f} "
+        "(softmax) vs "
         f"{float(lin.max(-1).values.mean()):.2f} (linear), mean total-variation distance {gap:.2f}"
     )
     return fig
