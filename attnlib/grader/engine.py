@@ -511,6 +511,7 @@ def grade_many(
                                 "kind": ex.kind,
                                 "returns": list(ex.returns),
                                 "forbidden": list(ex.forbidden),
+                                "memory_limit_bytes": ex.memory_limit_bytes,
                                 "statements": needed_statements(source, ex.entry),
                                 "cases": specs,
                             }

@@ -302,6 +302,13 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
             apply_poison(find_targets(families, done, torch_too=False))  # what the definitions imported
         target = namespace.get(exercise["entry"])
         send({"event": "loaded", "problems": problems[:5], "found": target is not None})
+        budget = exercise.get("memory_limit_bytes")
+        if target is not None and isinstance(budget, int) and budget > 0:
+            # the exercise forbids a large allocation (the full score matrix): cap the address space at what the
+            # worker holds now plus the budget, soft and hard, so the submission cannot raise it again
+            with open("/proc/self/statm") as statm:
+                held = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            _limit(resource.RLIMIT_AS, held + budget)
         if target is not None:
             modules = len(sys.modules)
             for i, case in enumerate(cases):
