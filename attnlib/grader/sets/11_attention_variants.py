@@ -10,7 +10,16 @@ import math
 
 import numpy as np
 
-from ..common import Case, Exercise, f32
+from ..common import (
+    NO_FULL_MATRIX_BUDGET,
+    NO_FULL_MATRIX_LENGTH,
+    Case,
+    Exercise,
+    f32,
+    is_no_full_matrix,
+    memory_raises,
+    no_full_matrix_case,
+)
 
 SET = "11_attention_variants"
 TITLE = "Lesson 11: grouped-query attention, sliding windows, linear attention"
@@ -139,7 +148,14 @@ def linear_cases(rng):
         q, k = f32(B, H, L, D, rng=rng), f32(B, H, S, D, rng=rng)
         v = f32(B, H, S, Dv, rng=rng)
         cases.append(Case(f"q ({B}, {H}, {L}, {D}), S={S}, d_v={Dv}", (q, k, v)))
+    n = NO_FULL_MATRIX_LENGTH
+    big = (f32(1, 1, n, 8, rng=rng), f32(1, 1, n, 8, rng=rng), f32(1, 1, n, 4, rng=rng))
+    cases.append(no_full_matrix_case(f"long sequence L=S={n}", big))
     return cases
+
+
+def linear_raises(case):
+    return memory_raises(case.args[0].shape[-2], case.args[1].shape[-2])
 
 
 def linear_expect(case):
@@ -161,6 +177,8 @@ def _linear_np(q, k, v, phi=_elu1, normalise=True):
 
 
 def linear_mistakes(case):
+    if is_no_full_matrix(case):
+        return []
     q, k, v = (np.asarray(a, np.float64) for a in case.args)
     return [
         (
@@ -231,7 +249,9 @@ EXERCISES = [
         cases=linear_cases,
         expect=linear_expect,
         mistakes=linear_mistakes,
+        raises=linear_raises,
         distribution=None,
         arg_names=("q", "k", "v"),
+        memory_limit_bytes=NO_FULL_MATRIX_BUDGET,
     ),
 ]

@@ -7,7 +7,21 @@ import math
 
 import numpy as np
 
-from ..common import LIBRARY_ATTENTION, SOFTMAX, Case, Exercise, f32, qk_swap_raises, score_magnitude
+from ..common import (
+    LIBRARY_ATTENTION,
+    NO_FULL_MATRIX_BUDGET,
+    NO_FULL_MATRIX_LENGTH,
+    SOFTMAX,
+    Case,
+    Exercise,
+    f32,
+    full_attention_f64,
+    is_no_full_matrix,
+    memory_raises,
+    no_full_matrix_case,
+    qk_swap_raises,
+    score_magnitude,
+)
 
 SET = "12_cost_of_attention"
 TITLE = "Lesson 12: memory and FLOPs of attention, and chunked attention with the online softmax"
@@ -17,10 +31,11 @@ FROM_SCRATCH = (*SOFTMAX, *LIBRARY_ATTENTION)
 def _mem_cases(rng):
     L = int(rng.choice([256, 1000, 2048]))
     return [
-        Case("batch=4, heads=8, L=S=4096, fp32 (4 bytes)", (4, 8, 4096, 4096, 4)),
+        # batch, heads and bytes differ, so that forgetting one of them gives its own number
+        Case("batch=2, heads=8, L=S=4096, fp32 (4 bytes)", (2, 8, 4096, 4096, 4)),
         Case("batch=1, heads=12, L=S=512, fp16 (2 bytes)", (1, 12, 512, 512, 2)),
         Case("batch=2, heads=1, L=1 query, S=8192 keys, fp64 (8 bytes)", (2, 1, 1, 8192, 8)),
-        Case(f"batch=3, heads=4, L={L}, S=100, fp32", (3, 4, L, 100, 4)),
+        Case(f"batch=3, heads=6, L={L}, S=100, fp32", (3, 6, L, 100, 4)),
     ]
 
 
@@ -31,7 +46,10 @@ def _mem_expect(case):
 
 def _mem_mistakes(case):
     B, H, L, S, nbytes = case.args
-    why = "the score matrix has one entry per (batch, head, query, key): batch·heads·L·S entries of bytes_per_element"
+    why = (
+        "the score matrix has one entry for every combination of batch element, head, query and key; count the "
+        "entries, then the bytes each one takes"
+    )
     right = B * H * L * S * nbytes
     candidates = [
         ("the heads are missing: every head has its own (L, S) scores. ", B * L * S * nbytes),
@@ -40,10 +58,9 @@ def _mem_mistakes(case):
         ("that counts bits, not bytes. ", B * H * L * S * nbytes * 8),
         ("that uses L·L; the scores are L·S. ", B * H * L * L * nbytes),
     ]
-    out, seen = [], {right}
+    out = []
     for hint, value in candidates:
-        if value not in seen:
-            seen.add(value)
+        if value != right:  # a candidate that does not apply to this check (no bias to forget, one head)
             out.append((hint + why, {"out": np.array(float(value))}))
     return [*out, ("not the size of the scores: " + why, {})]
 
@@ -65,20 +82,22 @@ def _flop_expect(case):
 def _flop_mistakes(case):
     B, H, L, S, D = case.args
     why = (
-        "q @ k^T costs L·S·D multiply-adds per (batch, head) and weights @ v another L·S·D; a multiply-add is 2 "
-        "FLOPs, so 4·B·H·L·S·D in all (the softmax's O(L·S) is smaller and not counted)"
+        "count the multiply-adds of each of the two matrix products (q @ k^T and weights @ v) for one (batch, "
+        "head), remember that a multiply-add is 2 FLOPs, then scale to every batch element and head (the "
+        "softmax is not counted)"
     )
     right = 4 * B * H * L * S * D
     candidates = [
-        ("that counts one of the two matrix products. ", 2 * B * H * L * S * D),
-        ("that counts multiply-adds, not FLOPs. ", 2 * B * H * L * S * D),
+        (
+            "that is half the count: either only one of the two matrix products, or multiply-adds instead of FLOPs. ",
+            2 * B * H * L * S * D,
+        ),
         ("that counts each multiply-add as one operation for only one product. ", B * H * L * S * D),
         ("the heads are missing. ", 4 * B * L * S * D),
     ]
-    out, seen = [], {right}
+    out = []
     for hint, value in candidates:
-        if value not in seen:
-            seen.add(value)
+        if value != right:  # a candidate that does not apply to this check (no bias to forget, one head)
             out.append((hint + why, {"out": np.array(float(value))}))
     return [*out, ("not the FLOP count: " + why, {})]
 
@@ -132,6 +151,9 @@ def chunked_cases(rng):
     for name, qs, ks, vs, block, kw, big in specs:
         q, k = f32(*qs, rng=rng, scale=big), f32(*ks, rng=rng, scale=big)
         cases.append(Case(name, (q, k, f32(*vs, rng=rng), block), kw, magnitude=score_magnitude(q, k)))
+    n = NO_FULL_MATRIX_LENGTH
+    q, k, v = f32(1, n, 8, rng=rng), f32(1, n, 8, rng=rng), f32(1, n, 4, rng=rng)
+    cases.append(no_full_matrix_case(f"L=S={n}, blocks of 128", (q, k, v, 128), magnitude=score_magnitude(q, k)))
     return cases
 
 
@@ -142,6 +164,8 @@ def chunked_expect(case):
     from ..common import t64
 
     q, k, v, _ = case.args
+    if is_no_full_matrix(case):
+        return full_attention_f64(q, k, v)
     L, S = q.shape[-2], k.shape[-2]
     mask = torch.ones(L, S, dtype=torch.bool).tril() if case.kwargs.get("is_causal") else None
     out, _ = scaled_dot_product_attention(t64(q), t64(k), t64(v), mask)
@@ -152,6 +176,8 @@ def chunked_expect(case):
 
 
 def chunked_mistakes(case):
+    if is_no_full_matrix(case):
+        return []
     q, k, v, block = case.args
     causal = bool(case.kwargs.get("is_causal", False))
     S = k.shape[-2]
@@ -211,7 +237,8 @@ def _score_max(q, k, causal):
 
 
 def chunked_raises(case):
-    return qk_swap_raises(case.args[0], case.args[1], "each block's scores")
+    q, k = case.args[:2]
+    return [*memory_raises(q.shape[-2], k.shape[-2]), *qk_swap_raises(q, k, "each block's scores")]
 
 
 def _fix_cases(rng):
@@ -260,6 +287,7 @@ EXERCISES = [
         expect=chunked_expect,
         mistakes=chunked_mistakes,
         raises=chunked_raises,
+        memory_limit_bytes=NO_FULL_MATRIX_BUDGET,
         arg_names=("q", "k", "v", "block_size"),
     ),
     Exercise(
@@ -290,6 +318,7 @@ EXERCISES = [
         expect=chunked_expect,
         mistakes=chunked_mistakes,
         raises=chunked_raises,
+        memory_limit_bytes=NO_FULL_MATRIX_BUDGET,
         arg_names=("q", "k", "v", "block_size"),
         style="fix",
     ),

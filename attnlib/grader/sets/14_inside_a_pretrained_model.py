@@ -168,18 +168,49 @@ def bert_mistakes(case):
     return found
 
 
-_params = question(
-    4 * 384 * 384 + 4 * 384,
-    "Each of the four projections (query, key, value, output.dense) is a 384 x 384 matrix plus 384 biases: "
-    "4 · (384·384 + 384) = 591,360 parameters per layer; the 12 heads split these matrices and add none.",
-    {
-        4 * 384 * 384: "The biases are missing: each projection has 384 of them.",
-        3 * 384 * 384 + 3 * 384: "The output projection (attention.output.dense) is missing.",
-        4 * 384 * 384 + 4 * 384 + 2 * 384: "The LayerNorm after the attention is not part of the attention layer.",
-        12 * (4 * 384 * 384 + 4 * 384): "The 12 heads share the four matrices (each head uses a 32-wide slice): "
-        "they do not multiply the count.",
-    },
-)
+# Question 14.2: the parameters of one whole MiniLM encoder layer, from the model's published sizes (a test
+# checks the key against the loaded model's layer).
+HIDDEN, FEED_FORWARD = 384, 1536
+
+
+def linear_params(n_in: int, n_out: int, bias: bool = True) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def encoder_layer_params(hidden: int = HIDDEN, ff: int = FEED_FORWARD) -> int:
+    """Attention (four hidden x hidden projections with biases), two LayerNorms (weight and bias), and the
+    feed-forward network hidden -> ff -> hidden with biases."""
+    attention = 4 * linear_params(hidden, hidden)
+    norms = 2 * 2 * hidden
+    feed_forward = linear_params(hidden, ff) + linear_params(ff, hidden)
+    return attention + norms + feed_forward
+
+
+def _params_question():
+    h, f = HIDDEN, FEED_FORWARD
+    attention, norms = 4 * linear_params(h, h), 4 * h
+    ff = linear_params(h, f) + linear_params(f, h)
+    wrong = {
+        attention: "That is the attention sublayer alone; the layer also has two LayerNorms and a feed-forward "
+        "network.",
+        attention + ff: "The two LayerNorms are missing: each has a weight and a bias of the hidden size.",
+        attention + norms + 2 * h * f: "The feed-forward network's biases are missing.",
+        4 * h * h + norms + 2 * h * f: "The biases of the projections are missing.",
+        attention + 2 * h + ff: "Each LayerNorm has TWO vectors (a weight and a bias), and there are two LayerNorms.",
+        attention + norms + 2 * linear_params(h, f): "The feed-forward's second layer maps the wide width back to the "
+        "hidden size: its bias has the hidden size, not the wide one.",
+        12 * attention + norms + ff: "The 12 heads share the four projection matrices (each uses a slice): they "
+        "do not multiply the count.",
+    }
+    explain = (
+        "List every module of the layer (four attention projections, a LayerNorm after attention, the two "
+        "feed-forward layers, a LayerNorm after them) and count each one's weight and bias from the published "
+        "sizes (hidden 384, feed-forward 1536)."
+    )
+    return question(encoder_layer_params(), explain, wrong)
+
+
+_params = _params_question()
 
 EXERCISES = [
     Exercise(
@@ -200,8 +231,8 @@ EXERCISES = [
     Exercise(
         key="14.2",
         set=SET,
-        entry="answer_minilm_attention_params",
-        title="Question: the parameters of one MiniLM attention layer",
+        entry="answer_minilm_layer_params",
+        title="Question: the parameters of one whole MiniLM encoder layer",
         points=1,
         difficulty="easy",
         minutes=5,
