@@ -69,6 +69,26 @@ def _softmax_mistakes(case):
                     {"out": softmax(x64 / T, other)},
                 )
             )
+    z = x64 / T
+    with np.errstate(all="ignore"):
+        top = np.max(z[np.isfinite(z)]) if np.isfinite(z).any() else 0.0
+        e32 = np.exp((z - top).astype(np.float32)).astype(np.float64)  # float32, as the learner's tensors
+        found.append(
+            (
+                "one maximum over the whole tensor is subtracted: a row far below it underflows exp() to 0 in every "
+                "entry and gives 0/0; subtract each row's own maximum, amax(dim=dim, keepdim=True)",
+                {"out": e32 / e32.sum(axis=dim, keepdims=True)},
+            )
+        )
+        m = np.max(z, axis=dim, keepdims=True)
+        e = np.exp(z - np.where(np.isfinite(m), m, 0.0))
+        found.append(
+            (
+                "the sum runs over the whole tensor (e.sum() without dim): every entry is divided by the sum of ALL "
+                "entries; sum along dim with keepdim=True",
+                {"out": e / e.sum()},
+            )
+        )
     found.append(
         (
             "NaN or inf for large logits: subtract the maximum along dim (keepdim=True) before exp",

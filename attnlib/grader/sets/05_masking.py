@@ -158,6 +158,11 @@ def _padding_mistakes(case):
             {"out": (np.arange(S)[None, :] <= np.asarray(lengths)[:, None])[:, None, None, :]},
         ),
         (
+            "off by one: the last real token is masked; positions 0..length-1 are real, so use position < length "
+            "(not < length - 1)",
+            {"out": (np.arange(S)[None, :] < np.asarray(lengths)[:, None] - 1)[:, None, None, :]},
+        ),
+        (
             "the mask has shape (batch, S); return (batch, 1, 1, S) so it broadcasts over heads and queries",
             {"out": real},
         ),

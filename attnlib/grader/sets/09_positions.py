@@ -154,6 +154,71 @@ def _fix_mistakes(case):
     return [still, *[m for m in rope_mistakes(case) if "neighbouring features" not in m[0]]]
 
 
+# ---------------------------------------------------------------------------------------------- 09.4/09.5 layouts
+# RoPE checkpoints come in two layouts: "interleaved" pairs neighbours (2i, 2i+1) (the original paper, Meta's
+# reference code), "half-split" pairs i with i + d/2 (rotate_half, Hugging Face, attnlib). Converting the
+# features of q and k (or the rows of W_Q, W_K) from one to the other makes the two RoPEs agree.
+
+
+def layout_cases(rng):
+    shapes = ((6,), (2, 8), (1, 2, 3, 4), (2, 3, 5, 16), (3, 2))
+    return [Case(f"x {shape}", (f32(*shape, rng=rng),)) for shape in shapes]
+
+
+def _to_half(x):
+    x = np.asarray(x, np.float64)
+    return np.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)
+
+
+def _to_interleaved(x):
+    x = np.asarray(x, np.float64)
+    h = x.shape[-1] // 2
+    return np.stack([x[..., :h], x[..., h:]], axis=-1).reshape(x.shape)
+
+
+def to_half_expect(case):
+    return {"out": _to_half(case.args[0])}
+
+
+def to_interleaved_expect(case):
+    return {"out": _to_interleaved(case.args[0])}
+
+
+def to_half_mistakes(case):
+    x = np.asarray(case.args[0], np.float64)
+    found = [
+        (
+            "the halves are swapped: the first half must hold the FIRST member of every pair (features 0, 2, 4, ...)",
+            np.concatenate([x[..., 1::2], x[..., 0::2]], axis=-1),
+        ),
+        (
+            "that is the opposite conversion (half-split to interleaved): here pair (2i, 2i+1) must land at "
+            "(i, i + d/2)",
+            _to_interleaved(x),
+        ),
+        ("the features are returned unchanged: move feature 2i to i and feature 2i+1 to i + d/2", x),
+    ]
+    return [(hint, {"out": out}) for hint, out in found]
+
+
+def to_interleaved_mistakes(case):
+    x = np.asarray(case.args[0], np.float64)
+    h = x.shape[-1] // 2
+    found = [
+        (
+            "the members of each pair are in the wrong order: feature i goes to 2i and feature i + d/2 to 2i + 1",
+            np.stack([x[..., h:], x[..., :h]], axis=-1).reshape(x.shape),
+        ),
+        (
+            "that is the opposite conversion (interleaved to half-split): here pair (i, i + d/2) must land at "
+            "(2i, 2i+1)",
+            _to_half(x),
+        ),
+        ("the features are returned unchanged: move feature i to 2i and feature i + d/2 to 2i + 1", x),
+    ]
+    return [(hint, {"out": out}) for hint, out in found]
+
+
 EXERCISES = [
     Exercise(
         key="09.1",
@@ -206,5 +271,35 @@ EXERCISES = [
         distribution=None,
         arg_names=("x", "positions"),
         style="fix",
+    ),
+    Exercise(
+        key="09.4",
+        set=SET,
+        entry="interleaved_to_half_split",
+        title="Convert RoPE features from the interleaved layout to the half-split one",
+        points=2,
+        difficulty="medium",
+        minutes=10,
+        returns=("out",),
+        forbidden=ATTNLIB,
+        cases=layout_cases,
+        expect=to_half_expect,
+        mistakes=to_half_mistakes,
+        arg_names=("x",),
+    ),
+    Exercise(
+        key="09.5",
+        set=SET,
+        entry="half_split_to_interleaved",
+        title="Convert RoPE features back from the half-split layout to the interleaved one",
+        points=2,
+        difficulty="medium",
+        minutes=10,
+        returns=("out",),
+        forbidden=ATTNLIB,
+        cases=layout_cases,
+        expect=to_interleaved_expect,
+        mistakes=to_interleaved_mistakes,
+        arg_names=("x",),
     ),
 ]

@@ -107,7 +107,18 @@ def _flop_mistakes(case):
 
 
 def _np_chunked(
-    q, k, v, block, causal=False, *, scale=None, rescale_acc=True, rescale_l=True, drop_last=False, align="top-left"
+    q,
+    k,
+    v,
+    block,
+    causal=False,
+    *,
+    scale=None,
+    rescale_acc=True,
+    rescale_l=True,
+    drop_last=False,
+    align="top-left",
+    strict=False,
 ):
     """The tiled forward in NumPy (float64), with switches that reproduce its classic mistakes."""
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
@@ -124,7 +135,7 @@ def _np_chunked(
             if causal:
                 i_idx = np.arange(L)[:, None]
                 j_idx = np.arange(j, min(j + block, S))[None, :]
-                s = np.where(j_idx <= i_idx + offset, s, -np.inf)
+                s = np.where((j_idx < i_idx + offset) if strict else (j_idx <= i_idx + offset), s, -np.inf)
             m_new = np.maximum(m, s.max(axis=-1))
             safe = np.where(np.isfinite(m_new), m_new, 0.0)
             factor = np.where(np.isfinite(m_new), np.exp(m - safe), 0.0)
@@ -132,6 +143,8 @@ def _np_chunked(
             l = (l * factor if rescale_l else l) + p.sum(axis=-1)
             acc = (acc * factor[..., None] if rescale_acc else acc) + p @ v[..., j : j + block, :]
             m = m_new
+        if strict:  # a row with every key blocked: l = 0, so the learner's acc / l is 0/0 and m + log(l) is -inf
+            return {"out": acc / l[..., None], "lse": m + np.log(l)}
         out = acc / np.where(l > 0, l, 1.0)[..., None]
         lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -np.inf)
     return {"out": out, "lse": lse}
@@ -217,6 +230,12 @@ def chunked_mistakes(case):
         )
     if causal:
         found.append(("the causal mask is ignored: block keys j > i", _np_chunked(q, k, v, block, False)))
+        found.append(
+            (
+                "the causal mask also blocks the diagonal: query i may see key i itself (block cols > rows, not >=)",
+                _np_chunked(q, k, v, block, True, strict=True),
+            )
+        )
         if q.shape[-2] != S:
             found.append(
                 (
@@ -256,6 +275,81 @@ def _fix_cases(rng):
             k[..., -1, :] = 2.0 * q[..., -1, :]  # the last query's max rises in the last block, on every seed
             cases.append(Case(c.name, (q, k, v, block), c.kwargs, magnitude=score_magnitude(q, k)))
     return cases
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the KV cache: its bytes, and how many tokens fit
+
+
+def _kv(B, layers, kv_heads, seq, head_dim, nbytes):
+    return 2 * B * layers * kv_heads * seq * head_dim * nbytes
+
+
+def kv_cases(rng):
+    seq = int(rng.integers(100, 5000))
+    # every factor different from the others and from 2, so that forgetting any one gives its own number
+    specs = ((3, 6, 5, 1000, 64, 4), (1, 32, 8, 4096, 128, 4), (5, 12, 4, 512, 32, 1), (7, 24, 3, seq, 96, 4))
+    return [
+        Case(f"batch={B}, {n} layers, {h} kv heads, {t} tokens, head_dim={d}, {b} bytes", (B, n, h, t, d, b))
+        for B, n, h, t, d, b in specs
+    ]
+
+
+def kv_expect(case):
+    return {"out": np.array(float(_kv(*case.args)))}
+
+
+def kv_mistakes(case):
+    B, n, h, t, d, b = case.args
+    why = (
+        "the cache stores, for every layer, every kv head, every token and every batch element, one key AND one "
+        "value vector of head_dim numbers of bytes_per_element bytes"
+    )
+    right = _kv(*case.args)
+    candidates = [
+        ("only the keys (or only the values) are counted. ", right // 2),
+        ("the layers are missing: every layer has its own cache. ", right // n),
+        ("the batch is missing. ", right // B),
+        ("the kv heads are missing. ", right // h),
+        ("that counts numbers, not bytes. ", right // b),
+        ("that counts bits, not bytes. ", right * 8),
+    ]
+    out = [(hint + why, {"out": np.array(float(v))}) for hint, v in candidates if v != right]
+    return [*out, ("not the size of the cache: " + why, {})]
+
+
+def tokens_cases(rng):
+    gib = 1 << 30
+    extra = int(rng.integers(1, 1 << 20))
+    specs = ((16 * gib, 3, 32, 8, 128, 2), (24 * gib + extra, 5, 6, 4, 64, 4), (10**9, 7, 12, 3, 96, 1))
+    return [
+        Case(f"{m} bytes, batch={B}, {n} layers, {h} kv heads, head_dim={d}, {b} bytes", (m, B, n, h, d, b))
+        for m, B, n, h, d, b in specs
+    ]
+
+
+def tokens_expect(case):
+    m, *rest = case.args
+    B, n, h, d, b = rest
+    return {"out": np.array(float(m // _kv(B, n, h, 1, d, b)))}
+
+
+def tokens_mistakes(case):
+    m, B, n, h, d, b = case.args
+    per = _kv(B, n, h, 1, d, b)
+    right = m // per
+    why = (
+        "divide the memory by what ONE more token costs in the cache (a key and a value per layer, kv head and "
+        "batch element), and keep only whole tokens"
+    )
+    candidates = [
+        ("a token costs a key AND a value: that counts only one of them. ", m // (per // 2)),
+        ("the layers are missing from a token's cost. ", m // (per // n)),
+        ("that is not a whole number of tokens: round down. ", m / per),
+        ("rounded up: a token that does not fit completely does not fit. ", -(-m // per)),
+    ]
+    out = [(hint + why, {"out": np.array(float(v))}) for hint, v in candidates if v != right]
+    return [*out, ("not the number of tokens: " + why, {})]
 
 
 EXERCISES = [
@@ -321,5 +415,33 @@ EXERCISES = [
         memory_limit_bytes=NO_FULL_MATRIX_BUDGET,
         arg_names=("q", "k", "v", "block_size"),
         style="fix",
+    ),
+    Exercise(
+        key="12.5",
+        set=SET,
+        entry="kv_cache_bytes",
+        title="Question: the memory of a KV cache",
+        points=2,
+        difficulty="easy",
+        minutes=10,
+        cases=kv_cases,
+        expect=kv_expect,
+        mistakes=kv_mistakes,
+        arg_names=("batch", "layers", "kv_heads", "seq", "head_dim", "bytes_per_element"),
+        style="question",
+    ),
+    Exercise(
+        key="12.6",
+        set=SET,
+        entry="kv_cache_max_tokens",
+        title="Question: how many tokens a memory budget holds in the KV cache",
+        points=2,
+        difficulty="medium",
+        minutes=10,
+        cases=tokens_cases,
+        expect=tokens_expect,
+        mistakes=tokens_mistakes,
+        arg_names=("memory_bytes", "batch", "layers", "kv_heads", "head_dim", "bytes_per_element"),
+        style="question",
     ),
 ]

@@ -212,6 +212,75 @@ def _params_question():
 
 _params = _params_question()
 
+# ----------------------------------------------------------------------------------------------------------
+# 14.4: a statistic over heads with its spread over sentences: the previous-token score
+
+
+def stats_cases(rng):
+    cases = []
+    for N, H, L in ((5, 3, 6), (8, 12, 9), (4, 2, 4)):
+        lengths = rng.integers(2, L + 1, size=N)
+        lengths[0] = L  # one sentence without padding
+        scores = rng.standard_normal((N, H, L, L)) * 2.0
+        keep = np.arange(L)[None, None, None, :] < lengths[:, None, None, None]
+        scores = np.where(keep, scores, -np.inf)
+        w = np.exp(scores - scores.max(-1, keepdims=True))
+        w = (w / w.sum(-1, keepdims=True)).astype(np.float32)
+        cases.append(Case(f"{N} sentences, {H} heads, padded to {L}", (w, lengths.astype(np.int64))))
+    return cases
+
+
+def _per_sentence(w, lengths, *, first=1, pad=False, offset=1):
+    """(N, H): each sentence's mean weight from query i on key i - offset, over its real queries i >= first."""
+    w = np.asarray(w, np.float64)
+    N, H, L, _ = w.shape
+    out = np.zeros((N, H))
+    for n in range(N):
+        stop = L if pad else int(lengths[n])
+        rows = np.arange(first, stop)
+        out[n] = w[n, :, rows, rows - offset].mean(axis=0)
+    return out
+
+
+def stats_expect(case):
+    s = _per_sentence(*case.args)
+    return {"mean": s.mean(axis=0), "std": s.std(axis=0, ddof=1)}
+
+
+def stats_mistakes(case):
+    w, lengths = case.args
+    ref = _per_sentence(w, lengths)
+    found = [
+        (
+            "the spread is the population std (ddof=0); use the sample std over sentences (torch.std's default, "
+            "ddof=1): the sentences are a sample",
+            {"mean": ref.mean(0), "std": ref.std(0)},
+        ),
+        (
+            "padding queries are included: average over each sentence's real tokens only (i < lengths[n])",
+            {
+                "mean": _per_sentence(w, lengths, pad=True).mean(0),
+                "std": _per_sentence(w, lengths, pad=True).std(0, ddof=1),
+            },
+        ),
+        (
+            "the first token is included: query 0 has no previous token (index -1 wraps to the last column)",
+            {
+                "mean": _per_sentence(w, lengths, first=0).mean(0),
+                "std": _per_sentence(w, lengths, first=0).std(0, ddof=1),
+            },
+        ),
+        (
+            "that is the weight on the token itself (the diagonal); the previous token of query i is key i - 1",
+            {
+                "mean": _per_sentence(w, lengths, offset=0).mean(0),
+                "std": _per_sentence(w, lengths, offset=0).std(0, ddof=1),
+            },
+        ),
+    ]
+    return found
+
+
 EXERCISES = [
     Exercise(
         key="14.1",
@@ -256,5 +325,19 @@ EXERCISES = [
         distribution="weights",
         arg_names=ARGS,
         style="fix",
+    ),
+    Exercise(
+        key="14.4",
+        set=SET,
+        entry="previous_token_stats",
+        title="A statistic over heads with its spread: the previous-token score over many sentences",
+        points=4,
+        difficulty="medium",
+        minutes=20,
+        returns=("mean", "std"),
+        cases=stats_cases,
+        expect=stats_expect,
+        mistakes=stats_mistakes,
+        arg_names=("weights", "lengths"),
     ),
 ]
