@@ -113,7 +113,7 @@ SWEEP = [
     ),
     (
         "causal-linear-noncausal-norm",
-        "11.6",
+        "11.4",
         "z = torch.cumsum(phi_k, dim=-2)",
         "z = phi_k.sum(dim=-2, keepdim=True)",
         "normaliser",
@@ -121,15 +121,15 @@ SWEEP = [
     ),
     (
         "slopes-power-of-two",
-        "11.4",
+        "09.6",
         "slopes = powers(lower) + powers(2 * lower)[0::2][: num_heads - lower]",
         "slopes = powers(num_heads)",
         "power of two",
         None,
     ),
-    ("bias-top-left", "11.5", "torch.arange(L)[:, None] + (S - L)", "torch.arange(L)[:, None]", "top-left", None),
-    ("mask-mod-causal-only", "11.7", "(DOC_IDS[q_idx] == DOC_IDS[kv_idx]) & ", "", "OTHER documents", None),
-    ("softcap-clamp", "11.8", "CAP * torch.tanh(score / CAP)", "score.clamp(-CAP, CAP)", "clamp", None),
+    ("bias-top-left", "09.7", "torch.arange(L)[:, None] + (S - L)", "torch.arange(L)[:, None]", "top-left", None),
+    ("mask-mod-causal-only", "11.5", "(DOC_IDS[q_idx] == DOC_IDS[kv_idx]) & ", "", "OTHER documents", None),
+    ("softcap-clamp", "11.6", "CAP * torch.tanh(score / CAP)", "score.clamp(-CAP, CAP)", "clamp", None),
     ("stats-ddof0", "14.4", "scores.std(dim=0)", "scores.std(dim=0, unbiased=False)", "ddof", None),
     ("stats-diagonal", "14.4", "weights[n, :, i, i - 1]", "weights[n, :, i, i]", "diagonal", None),
     (
@@ -204,3 +204,36 @@ def test_at_most_one_caught_mistake_in_six_gets_only_the_generic_message():
         if messages and all(GENERIC.match(m) for m in messages):
             generic.append(ident)
     assert len(generic) * 6 <= len(SWEEP), (len(generic), len(SWEEP), generic)
+
+
+# (exercise graded, old, new in the EARLIER exercise's cell, regex the message must match): a chained exercise's
+# failure caused by an earlier exercise names that exercise
+CHAINED = [
+    (
+        "04.2",
+        "scale = 1.0 / math.sqrt(q.shape[-1])\n    return (q @ k.transpose(-2, -1)) * scale",
+        "scale = 1.0 / math.sqrt(q.shape[-1])\n    return (q.double() @ k.double().transpose(-2, -1)) * scale",
+        "exercise 4.1",
+    ),
+    (
+        "09.7",
+        "slopes = powers(lower) + powers(2 * lower)[0::2][: num_heads - lower]",
+        "slopes = powers(num_heads)",
+        "exercise 9.6",
+    ),
+]
+
+
+@pytest.mark.parametrize("row", CHAINED, ids=[r[0] for r in CHAINED])
+def test_a_chained_exercise_names_the_earlier_exercise_that_caused_its_failure(row):
+    key, old, new, pattern = row
+    ex = BY_KEY[key]
+    lost, messages = grade(ex, load(SOLUTIONS, ex.set, (old, new))[ex.entry])
+    assert lost > 0 and messages and all(re.search(pattern, m) for m in messages), messages
+
+
+def test_the_earlier_exercise_itself_checks_what_it_hands_on():
+    ex = BY_KEY["04.1"]
+    old, new = CHAINED[0][1:3]
+    lost, messages = grade(ex, load(SOLUTIONS, ex.set, (old, new))[ex.entry])
+    assert lost == ex.points and all("float32" in m for m in messages), messages

@@ -6,6 +6,8 @@ returns for the same inputs, with the hint that names it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..common import Case, Exercise, f32
@@ -219,6 +221,108 @@ def to_interleaved_mistakes(case):
     return [(hint, {"out": out}) for hint, out in found]
 
 
+# ---------------------------------------------------------------------------------------------- 09.6 ALiBi slopes
+
+
+def _powers(n):
+    return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
+
+
+def slopes_cases(rng):
+    odd = int(rng.choice([5, 7, 10, 20]))
+    return [Case(f"num_heads={h}", (h,)) for h in (8, 1, 12, 6, 3, odd)]
+
+
+def slopes_expect(case):
+    import torch
+
+    from ...positions import alibi_slopes
+
+    return {"out": alibi_slopes(case.args[0], dtype=torch.float64).numpy()}
+
+
+def slopes_mistakes(case):
+    (H,) = case.args
+    lower = 2 ** int(math.floor(math.log2(H)))
+    found = [
+        (
+            "2^(-8h/H) with h counting from 0: the first head's slope must be 2^(-8/H), not 1",
+            [2.0 ** (-8.0 * h / H) for h in range(H)],
+        ),
+        ("the slopes are 2^(-h); the geometric sequence is 2^(-8h/H), h = 1..H", [2.0**-h for h in range(1, H + 1)]),
+    ]
+    if lower != H:
+        found += [
+            (
+                f"2^(-8h/H) is the rule for a power of two only; for H={H} the paper takes the {lower} slopes of "
+                f"the next-lower power of two, then every other slope of twice that many",
+                _powers(H),
+            ),
+        ]
+        if H - lower > 1:  # with one extra slope, "the first" and "every other" coincide
+            found.append(
+                (
+                    f"the extra {H - lower} slopes must be every OTHER slope of the {2 * lower}-head sequence "
+                    "(indices 0, 2, 4, ...), not its first ones",
+                    _powers(lower) + _powers(2 * lower)[: H - lower],
+                )
+            )
+        found += [
+            (
+                f"the extra {H - lower} slopes come from the {2 * lower}-head sequence at its even positions "
+                "(indices 0, 2, ...: 2^(-8/(2n)), 2^(-24/(2n)), ...), not its odd ones",
+                _powers(lower) + _powers(2 * lower)[1::2][: H - lower],
+            ),
+        ]
+    return [(hint, {"out": np.array(out, np.float64)}) for hint, out in found]
+
+
+# ---------------------------------------------------------------------------------------------- 09.7 ALiBi bias
+
+
+def bias_cases(rng):
+    del rng
+    return [Case(f"{H} heads, L={L}, S={S}", (H, L, S)) for H, L, S in ((4, 5, 5), (6, 1, 7), (8, 3, 9), (3, 4, 6))]
+
+
+def bias_expect(case):
+    import torch
+
+    from ...positions import alibi_bias
+
+    return {"out": alibi_bias(*case.args, dtype=torch.float64).numpy()}
+
+
+def bias_mistakes(case):
+    import torch
+
+    from ...positions import alibi_slopes
+
+    H, L, S = case.args
+    m = alibi_slopes(H, dtype=torch.float64).numpy()[:, None, None]
+    i, j = np.arange(L)[:, None], np.arange(S)[None, :]
+    pos = i + S - L
+    found = [
+        (
+            f"the queries are aligned top-left: with L={L} queries after S - L = {S - L} cached keys, query i sits "
+            "at position i + S - L (bottom-right), and its distance to key j is |i + S - L - j|",
+            -m * np.abs(i - j),
+        ),
+        ("the bias has the wrong sign: ALiBi SUBTRACTS slope·distance from the scores", m * np.abs(pos - j)),
+        (
+            "the distance is not the absolute value: attnlib's bias is -slope·|pos_i - j| for every key (keys after "
+            "the query get the same penalty; a causal mask removes them anyway)",
+            -m * (pos - j),
+        ),
+        (
+            f"the slopes are 2^(-8h/H) for every head: for H={H}, not a power of two, the slopes must follow the "
+            "paper's rule; this exercise uses your alibi_slopes (exercise 9.6): fix it there",
+            -np.array(_powers(H))[:, None, None] * np.abs(pos - j),
+        ),
+    ]
+    return [(hint, {"out": out}) for hint, out in found if not np.array_equal(out, bias_expect(case)["out"])]
+
+
 EXERCISES = [
     Exercise(
         key="09.1",
@@ -301,5 +405,33 @@ EXERCISES = [
         expect=to_interleaved_expect,
         mistakes=to_interleaved_mistakes,
         arg_names=("x",),
+    ),
+    Exercise(
+        key="09.6",
+        set=SET,
+        entry="alibi_slopes",
+        title="ALiBi's slopes for any number of heads",
+        points=3,
+        difficulty="medium",
+        minutes=15,
+        forbidden=ATTNLIB,
+        cases=slopes_cases,
+        expect=slopes_expect,
+        mistakes=slopes_mistakes,
+        arg_names=("num_heads",),
+    ),
+    Exercise(
+        key="09.7",
+        set=SET,
+        entry="alibi_bias",
+        title="ALiBi's bias for L queries that are the last L of S positions",
+        points=3,
+        difficulty="medium",
+        minutes=15,
+        forbidden=ATTNLIB,
+        cases=bias_cases,
+        expect=bias_expect,
+        mistakes=bias_mistakes,
+        arg_names=("num_heads", "L", "S"),
     ),
 ]
