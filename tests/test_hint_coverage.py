@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from exercise_harness import SOLUTIONS, grade, load
 
-from attnlib.grader.exercises import BY_KEY
+from attnlib.grader import diagnose
+from attnlib.grader.common import NO_FULL_MATRIX_MARK
+from attnlib.grader.exercises import BY_KEY, EXERCISES
 
 # (id, exercise key, old, new, regex a hint on some failed check must match or None, regex no message may match)
 SWEEP = [
@@ -237,3 +240,35 @@ def test_the_earlier_exercise_itself_checks_what_it_hands_on():
     old, new = CHAINED[0][1:3]
     lost, messages = grade(ex, load(SOLUTIONS, ex.set, (old, new))[ex.entry])
     assert lost == ex.points and all("float32" in m for m in messages), messages
+
+
+def _complete(wrong, expected):
+    """A mistake's outputs, with the forward names it does not change taken from the reference and each in the
+    reference's dtype (as a learner's code that makes only that mistake returns them)."""
+    forward = {n: e for n, e in expected.items() if not n.startswith("grad:")}
+    got = {**forward, **wrong}  # with the mistake's gradients, which the worker sends back too
+    return {n: np.asarray(g).astype(forward[n].dtype) if n in forward else g for n, g in got.items()}
+
+
+@pytest.mark.parametrize("ex", [ex for ex in EXERCISES if ex.style != "question"], ids=lambda ex: ex.key)
+def test_each_catalogued_hint_is_given_for_its_mistake_and_for_no_other(ex):
+    """Every catalogued mistake's own outputs get its own hint; another hint only where the two mistakes give the
+    same outputs on that check (the evidence cannot tell them apart there)."""
+    for case in ex.cases(ex.rng(1)):
+        if case.name.endswith(NO_FULL_MATRIX_MARK):
+            continue
+        expected = ex.expect(case)
+        forward = {n: e for n, e in expected.items() if not n.startswith("grad:")}
+        mistakes = list(ex.mistakes(case))
+        for hint, wrong in mistakes:
+            got = _complete(wrong, expected)
+            if diagnose.matches(got, forward, magnitude=case.magnitude):
+                continue  # this check cannot show the mistake in the forward pass
+            ok, message = diagnose.diagnose(
+                got, forward, mistakes, distribution=ex.distribution, magnitude=case.magnitude
+            )
+            assert not ok, (ex.key, case.name, hint)
+            if message != hint:
+                other = next((w for h, w in mistakes if h == message), None)
+                same = other is not None and diagnose.matches(got, _complete(other, forward), magnitude=case.magnitude)
+                assert same, (ex.key, case.name, "mistake:", hint, "got the hint:", message)
