@@ -498,3 +498,20 @@ def test_the_instructor_guide_lists_the_sets_the_registry_has():
     guide = (ROOT / "docs" / "grading.md").read_text()
     block = guide.split(SETS_TABLE_START, 1)[1].split(SETS_TABLE_END, 1)[0]
     assert block.strip() == sets_markdown(), "docs/grading.md's table of sets is stale: paste sets_markdown()"
+
+
+def test_the_4_3_task_states_what_the_bug_does():
+    """4.3 says the buggy function agrees with scaled_dot_product_attention on some shapes and not on others: true
+    (it divides by sqrt(S), right exactly when S = d_k). It no longer claims a lucky known answer."""
+    import torch
+
+    buggy = load(EXERCISES_DIR, "04_scaled_dot_product_attention")["fixed_attention"]
+    right = load(SOLUTIONS, "04_scaled_dot_product_attention")["scaled_dot_product_attention"]
+    g = torch.Generator().manual_seed(0)
+    q, v = torch.randn(3, 4, generator=g), torch.randn(4, 2, generator=g)
+    k_square, k_other = torch.randn(4, 4, generator=g), torch.randn(6, 4, generator=g)
+    assert torch.allclose(buggy(q, k_square, v)[0], right(q, k_square, v)[0])
+    v6 = torch.randn(6, 2, generator=g)
+    assert not torch.allclose(buggy(q, k_other, v6)[0], right(q, k_other, v6)[0])
+    _, text = _text(EXERCISES_DIR, "04_scaled_dot_product_attention")
+    assert "only by luck" not in text and "some shapes and not on others" in text
