@@ -108,19 +108,31 @@ def gqa_mistakes(case):
 
 def window_cases(rng):
     del rng
-    return [Case(f"L={L}, window={w}", (L, w)) for L, w in ((6, 3), (8, 1), (5, 5), (4, 9), (10, 4))]
+    square = [Case(f"L={L}, window={w}", (L, w)) for L, w in ((6, 3), (8, 1), (5, 5), (4, 9), (10, 4))]
+    # L queries that are the last L of S keys (a decoding step, or a chunk after a cache): bottom-right
+    later = [
+        Case(f"L={L} queries after {S - L} earlier keys (S={S}), window={w}", (L, w), {"S": S})
+        for L, w, S in ((3, 4, 9), (1, 3, 6), (4, 2, 4), (2, 7, 5))
+    ]
+    return square + later
+
+
+def _offsets(case):
+    L, _ = case.args
+    S = case.kwargs.get("S", L)
+    return (np.arange(L)[:, None] + (S - L)) - np.arange(S)[None, :], np.arange(L)[:, None] - np.arange(S)[None, :]
 
 
 def window_expect(case):
-    from ...variants import sliding_window_mask
-
-    L, w = case.args
-    return {"out": sliding_window_mask(L, window=w).numpy()}
+    d, _ = _offsets(case)
+    w = case.args[1]
+    return {"out": (d >= 0) & (d < w)}
 
 
 def window_mistakes(case):
     L, w = case.args
-    d = np.arange(L)[:, None] - np.arange(L)[None, :]  # i - j
+    d, top_left = _offsets(case)
+    S = d.shape[1]
     found = [
         (
             "off by one: each query must see exactly `window` keys (itself and window - 1 before it): "
@@ -138,9 +150,18 @@ def window_mistakes(case):
             (d <= 0) & (-d < w),
         ),
     ]
-    if w < L:
+    if S != L:
+        found.append(
+            (
+                f"the queries are aligned top-left: these L={L} queries are the LAST L of S={S} positions, so query "
+                "i sits at position i + S - L (bottom-right); measure its distance to key j from there",
+                (top_left >= 0) & (top_left < w),
+            )
+        )
+    if w < S:
         found.append(("the window is ignored: this is the plain causal mask; also require i - j < window", d >= 0))
-    return [(hint, {"out": out}) for hint, out in found]
+    ref = (d >= 0) & (d < w)
+    return [(hint, {"out": out}) for hint, out in found if not np.array_equal(out, ref)]
 
 
 # ---------------------------------------------------------------------------------------------- 11.3 linear
@@ -439,10 +460,10 @@ EXERCISES = [
         key="11.2",
         set=SET,
         entry="sliding_window_mask",
-        title="A causal sliding-window mask",
-        points=2,
-        difficulty="easy",
-        minutes=10,
+        title="A causal sliding-window mask, also for queries that come after earlier keys",
+        points=3,
+        difficulty="medium",
+        minutes=15,
         kind="function",
         returns=("out",),
         forbidden=ATTNLIB,
