@@ -381,6 +381,16 @@ BROKEN = [
         "causal mask is ignored",
     ),
     ("flops-one-product", "12.3", "return 4 * batch", "return 2 * batch", "one of the two"),
+    (
+        "kv-keys-only",
+        "12.5",
+        "return 2 * batch * layers * kv_heads * seq * head_dim * bytes_per_element",
+        "return batch * layers * kv_heads * seq * head_dim * bytes_per_element",
+        "only the keys",
+    ),
+    ("tokens-not-whole", "12.6", "return memory_bytes // per_token", "return memory_bytes / per_token", "round down"),
+    ("stats-ddof0", "14.4", "scores.std(dim=0)", "scores.std(dim=0, unbiased=False)", "ddof"),
+    ("stats-diagonal", "14.4", "weights[n, :, i, i - 1]", "weights[n, :, i, i]", "diagonal"),
     ("bert-transposed", "14.1", "layer.weight.copy_(weight)", "layer.weight.copy_(weight.T)", "transposed"),
     (
         "bert-one-head",
