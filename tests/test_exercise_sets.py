@@ -135,7 +135,20 @@ BROKEN = [
         "number of queries",
     ),
     ("var-no-square", "02.2", "return d_k * sigma_q**2 * sigma_k**2", "return d_k * sigma_q * sigma_k", "not squared"),
-    ("std-is-var", "02.4", "return math.sqrt(score_variance(256, 1.0, 1.0))", "return 256", "the variance"),
+    (
+        "std-is-var",
+        "02.4",
+        "return math.sqrt(score_variance(144, 0.5, 3.0)) / math.sqrt(144)",
+        "return score_variance(144, 0.5, 3.0) / 144",
+        "the variance",
+    ),
+    (
+        "std-unscaled",
+        "02.4",
+        "return math.sqrt(score_variance(144, 0.5, 3.0)) / math.sqrt(144)",
+        "return math.sqrt(score_variance(144, 0.5, 3.0))",
+        "BEFORE dividing",
+    ),
     ("softmax-no-max", "03.1", "e = torch.exp(z - m)", "e = torch.exp(z)", "subtract the maximum"),
     ("softmax-temp-times", "03.1", "z = x / temperature", "z = x * temperature", "multiplied by the temperature"),
     ("softmax-axis", "03.1", "z = x / temperature", "z = x / temperature\n    dim = -1", "this check asked for dim="),
@@ -169,7 +182,8 @@ BROKEN = [
         "range(0, rows.shape[-1] - block + 1, block)",
         "shorter block",
     ),
-    ("f16-max", "03.4", "return math.log(torch.finfo(torch.float16).max)", "return 65504.0", "largest float16"),
+    ("f16-one-exp", "03.4", "return float(x)", "return math.log(torch.finfo(torch.float16).max)", "ONE exp"),
+    ("f16-real", "03.4", "return float(x)", "return math.log(torch.finfo(torch.float16).max / 64)", "real-number"),
     (
         "scores-ignore-scale",
         "04.1",
@@ -367,6 +381,16 @@ BROKEN = [
         "causal mask is ignored",
     ),
     ("flops-one-product", "12.3", "return 4 * batch", "return 2 * batch", "one of the two"),
+    (
+        "kv-keys-only",
+        "12.5",
+        "return 2 * batch * layers * kv_heads * seq * head_dim * bytes_per_element",
+        "return batch * layers * kv_heads * seq * head_dim * bytes_per_element",
+        "only the keys",
+    ),
+    ("tokens-not-whole", "12.6", "return memory_bytes // per_token", "return memory_bytes / per_token", "round down"),
+    ("stats-ddof0", "14.4", "scores.std(dim=0)", "scores.std(dim=0, unbiased=False)", "ddof"),
+    ("stats-diagonal", "14.4", "weights[n, :, i, i - 1]", "weights[n, :, i, i]", "diagonal"),
     ("bert-transposed", "14.1", "layer.weight.copy_(weight)", "layer.weight.copy_(weight.T)", "transposed"),
     (
         "bert-one-head",
@@ -382,7 +406,20 @@ BROKEN = [
         "mask = ~attention_mask.bool()[:, None, None, :]",
         "inverted",
     ),
-    ("bert-params-no-bias", "14.2", "return 4 * 384 * 384 + 4 * 384", "return 4 * 384 * 384", "biases are missing"),
+    (
+        "bert-params-attention-only",
+        "14.2",
+        "return attention + layer_norms + feed_forward",
+        "return attention",
+        "alone",
+    ),
+    (
+        "bert-params-no-norms",
+        "14.2",
+        "return attention + layer_norms + feed_forward",
+        "return attention + feed_forward",
+        "LayerNorms are missing",
+    ),
 ]
 # Exercises that a broken copy may also break, beside the one it targets (they share the changed code).
 SHARED = {"02.4": {"02.2"}, "05.4": {"05.1", "05.3"}}
@@ -403,13 +440,14 @@ def test_each_catalogued_mistake_loses_points_with_its_hint(case):
     ident, key, old, new, hint = case
     ex = BY_KEY[key]
     broken = load(SOLUTIONS, ex.set, (old, new), ex.entry)
-    lost, messages = grade(ex, broken[ex.entry], record=True)
+    lost, messages = grade(ex, broken[ex.entry], record=True, memory_check=False)
     assert lost > 0, f"{ident} was not caught"
     assert any(re.search(hint, m) for m in messages), (ident, messages)
     other = COINCIDE.get(ident)
     stray = [m for m in messages if not re.search(hint, m) and not (other and re.search(other, m))]
     assert not stray, (ident, "checks without the hint:", stray)
-    hedged = [m for m in messages if "usually means" not in m]
+    # a hint that offers several mistakes ("either ... or ...") is given only when their errors cannot be told apart
+    hedged = [m for m in messages if "usually means" not in m and "either" not in m]
     wrong = [w for w in ("swapped", "detached", "wrong axis") if w not in hint and any(w in m for m in hedged)]
     assert not wrong, (ident, "misdiagnosed as", wrong, messages)
 
@@ -421,8 +459,8 @@ def test_fixed_misdiagnoses_of_the_issue():
         "sdpa-qk-swapped": "swapped",
         "causal-triu": "triu",
         "masked-fill-1e9": "-1e9",
-        "mha-keys-from-query": "query input|wrong input",
-        "cross-keys-from-x": "from x",
+        "mha-keys-from-query": "query input|wrong input|the keys",
+        "cross-keys-from-x": "from x|wrong input",
         "bert-transposed": "transposed",
         "self-transposed-weights": "transposed|wrong way round",
     }
@@ -470,3 +508,20 @@ def test_the_instructor_guide_lists_the_sets_the_registry_has():
     guide = (ROOT / "docs" / "grading.md").read_text()
     block = guide.split(SETS_TABLE_START, 1)[1].split(SETS_TABLE_END, 1)[0]
     assert block.strip() == sets_markdown(), "docs/grading.md's table of sets is stale: paste sets_markdown()"
+
+
+def test_the_4_3_task_states_what_the_bug_does():
+    """4.3 says the buggy function agrees with scaled_dot_product_attention on some shapes and not on others: true
+    (it divides by sqrt(S), right exactly when S = d_k). It no longer claims a lucky known answer."""
+    import torch
+
+    buggy = load(EXERCISES_DIR, "04_scaled_dot_product_attention")["fixed_attention"]
+    right = load(SOLUTIONS, "04_scaled_dot_product_attention")["scaled_dot_product_attention"]
+    g = torch.Generator().manual_seed(0)
+    q, v = torch.randn(3, 4, generator=g), torch.randn(4, 2, generator=g)
+    k_square, k_other = torch.randn(4, 4, generator=g), torch.randn(6, 4, generator=g)
+    assert torch.allclose(buggy(q, k_square, v)[0], right(q, k_square, v)[0])
+    v6 = torch.randn(6, 2, generator=g)
+    assert not torch.allclose(buggy(q, k_other, v6)[0], right(q, k_other, v6)[0])
+    _, text = _text(EXERCISES_DIR, "04_scaled_dot_product_attention")
+    assert "only by luck" not in text and "some shapes and not on others" in text

@@ -23,6 +23,7 @@ Nothing here runs submitted code: the grader sends ``cases`` to a child process 
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,17 +195,153 @@ def pair(out_w) -> dict[str, np.ndarray]:
     return {"out": out_w[0], "weights": out_w[1]}
 
 
-def qk_swap_raises(q, k, what: str = "the scores") -> list[tuple[str, str]]:
-    """The hint for a shape error on a check with L != S: the usual cause is k @ q^T instead of q @ k^T."""
-    L, S = q.shape[-2], k.shape[-2]
-    if L == S:
+def error_of(build: Callable[[Any], Any]) -> str | None:
+    """The first line of the error torch raises when ``build(torch)`` runs (on zero tensors of a check's
+    shapes), or None when it runs: the fingerprint of a mistake that makes the learner's code raise."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            build(torch)
+    except Exception as err:  # noqa: BLE001 - any error is a fingerprint
+        text = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {text[0] if text else ''}"
+    return None
+
+
+def fingerprint_raises(
+    candidates: list[tuple[str, Callable[[Any], Any]]], fallback: tuple[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """``raises`` pairs from the mistakes that make code raise: each candidate ``(hint, build)`` reproduces one
+    mistake on zero tensors of the check's shapes, and its hint is given only when the learner's error is that
+    exact error. Mistakes that raise the same error on a check cannot be told apart: their hints are offered
+    together ("either ... or ..."). ``fallback`` (a regex, a neutral statement of the shapes expected) covers any
+    other error."""
+    by_text: dict[str, list[str]] = {}
+    for hint, build in candidates:
+        text = error_of(build)
+        if text is not None:
+            by_text.setdefault(text, [])
+            if hint not in by_text[text]:
+                by_text[text].append(hint)
+    out = []
+    for text, hints in by_text.items():
+        hint = hints[0] if len(hints) == 1 else "this error fits several mistakes: either " + "; or ".join(hints)
+        out.append((re.escape(text.split(": ", 1)[1]) if ": " in text else re.escape(text), hint))
+    if fallback is not None:
+        out.append(fallback)
+    return out
+
+
+def _zeros(torch, shape):
+    return torch.zeros(tuple(int(n) for n in shape))
+
+
+def transpose_candidates(q_shape, k_shape) -> list[tuple[str, Callable[[Any], Any]]]:
+    """Mistakes in transposing k for q @ k^T: k.T on a batched tensor, transpose(1, 2) on the wrong dims."""
+    found = []
+    if len(k_shape) >= 3:
+        found.append(
+            (
+                "k.T (or k.t()/permute of every dim) reverses ALL the dims of a batched k; transpose only the last "
+                "two: k.transpose(-2, -1)",
+                lambda t: _zeros(t, q_shape) @ _zeros(t, k_shape).permute(*range(len(k_shape) - 1, -1, -1)),
+            )
+        )
+    if len(k_shape) != 3:
+        found.append(
+            (
+                f"transpose(1, 2) does not swap the last two dims of a {len(k_shape)}-D k; use transpose(-2, -1), "
+                "which works for any number of leading dims",
+                lambda t: _zeros(t, q_shape) @ _zeros(t, k_shape).transpose(1, 2),
+            )
+        )
+    return found
+
+
+def shape_fallback(L: int, S: int, what: str = "the scores") -> tuple[str, str]:
+    """A neutral message for a shape error no catalogued mistake explains: what shape was expected."""
+    return (
+        SHAPE_ERROR,
+        f"this check has L={L} queries and S={S} keys: {what} must have shape (..., L, S) = (..., {L}, {S}), one "
+        "row per query; compare the shapes of your intermediate tensors with that",
+    )
+
+
+def qk_swap_raises(q, k, what: str = "the scores", v=None, mask=None) -> list[tuple[str, str]]:
+    """Hints for shape errors in q @ k^T (and weights @ v when ``v`` is given), each given only for the exact
+    error its mistake raises on this check: k.T on batched tensors, transpose(1, 2) on the wrong dims, and q and k
+    swapped (k @ q^T, which raises only at weights @ v and only when L != S)."""
+    q_shape, k_shape = tuple(np.shape(q)), tuple(np.shape(k))
+    found = transpose_candidates(q_shape, k_shape)
+    L, S = q_shape[-2], k_shape[-2]
+    if mask is not None and L != S:
+        m_shape = tuple(np.shape(mask))
+        found.append(
+            (
+                "q and k are swapped: k @ q^T gives (..., S, L) scores, which the (..., L, S) mask does not fit; "
+                "the scores must be q @ k^T, one row per query",
+                lambda t: (_zeros(t, k_shape) @ _zeros(t, q_shape).transpose(-2, -1)).masked_fill(
+                    _zeros(t, m_shape).bool(), 0.0
+                ),
+            )
+        )
+    if v is not None and L != S:
+        v_shape = tuple(np.shape(v))
+        found.append(
+            (
+                "q and k are swapped: k @ q^T gives (..., S, L) weights, which then cannot multiply v (..., S, Ev); "
+                "the scores must be q @ k^T, one row per query",
+                lambda t: (_zeros(t, k_shape) @ _zeros(t, q_shape).transpose(-2, -1)) @ _zeros(t, v_shape),
+            )
+        )
+    return fingerprint_raises(found, shape_fallback(L, S, what))
+
+
+MIB = 1 << 20
+# What an exercise that forbids the full (L, S) score matrix lets the learner's code allocate (on top of what the
+# worker holds when its checks start), and the sequence length of its check whose matrix does not fit.
+NO_FULL_MATRIX_BUDGET = 24 * MIB
+NO_FULL_MATRIX_LENGTH = 3072  # a float32 (3072, 3072) score matrix takes 36 MiB
+OUT_OF_MEMORY = r"(?i)can't allocate memory|cannot allocate memory|MemoryError|out of memory|bad_alloc"
+NO_FULL_MATRIX_MARK = " (the full L x S matrix would not fit in memory)"
+
+
+def no_full_matrix_case(name: str, args: tuple, kwargs: dict | None = None, magnitude: float = 1.0) -> Case:
+    """The check that makes a full-matrix answer fail: its L·S float32 scores do not fit the budget."""
+    return Case(name + NO_FULL_MATRIX_MARK, args, kwargs or {}, magnitude=magnitude)
+
+
+def is_no_full_matrix(case: Case) -> bool:
+    """Is this the memory check? (Its mistakes are not computed: the smaller checks name them, cheaply.)"""
+    return case.name.endswith(NO_FULL_MATRIX_MARK)
+
+
+def full_attention_f64(q, k, v, scale: float | None = None) -> dict[str, np.ndarray]:
+    """Unmasked attention's output and natural logsumexp in float64, with in-place operations so that the
+    memory check's reference (one (L, S) matrix) stays cheap."""
+
+    q, k, v = t64(q), t64(k), t64(v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q @ k.transpose(-2, -1)).mul_(scale)
+    m = s.amax(dim=-1, keepdim=True)
+    p = s.sub_(m).exp_()
+    total = p.sum(dim=-1, keepdim=True)
+    out = (p @ v).div_(total)
+    return {"out": out.numpy(), "lse": (m + total.log()).squeeze(-1).numpy()}
+
+
+def memory_raises(L: int, S: int, budget: int = NO_FULL_MATRIX_BUDGET) -> list[tuple[str, str]]:
+    """The hint for running out of memory on a check whose full score matrix does not fit in ``budget``."""
+    if L * S * 4 <= budget:
         return []
     return [
         (
-            SHAPE_ERROR,
-            f"this check has L={L} queries and S={S} keys; {what} must have shape (..., L, S) = (..., {L}, {S}). "
-            "A shape error only when L != S usually means q and k are swapped (k @ q^T instead of q @ k^T) "
-            "or the transpose is on the wrong tensor",
+            OUT_OF_MEMORY,
+            f"out of memory: this check has L={L} queries and S={S} keys, so the full (L, S) score matrix alone "
+            f"takes {L * S * 4 // MIB} MiB in float32, more than the {budget // MIB} MiB this exercise lets your "
+            "code allocate. The task forbids building it: work on blocks of keys (or on the (d, d_v) summary of "
+            "linear attention) so that no tensor has L x S entries",
         )
     ]
 
@@ -302,7 +439,7 @@ def attention_mistakes(q, k, v, mask=None, scale=None, *, d_model: int | None = 
                 pair(attn(q, k, v, mask, given, fill=0.0)),
             ),
             (
-                "the mask is ignored (padding and future keys still get weight): apply it to the scores",
+                "the mask is ignored: the keys it blocks still get weight; apply it to the scores",
                 pair(attn(q, k, v, None, given)),
             ),
         ]

@@ -67,18 +67,31 @@ def check_dtype(name: str, got: np.ndarray, expected: np.ndarray) -> str | None:
         return f"{name} has dtype {got.dtype}; expected a boolean mask (torch.bool, True = may attend)"
     if expected.dtype != bool and got.dtype.kind not in "f":
         return f"{name} has dtype {got.dtype}; expected a floating-point tensor"
+    if expected.dtype == np.float32 and got.dtype != np.float32:
+        # a reference in float32 (not the usual float64) means: keep the inputs' dtype, as the next exercise needs it
+        return (
+            f"{name} has dtype {got.dtype} for float32 inputs; keep the inputs' dtype (float32): an exercise "
+            "that builds on this one multiplies the result with other float32 tensors"
+        )
     return None
 
 
-def row_sums_message(weights: np.ndarray, expected: np.ndarray) -> str | None:
-    """When attention weights should be distributions along the last axis but are not, say how far off they are."""
-    if weights.shape != expected.shape or weights.ndim == 0 or not np.isfinite(weights).all():
+def row_sums_message(weights: np.ndarray, expected: np.ndarray, magnitude: float = 1.0) -> str | None:
+    """When attention weights should be distributions along the last axis but are not, say what the evidence
+    shows: the reference transposed, the columns summing to 1 instead of the rows, or only how far the rows'
+    sums are off (without naming a cause the evidence does not single out)."""
+    if weights.shape != expected.shape or weights.ndim < 2 or not np.isfinite(weights).all():
         return None
     got_sums = weights.sum(axis=-1)
     want_sums = expected.sum(axis=-1)
     off = np.abs(got_sums - want_sums) > 1e-3
     if not off.any():
         return None
+    if weights.shape[-1] == weights.shape[-2] and close(weights, np.swapaxes(expected, -1, -2), magnitude=magnitude):
+        return (
+            "the weights are the reference transposed: row i must hold query i's weights over the keys, "
+            "weights[..., i, :]; return (..., L, S) with the keys on the last axis"
+        )
     idx = tuple(int(i) for i in np.argwhere(off)[0])
     if abs(want_sums[idx]) < 1e-12:
         return (
@@ -87,10 +100,13 @@ def row_sums_message(weights: np.ndarray, expected: np.ndarray) -> str | None:
         )
     if not (np.abs(want_sums - 1) < 1e-6).all():
         return None
-    return (
-        f"rows of the weights should sum to {want_sums[idx]:.2f} but row {idx} sums to {got_sums[idx]:.2f}: "
-        "did you normalise over the wrong axis, or forget to divide by the sum?"
+    text = (
+        f"each row of the weights (one query's weights over the keys) must sum to 1, but row {idx} sums to "
+        f"{got_sums[idx]:.2f}"
     )
+    if np.allclose(weights.sum(axis=-2), 1.0, atol=1e-3):
+        text += "; the columns (over the queries) sum to 1 instead"
+    return text
 
 
 def difference_message(name: str, got: np.ndarray, expected: np.ndarray, magnitude: float = 1.0) -> str:
@@ -107,9 +123,9 @@ def difference_message(name: str, got: np.ndarray, expected: np.ndarray, magnitu
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         return (
-            f"{name} contains NaN or inf (first at {idx}) where the reference is finite: exp() overflows for large "
-            "scores unless you subtract the row maximum first, and a row whose keys are all masked must give "
-            "zeros, not 0/0"
+            f"{name} contains NaN or inf (first at {idx}) where the reference is finite: look for an exp() that "
+            "overflows to inf, or a division 0/0 (a row whose terms all underflow to 0, or whose keys are all "
+            "masked)"
         )
     with np.errstate(invalid="ignore"):
         err = np.abs(g - e)
@@ -193,7 +209,7 @@ def diagnose(
         if matches(outputs, {n: w for n, w in wrong.items() if not n.startswith("grad:")}, **tol):
             return False, hint
     if distribution is not None and distribution in outputs:
-        message = row_sums_message(outputs[distribution], forward[distribution])
+        message = row_sums_message(outputs[distribution], forward[distribution], magnitude)
         if message:
             return False, message
     name = next(n for n in forward if not close(outputs[n], forward[n], **tol))

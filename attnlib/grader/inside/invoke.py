@@ -24,6 +24,7 @@ _from_numpy = torch.from_numpy
 _no_grad = torch.no_grad
 _np_array = np.array
 _ndarray = np.ndarray
+_np_number = (np.integer, np.floating, np.bool_)
 
 MAX_ELEMENTS = 1_000_000  # an output larger than this is not an answer to any exercise
 
@@ -41,9 +42,14 @@ def as_input(value: Any) -> Any:
 
 def to_array(value: Any, what: str) -> np.ndarray:
     """A plain NumPy copy of a tensor the submission returned; anything that is not a real tensor is refused,
-    except a plain Python number (exactly bool, int or float: a question's answer)."""
+    except a number (a Python bool, int or float, a NumPy number or a 0-d NumPy array: a question's answer)."""
     if type(value) in (bool, int, float):
         return _np_array(float(value), dtype=np.float64)
+    if isinstance(value, _np_number) or (type(value) is _ndarray and value.ndim == 0):
+        # a NumPy number (np.int64(2), np.float64, np.sum(...)) or a 0-d array: a question's answer
+        if value.dtype.kind not in "biuf":
+            raise SubmissionError(f"{what} is a NumPy {value.dtype} value, expected a number")
+        return _np_array(value, dtype=np.float64)
     if type(value) not in (_Tensor, _Parameter):
         kind = type(value).__module__ + "." + type(value).__qualname__
         raise SubmissionError(f"{what} is a {kind}, expected a torch.Tensor")

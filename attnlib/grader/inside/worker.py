@@ -203,9 +203,6 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
         _limit(resource.RLIMIT_CPU, int(job["timeout"]) + 2)
         if job["level"] == "uid":
             _limit(resource.RLIMIT_NPROC, 64)
-        budget = exercise.get("memory_bytes")
-        if budget:
-            _limit(resource.RLIMIT_AS, _address_space() + int(budget))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         import torch
         from invoke import run_case
@@ -247,6 +244,12 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
             apply_poison(find_targets(families, done, torch_too=False))  # what the definitions imported
         target = namespace.get(exercise["entry"])
         send({"event": "loaded", "problems": problems[:5], "found": target is not None})
+        budget = exercise.get("memory_bytes")
+        if target is not None and isinstance(budget, int) and budget > 0:
+            # the exercise forbids a large allocation (the full score matrix): once its definitions are loaded, cap
+            # the address space at what the worker holds now plus the budget, soft and hard, so the submission
+            # cannot raise it again
+            _limit(resource.RLIMIT_AS, _address_space() + budget)
         if target is not None:
             modules = len(sys.modules)
             for i, case in enumerate(cases):

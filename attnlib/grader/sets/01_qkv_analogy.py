@@ -126,9 +126,8 @@ def _soft_mistakes(case):
 
 _low_t = question(
     2,
-    "As T -> 0 the score gaps divided by T grow without bound, so the softmax puts all its weight on the "
-    "best-scoring key: the soft lookup becomes the hard lookup (answer 2). As T -> infinity every score/T "
-    "goes to 0 and the weights become uniform: the plain mean of the values.",
+    "Divide two scores by T and let T shrink: their gap, divided by T, grows without bound. Ask what the "
+    "softmax does to weights whose exponents drift ever further apart, and what output such weights give.",
     {
         1: "Answer 1 (the mean of all values) is the limit T -> infinity, not T -> 0.",
         3: "The weights always sum to 1, so the output is a weighted average of the values, never zero by itself.",

@@ -58,7 +58,8 @@ def _scores_raises(case):
 
 
 def _variance_cases(rng):
-    specs = [(64, 1.0, 1.0), (16, 2.0, 0.5), (512, 0.1, 3.0), (1, 1.5, 1.5), (int(rng.integers(2, 300)), 1.0, 2.0)]
+    # chosen so that every catalogued mistake gives a different number on every check (no sigma_q * sigma_k = 1)
+    specs = [(64, 1.0, 1.5), (16, 2.0, 0.75), (512, 0.1, 3.0), (3, 1.5, 0.5), (int(rng.integers(5, 300)), 1.0, 2.0)]
     return [Case(f"d_k={d}, sigma_q={sq}, sigma_k={sk}", (d, sq, sk), magnitude=1.0) for d, sq, sk in specs]
 
 
@@ -70,8 +71,8 @@ def _variance_expect(case):
 def _variance_mistakes(case):
     d, sq, sk = case.args
     why = (
-        "q·k = sum_i q_i k_i is a sum of d_k independent products; each product has mean 0 and variance "
-        "E[q_i^2] E[k_i^2] = sigma_q^2 sigma_k^2, and variances of independent terms add: Var = d_k sigma_q^2 sigma_k^2"
+        "q·k = sum_i q_i k_i is a sum of d_k independent products q_i k_i, each of mean 0; work out the variance "
+        "of ONE product from E[q_i^2] and E[k_i^2], then use that variances of independent terms add"
     )
     found = [
         ("the standard deviations are not squared: ", {"out": np.array(float(d) * sq * sk)}),
@@ -85,20 +86,33 @@ def _variance_mistakes(case):
     out = []
     seen = {float(_variance_expect(case)["out"])}
     for hint, value in found:
-        if float(value["out"]) not in seen:
-            seen.add(float(value["out"]))
+        if float(value["out"]) not in seen:  # a candidate that coincides with the answer on this check
             out.append((hint + why, value))
     return [*out, ("not the variance of q·k: " + why, {})]
 
 
+# Question 2.4's parameters; its key is computed from them (and tests check it against a simulation).
+STD_DK, STD_SIGMA_Q, STD_SIGMA_K = 144, 0.5, 3.0
+
+
+def scaled_score_std(d_k: int = STD_DK, sigma_q: float = STD_SIGMA_Q, sigma_k: float = STD_SIGMA_K) -> float:
+    """The standard deviation of q·k / sqrt(d_k) for independent zero-mean entries with these spreads."""
+    return math.sqrt(d_k * sigma_q**2 * sigma_k**2) / math.sqrt(d_k)
+
+
 _std = question(
-    16,
-    "Var(q·k) = d_k = 256 for unit-variance entries, so the standard deviation is sqrt(256) = 16: scores that "
-    "large saturate the softmax, which is why they are divided by sqrt(d_k) (after which the std is 1).",
+    scaled_score_std(),
+    "Start from Var(q·k) (exercise 2.2) with these spreads; dividing a quantity by a constant c divides its "
+    "standard deviation by c. Notice that d_k cancels, but the spreads of q and k do not.",
     {
-        256: "256 is the variance of q·k; the question asks for its standard deviation.",
-        1: "1 is the standard deviation after dividing by sqrt(d_k); the question asks about the unscaled q·k.",
-        0: "q·k has mean 0, but it spreads around 0.",
+        math.sqrt(STD_DK * STD_SIGMA_Q**2 * STD_SIGMA_K**2): "That is the standard deviation BEFORE dividing by "
+        "sqrt(d_k).",
+        STD_SIGMA_Q**2 * STD_SIGMA_K**2: "That is the variance of the scaled score; the question asks for its "
+        "standard deviation.",
+        1.0: "The scaled score has standard deviation 1 only when q's and k's entries have standard deviation 1.",
+        math.sqrt(STD_DK): "That is sqrt(d_k), the divisor, not the spread of the result.",
+        STD_SIGMA_Q * STD_SIGMA_K * STD_DK: "That multiplies the spreads by d_k; the d_k terms' variances add, "
+        "so the standard deviation grows like sqrt(d_k), and the division by sqrt(d_k) then cancels it.",
     },
 )
 
@@ -152,7 +166,7 @@ EXERCISES = [
         key="02.4",
         set=SET,
         entry="answer_score_std",
-        title="Question: how large unscaled scores get at d_k = 256",
+        title="Question: the spread of scaled scores when q and k are not unit-variance",
         points=1,
         difficulty="easy",
         minutes=3,

@@ -69,6 +69,26 @@ def _softmax_mistakes(case):
                     {"out": softmax(x64 / T, other)},
                 )
             )
+    z = x64 / T
+    with np.errstate(all="ignore"):
+        top = np.max(z[np.isfinite(z)]) if np.isfinite(z).any() else 0.0
+        e32 = np.exp((z - top).astype(np.float32)).astype(np.float64)  # float32, as the learner's tensors
+        found.append(
+            (
+                "one maximum over the whole tensor is subtracted: a row far below it underflows exp() to 0 in every "
+                "entry and gives 0/0; subtract each row's own maximum, amax(dim=dim, keepdim=True)",
+                {"out": e32 / e32.sum(axis=dim, keepdims=True)},
+            )
+        )
+        m = np.max(z, axis=dim, keepdims=True)
+        e = np.exp(z - np.where(np.isfinite(m), m, 0.0))
+        found.append(
+            (
+                "the sum runs over the whole tensor (e.sum() without dim): every entry is divided by the sum of ALL "
+                "entries; sum along dim with keepdim=True",
+                {"out": e / e.sum()},
+            )
+        )
     found.append(
         (
             "NaN or inf for large logits: subtract the maximum along dim (keepdim=True) before exp",
@@ -264,18 +284,58 @@ def _online_mistakes(case):
     return found
 
 
-_f16 = question(
-    math.log(float(np.finfo(np.float16).max)),
-    "exp(x) overflows once it exceeds the largest float16, 65504, i.e. for x > ln(65504) = 11.09 (compute it as "
-    "math.log(torch.finfo(torch.float16).max)). In float32 the threshold is ln(3.4e38) = 88.7.",
-    {
-        65504: "65504 is the largest float16 itself; exp(x) reaches it already at x = ln(65504).",
-        float(math.log(float(np.finfo(np.float32).max))): "That is float32's threshold; float16's largest value is "
-        "65504.",
-        88.0: "That is (about) float32's threshold; float16's largest value is 65504.",
-        float(math.log(float(np.finfo(np.float64).max))): "That is float64's threshold.",
-    },
-)
+# Question 3.4: where a naive float16 softmax's DENOMINATOR overflows, although no single exp(x) does. Its key is
+# computed by the code that states the question (tests check the key answers it: the sum is finite at the key
+# and inf at the next float16).
+F16_ROW = 64  # the row's length: 64 equal scores x
+
+
+def f16_row_sum_is_finite(x: float, n: int = F16_ROW) -> bool:
+    """The question's condition: is ``torch.exp(torch.full((n,), x, dtype=torch.float16)).sum()`` finite?"""
+    import torch
+
+    return bool(torch.isfinite(torch.exp(torch.full((n,), float(x), dtype=torch.float16)).sum()))
+
+
+def f16_row_sum_limit(n: int = F16_ROW) -> float:
+    """The largest float16 x for which the float16 sum of n copies of exp(x) is finite (walks the float16 grid
+    from ln(65504 / n) with np.nextafter)."""
+    x = np.float16(math.log(float(np.finfo(np.float16).max) / n))
+    up, down = np.float16(np.inf), np.float16(-np.inf)
+    while not f16_row_sum_is_finite(float(x), n):
+        x = np.nextafter(x, down)
+    while f16_row_sum_is_finite(float(np.nextafter(x, up)), n):
+        x = np.nextafter(x, up)
+    return float(x)
+
+
+def _f16_question():
+    key = f16_row_sum_limit()
+    f16max = float(np.finfo(np.float16).max)
+    real = math.log(f16max / F16_ROW)
+    explain = (
+        "The sum overflows once n·exp(x) exceeds float16's largest value (torch.finfo(torch.float16).max), so the "
+        "real-number threshold is ln(max / n); x itself is a float16, so the answer is the largest float16 at or "
+        "below that threshold for which the sum still rounds to a finite value. Compute it: start from "
+        "torch.tensor(math.log(max / n), dtype=torch.float16) and step with torch.nextafter (or np.nextafter on "
+        "np.float16) while the sum is inf, then return float(x)."
+    )
+    wrong = {
+        math.log(f16max): "That is where ONE exp(x) overflows (ln of the largest float16); here 64 of them are "
+        "added, and the sum overflows much earlier.",
+        float(np.float16(math.log(f16max))): "That is where one exp(x) overflows; the sum of 64 overflows earlier.",
+        math.log(float(np.finfo(np.float32).max) / F16_ROW): "That is float32's threshold.",
+        f16max / F16_ROW: "That is the largest value each exp(x) may take, not x.",
+    }
+    if not math.isclose(real, key, rel_tol=1e-4):
+        wrong[real] = (
+            "That is the real-number threshold ln(max / 64); x must be a float16: check which float16 values "
+            "keep the sum finite, with torch.nextafter, and return the largest one exactly."
+        )
+    return question(key, explain, wrong)
+
+
+_f16 = _f16_question()
 
 EXERCISES = [
     Exercise(
@@ -325,7 +385,7 @@ EXERCISES = [
         key="03.4",
         set=SET,
         entry="answer_float16_overflow",
-        title="Question: the largest x whose exp(x) is finite in float16",
+        title="Question: where a float16 softmax's denominator overflows",
         points=1,
         difficulty="easy",
         minutes=5,

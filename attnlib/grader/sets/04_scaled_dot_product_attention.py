@@ -43,7 +43,9 @@ def _scores_expect(case):
     from ...functional import attention_scores
 
     q, k = case.args
-    return {"out": attention_scores(t64(q), t64(k), case.kwargs.get("scale")).numpy()}
+    out = attention_scores(t64(q), t64(k), case.kwargs.get("scale")).numpy()
+    # in the inputs' dtype: exercise 4.2 multiplies these scores' softmax with v, so a float64 result breaks it
+    return {"out": out.astype(q.dtype)}
 
 
 def _scores_mistakes(case):
@@ -108,8 +110,15 @@ def _sdpa_mistakes(case):
     return attention_mistakes(*case.args, scale=case.kwargs.get("scale"))
 
 
+DTYPE_MISMATCH = (
+    r"(?i)dtype|Double|Half",
+    "a dtype mismatch between tensors: if your attention_scores (exercise 4.1) returns float64 for float32 inputs "
+    "(e.g. a float64 scale tensor), fix it there, so that the weights keep the dtype of v",
+)
+
+
 def _sdpa_raises(case):
-    return qk_swap_raises(case.args[0], case.args[1], "the weights")
+    return [DTYPE_MISMATCH, *qk_swap_raises(case.args[0], case.args[1], "the weights", v=case.args[2])]
 
 
 def _fix_cases(rng):
@@ -119,8 +128,8 @@ def _fix_cases(rng):
 
 _shape = question(
     1,
-    "Each of the L queries gets one weight per key, in every (batch, head): the weights are (B, H, L, S) and the "
-    "output weights @ v is (B, H, L, Ev) (answer 1).",
+    "Think of one (batch, head) first: how many weights does each query get, and how many queries are there? "
+    "Then keep the batch and head axes in front.",
     {
         2: "(B, H, S, L) is the transpose: one row per key. Row i of the weights must be query i's distribution "
         "over the keys.",

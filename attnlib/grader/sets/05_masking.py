@@ -158,6 +158,11 @@ def _padding_mistakes(case):
             {"out": (np.arange(S)[None, :] <= np.asarray(lengths)[:, None])[:, None, None, :]},
         ),
         (
+            "off by one: the last real token is masked; positions 0..length-1 are real, so use position < length "
+            "(not < length - 1)",
+            {"out": (np.arange(S)[None, :] < np.asarray(lengths)[:, None] - 1)[:, None, None, :]},
+        ),
+        (
             "the mask has shape (batch, S); return (batch, 1, 1, S) so it broadcasts over heads and queries",
             {"out": real},
         ),
@@ -279,9 +284,8 @@ def _masked_mistakes(case):
 
 _decode = question(
     2,
-    "The new token is the LAST of the S positions and may attend to every key in the cache, its own included: "
-    "that is the bottom-right-aligned causal mask, tril(ones(1, S), diagonal=S-1), all True for a single query "
-    "(answer 2).",
+    "The new token is the LAST of the S positions: list which of the S keys are in its past (or are itself), "
+    "then ask which alignment of the causal mask gives exactly those for a single query row.",
     {
         1: "is_causal=True aligns the mask to the top-left corner: with L=1 the single query would see only key 0, "
         "the first token of the sequence.",
@@ -361,7 +365,9 @@ EXERCISES = [
         cases=_masked_cases,
         expect=_masked_expect,
         mistakes=_masked_mistakes,
-        raises=lambda c: qk_swap_raises(c.args[0], c.args[1], "the scores"),
+        raises=lambda c: qk_swap_raises(
+            c.args[0], c.args[1], "the scores", v=c.args[2], mask=c.args[3] if len(c.args) > 3 else c.kwargs.get("mask")
+        ),
         distribution="weights",
         arg_names=("q", "k", "v", "mask"),
     ),

@@ -12,12 +12,14 @@ from ..common import (
     attention_mistakes,
     attn,
     f32,
+    fingerprint_raises,
     linear,
     module_expect,
     pair,
     project,
     question,
     score_magnitude,
+    transpose_candidates,
 )
 
 SET = "06_self_attention"
@@ -31,6 +33,7 @@ def self_cases(rng):
         ("causal mask (6, 6), batch 1, d_model=8, d_k=8", 1, 6, 8, 8, "causal"),
         ("padding mask (2, 1, 5), d_model=12, d_k=6", 2, 5, 12, 6, "pad"),
         ("no mask, d_model = d_k = 6, batch 3, L=4", 3, 4, 6, 6, None),
+        ("an empty sequence (lengths 4 and 0: every key of batch 1 masked), d_model=8, d_k=4", 2, 4, 8, 4, "empty"),
     )
     for name, B, L, dm, dk, kind in specs:
         weights = {f"{p}.weight": linear(rng, dk, dm)[0] for p in ("w_q", "w_k", "w_v")}
@@ -40,6 +43,8 @@ def self_cases(rng):
             mask = np.tril(np.ones((L, L), dtype=bool))
         elif kind == "pad":
             mask = (np.arange(L)[None, :] < np.array([L, 3])[:, None])[:, None, :]
+        elif kind == "empty":
+            mask = (np.arange(L)[None, :] < np.array([L, 0])[:, None])[:, None, :]
         args = (x,) if mask is None else (x, mask)
         q, k = project(x, weights["w_q.weight"]), project(x, weights["w_k.weight"])
         cases.append(
@@ -82,25 +87,35 @@ def self_mistakes(case):
 
 
 def self_raises(case):
+    x = case.args[0]
     dm, dk = case.init
-    if dm == dk:
-        return []
-    return [
+    B, L = x.shape[:2]
+    found = transpose_candidates((B, L, dk), (B, L, dk))
+    if dm != dk:
+        found.append(
+            (
+                f"a weight is used the wrong way round: nn.Linear's weight is (d_k, d_model) = ({dk}, {dm}) and the "
+                "layer computes x @ W^T; call the layer, self.w_q(x)",
+                lambda t: t.zeros(B, L, dm) @ t.zeros(dk, dm),
+            )
+        )
+    return fingerprint_raises(
+        found,
         (
             SHAPE_ERROR,
-            f"with d_model={dm} != d_k={dk}, a shape error in a projection usually means the weight is used the wrong "
-            "way round: nn.Linear's weight is (d_k, d_model) and the layer computes x @ W^T; call self.w_q(x)",
-        )
-    ]
+            f"this check has batch={B}, L={L}, d_model={dm}, d_k={dk}: q, k "
+            f"and v must be ({B}, {L}, {dk}) and the weights ({B}, {L}, {L})",
+        ),
+    )
 
 
 def _count_cases(rng):
-    d = int(rng.integers(2, 65))
+    d = int(rng.integers(4, 65))
     return [
         Case("d_model=512, d_k=64, d_v=64, no bias", (512, 64, 64, False)),
         Case("d_model=16, d_k=4, d_v=8, with bias", (16, 4, 8, True)),
         Case("d_model=384, d_k=32, d_v=32, with bias", (384, 32, 32, True)),
-        Case(f"d_model={d}, d_k={d}, d_v=3, no bias", (d, d, 3, False)),
+        Case(f"d_model={d}, d_k={d // 2}, d_v=3, no bias", (d, d // 2, 3, False)),
     ]
 
 
@@ -115,8 +130,8 @@ def _count_expect(case):
 def _count_mistakes(case):
     dm, dk, dv, bias = case.args
     why = (
-        "W_Q and W_K are (d_k, d_model) and W_V is (d_v, d_model): d_model·(2·d_k + d_v) weights, plus 2·d_k + d_v "
-        "biases when there are biases"
+        "count each of the three projections separately: an nn.Linear(n_in, n_out) has an (n_out, n_in) weight and, "
+        "with bias, n_out biases; which n_in and n_out does each of W_Q, W_K, W_V have?"
     )
     right = _count(*case.args)
     candidates = [
@@ -129,19 +144,17 @@ def _count_mistakes(case):
         ("that counts square (d_model, d_model) matrices. ", 3 * dm * dm + (3 * dm if bias else 0)),
         ("that counts only W_Q and W_K. ", 2 * dm * dk + (2 * dk if bias else 0)),
     ]
-    out, seen = [], {right}
+    out = []
     for hint, value in candidates:
-        if value not in seen:
-            seen.add(value)
+        if value != right:  # a candidate that does not apply to this check (no bias to forget, one head)
             out.append((hint + why, {"out": np.array(float(value))}))
     return [*out, ("not the parameter count: " + why, {})]
 
 
 _symmetric = question(
     2,
-    "With W_Q = W_K the scores q_i·k_j = x_i W W^T x_j are symmetric, but each ROW of weights is normalised "
-    "separately (divided by its own sum), so weight[i, j] = exp(s_ij)/Z_i and weight[j, i] = exp(s_ij)/Z_j differ "
-    "whenever Z_i != Z_j (answer 2).",
+    "With W_Q = W_K, compare the scores s_ij and s_ji first; then write weight[i, j] and weight[j, i] as "
+    "exp(score) divided by their rows' sums, and ask when those two sums are equal.",
     {
         1: "The scores are symmetric, but the softmax divides row i by Z_i and row j by Z_j.",
         3: "The scores x_i W W^T x_j are symmetric: swap i and j and the product is the same.",

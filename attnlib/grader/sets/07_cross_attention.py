@@ -11,11 +11,13 @@ from ..common import (
     Exercise,
     attention_mistakes,
     f32,
+    fingerprint_raises,
     linear,
     module_expect,
     project,
     question,
     score_magnitude,
+    transpose_candidates,
 )
 
 SET = "07_cross_attention"
@@ -117,25 +119,45 @@ def _wrong_inputs(case, which):
 def cross_raises(case):
     x, ctx = case.args[:2]
     dq, dc, dk = case.init
-    hints = []
+    B, L, S = x.shape[0], x.shape[1], ctx.shape[1]
+    found = transpose_candidates((B, L, dk), (B, S, dk))
+    wrong_input = (
+        "a layer got the wrong input: w_q takes x (d_query features); w_k and w_v take the context (d_context features)"
+    )
     if dq != dc:
-        hints.append(
-            f"d_query={dq} != d_context={dc}: a shape error in a projection usually means a layer got the wrong "
-            "input (w_q takes x; w_k and w_v take the context)"
+        found += [
+            (wrong_input, lambda t: t.nn.functional.linear(t.zeros(B, L, dq), t.zeros(dk, dc))),
+            (wrong_input, lambda t: t.nn.functional.linear(t.zeros(B, S, dc), t.zeros(dk, dq))),
+        ]
+    if L != S:
+        found.append(
+            (
+                "q and k are swapped: k @ q^T gives (batch, S, L) weights, which cannot multiply v (batch, S, d_k); "
+                "the scores are q @ k^T",
+                lambda t: (t.zeros(B, S, dk) @ t.zeros(B, L, dk).transpose(-2, -1)) @ t.zeros(B, S, dk),
+            )
         )
-    if x.shape[1] != ctx.shape[1]:
-        hints.append(
-            f"L={x.shape[1]} != S={ctx.shape[1]}: the weights must be (batch, L, S); a shape error here usually "
-            "means keys or values come from x instead of the context, or q and k are swapped"
-        )
-    return [(SHAPE_ERROR, "; ".join(hints))] if hints else []
+        if dq == dc:
+            found.append(
+                (
+                    "the keys are projected from x instead of the context (w_k(context))",
+                    lambda t: (t.zeros(B, L, dk) @ t.zeros(B, L, dk).transpose(-2, -1)) @ t.zeros(B, S, dk),
+                )
+            )
+    return fingerprint_raises(
+        found,
+        (
+            SHAPE_ERROR,
+            f"this check has batch={B}, L={L} queries (d_query={dq}), S={S} context tokens (d_context={dc}), "
+            f"d_k={dk}: q must be ({B}, {L}, {dk}), k and v ({B}, {S}, {dk}), the weights ({B}, {L}, {S})",
+        ),
+    )
 
 
 _which = question(
     2,
-    "Each decoder query attends over the encoder's tokens, so the padding to hide is the context's: the mask "
-    "blocks the padded KEYS (columns), shape (batch, 1, S) (answer 2). A padded decoder position produces an "
-    "output that the loss ignores; it needs no mask in cross-attention.",
+    "Ask which tokens the decoder's queries read from in cross-attention, which of those are padding, and "
+    "whether a padded decoder position's own output matters to the loss.",
     {
         1: "Masking the decoder's queries (rows) leaves the padded encoder tokens visible to every real query.",
         3: "Only the keys need masking for real outputs to be right; masking query rows as well changes nothing "

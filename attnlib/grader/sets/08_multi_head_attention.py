@@ -14,9 +14,11 @@ from ..common import (
     Exercise,
     attn,
     f32,
+    fingerprint_raises,
     linear,
     module_expect,
     score_magnitude,
+    transpose_candidates,
 )
 
 SET = "08_multi_head_attention"
@@ -105,6 +107,7 @@ def mha_cases(rng):
         ("causal mask (4, 4), embed_dim=16, 4 heads", 1, 4, 4, 16, 4, "causal"),
         ("padding mask (2, 1, 1, 5), embed_dim=8, 4 heads", 2, 3, 5, 8, 4, "pad"),
         ("one head, embed_dim=6, L=S=3", 2, 3, 3, 6, 1, None),
+        ("an empty sequence (lengths 4 and 0: every key of batch 1 masked), 2 heads", 2, 3, 4, 8, 2, "empty"),
     )
     for name, B, L, S, E, H, kind in specs:
         weights = {}
@@ -112,13 +115,15 @@ def mha_cases(rng):
             w, b = linear(rng, E, E, bias=True)
             weights[f"{p}.weight"], weights[f"{p}.bias"] = w, b
         query = f32(B, L, E, rng=rng)
-        key = query if L == S and kind != "pad" else f32(B, S, E, rng=rng)
+        key = query if L == S and kind not in ("pad", "empty") else f32(B, S, E, rng=rng)
         value = key if kind is None and L == S else f32(B, S, E, rng=rng)
         args: tuple = (query, key, value)
         if kind == "causal":
             args += (np.tril(np.ones((L, S), dtype=bool)),)
         elif kind == "pad":
             args += ((np.arange(S)[None, :] < np.array([5, 2])[:, None])[:, None, None, :],)
+        elif kind == "empty":
+            args += ((np.arange(S)[None, :] < np.array([S, 0])[:, None])[:, None, None, :],)
         q = query.astype(np.float64) @ weights["w_q.weight"].T.astype(np.float64) + weights["w_q.bias"]
         k = key.astype(np.float64) @ weights["w_k.weight"].T.astype(np.float64) + weights["w_k.bias"]
         cases.append(
@@ -239,6 +244,30 @@ def mha_mistakes(case):
             ("the mask is ignored: fill blocked scores with -inf before the softmax", _mha_no_mask(case)),
             ("the mask is applied after the softmax; apply it to the scores, before", _np_mha(case, after=True)),
         ]
+        mask = np.broadcast_to(np.asarray(case.args[3], bool), ref["weights"].shape)
+        dead = ~mask.any(axis=-1)  # (batch, heads, L): queries whose keys are all masked
+        if dead.any():
+            rows = dead.all(axis=1)  # the same keys for every head here
+            found += [
+                (
+                    "NaN in fully masked rows: when every key of a query is masked, softmax gives 0/0; such rows must "
+                    "give zero weights (use the NaN-free softmax of exercise 5.5)",
+                    {
+                        "out": np.where(rows[..., None], np.nan, ref["out"]),
+                        "weights": np.where(dead[..., None], np.nan, ref["weights"]),
+                    },
+                ),
+                (
+                    "blocked scores are filled with a large finite number (-1e9) instead of -inf: a query whose keys "
+                    "are all masked then gets uniform weights instead of zeros",
+                    _np_mha(case, fill=-1e9),
+                ),
+                (
+                    "blocked scores are filled with torch.finfo(dtype).min instead of -inf: a query whose keys are "
+                    "all masked then gets uniform weights instead of zeros",
+                    _np_mha(case, fill=float(np.finfo(np.float32).min)),
+                ),
+            ]
     return found
 
 
@@ -248,17 +277,44 @@ def _mha_no_mask(case):
 
 def mha_raises(case):
     query, key = case.args[:2]
-    L, S = query.shape[1], key.shape[1]
-    if L == S:
-        return []
-    return [
+    E, H = case.init
+    B, L, S, D = query.shape[0], query.shape[1], key.shape[1], E // H
+    found = transpose_candidates((B, H, L, D), (B, H, S, D))
+    if L != S:
+        if len(case.args) > 3:
+            mask = case.args[3]
+            found += [
+                (
+                    "q and k are swapped: k @ q^T gives (batch, heads, S, L) scores, which the mask does not fit",
+                    lambda t: t.zeros(B, H, S, L).masked_fill(~t.from_numpy(np.asarray(mask, bool)), -math.inf),
+                ),
+                (
+                    "the keys are projected from the query input: use self.w_k(key)",
+                    lambda t: t.zeros(B, H, L, L).masked_fill(~t.from_numpy(np.asarray(mask, bool)), -math.inf),
+                ),
+            ]
+        found += [
+            (
+                "q and k are swapped: k @ q^T gives (batch, heads, S, L) weights, which cannot multiply v",
+                lambda t: (t.zeros(B, H, S, D) @ t.zeros(B, H, L, D).transpose(-2, -1)) @ t.zeros(B, H, S, D),
+            ),
+            (
+                "the keys are projected from the query input: use self.w_k(key)",
+                lambda t: (t.zeros(B, H, L, D) @ t.zeros(B, H, L, D).transpose(-2, -1)) @ t.zeros(B, H, S, D),
+            ),
+            (
+                "the values are projected from the query input: use self.w_v(value)",
+                lambda t: (t.zeros(B, H, L, D) @ t.zeros(B, H, S, D).transpose(-2, -1)) @ t.zeros(B, H, L, D),
+            ),
+        ]
+    return fingerprint_raises(
+        found,
         (
             SHAPE_ERROR,
-            f"this check has L={L} queries and S={S} keys: the weights must be (batch, heads, L, S); a shape error "
-            "only when L != S usually means k or v is projected from the wrong input (w_k(key), w_v(value)) or q "
-            "and k are swapped",
-        )
-    ]
+            f"this check has batch={B}, L={L} queries, S={S} keys, {H} heads of {D}: q must be ({B}, {H}, {L}, {D}), "
+            f"k and v ({B}, {H}, {S}, {D}), the weights ({B}, {H}, {L}, {S})",
+        ),
+    )
 
 
 def _count_cases(rng):
@@ -279,8 +335,8 @@ def _count_expect(case):
 def _count_mistakes(case):
     E, H, bias = case.args
     why = (
-        "W_Q, W_K, W_V and W_O are each (embed_dim, embed_dim), plus embed_dim biases each: 4·E² + 4·E, whatever "
-        "the number of heads (the heads split the same matrices; they do not add parameters)"
+        "list the layer's projections and the shape of each (an nn.Linear(n_in, n_out) has n_out·n_in weights and, "
+        "with bias, n_out biases); then ask what splitting into heads does to those matrices"
     )
     right = 4 * E * E + (4 * E if bias else 0)
     candidates = [
@@ -290,10 +346,9 @@ def _count_mistakes(case):
         ("the heads do not divide the parameters: ", 4 * E * E // H + (4 * E // H if bias else 0)),
         ("the heads do not multiply the parameters: ", 4 * E * E * H + (4 * E * H if bias else 0)),
     ]
-    out, seen = [], {right}
+    out = []
     for hint, value in candidates:
-        if value not in seen:
-            seen.add(value)
+        if value != right:  # a candidate that does not apply to this check (no bias to forget, one head)
             out.append((hint + why, {"out": np.array(float(value))}))
     return [*out, ("not the parameter count: " + why, {})]
 

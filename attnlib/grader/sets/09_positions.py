@@ -6,6 +6,8 @@ returns for the same inputs, with the hint that names it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..common import Case, Exercise, f32
@@ -154,6 +156,173 @@ def _fix_mistakes(case):
     return [still, *[m for m in rope_mistakes(case) if "neighbouring features" not in m[0]]]
 
 
+# ---------------------------------------------------------------------------------------------- 09.4/09.5 layouts
+# RoPE checkpoints come in two layouts: "interleaved" pairs neighbours (2i, 2i+1) (the original paper, Meta's
+# reference code), "half-split" pairs i with i + d/2 (rotate_half, Hugging Face, attnlib). Converting the
+# features of q and k (or the rows of W_Q, W_K) from one to the other makes the two RoPEs agree.
+
+
+def layout_cases(rng):
+    shapes = ((6,), (2, 8), (1, 2, 3, 4), (2, 3, 5, 16), (3, 2))
+    return [Case(f"x {shape}", (f32(*shape, rng=rng),)) for shape in shapes]
+
+
+def _to_half(x):
+    x = np.asarray(x, np.float64)
+    return np.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)
+
+
+def _to_interleaved(x):
+    x = np.asarray(x, np.float64)
+    h = x.shape[-1] // 2
+    return np.stack([x[..., :h], x[..., h:]], axis=-1).reshape(x.shape)
+
+
+def to_half_expect(case):
+    return {"out": _to_half(case.args[0])}
+
+
+def to_interleaved_expect(case):
+    return {"out": _to_interleaved(case.args[0])}
+
+
+def to_half_mistakes(case):
+    x = np.asarray(case.args[0], np.float64)
+    found = [
+        (
+            "the halves are swapped: the first half must hold the FIRST member of every pair (features 0, 2, 4, ...)",
+            np.concatenate([x[..., 1::2], x[..., 0::2]], axis=-1),
+        ),
+        (
+            "that is the opposite conversion (half-split to interleaved): here pair (2i, 2i+1) must land at "
+            "(i, i + d/2)",
+            _to_interleaved(x),
+        ),
+        ("the features are returned unchanged: move feature 2i to i and feature 2i+1 to i + d/2", x),
+    ]
+    return [(hint, {"out": out}) for hint, out in found]
+
+
+def to_interleaved_mistakes(case):
+    x = np.asarray(case.args[0], np.float64)
+    h = x.shape[-1] // 2
+    found = [
+        (
+            "the members of each pair are in the wrong order: feature i goes to 2i and feature i + d/2 to 2i + 1",
+            np.stack([x[..., h:], x[..., :h]], axis=-1).reshape(x.shape),
+        ),
+        (
+            "that is the opposite conversion (interleaved to half-split): here pair (i, i + d/2) must land at "
+            "(2i, 2i+1)",
+            _to_half(x),
+        ),
+        ("the features are returned unchanged: move feature i to 2i and feature i + d/2 to 2i + 1", x),
+    ]
+    return [(hint, {"out": out}) for hint, out in found]
+
+
+# ---------------------------------------------------------------------------------------------- 09.6 ALiBi slopes
+
+
+def _powers(n):
+    return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
+
+
+def slopes_cases(rng):
+    odd = int(rng.choice([5, 7, 10, 20]))
+    return [Case(f"num_heads={h}", (h,)) for h in (8, 1, 12, 6, 3, odd)]
+
+
+def slopes_expect(case):
+    import torch
+
+    from ...positions import alibi_slopes
+
+    return {"out": alibi_slopes(case.args[0], dtype=torch.float64).numpy()}
+
+
+def slopes_mistakes(case):
+    (H,) = case.args
+    lower = 2 ** int(math.floor(math.log2(H)))
+    found = [
+        (
+            "2^(-8h/H) with h counting from 0: the first head's slope must be 2^(-8/H), not 1",
+            [2.0 ** (-8.0 * h / H) for h in range(H)],
+        ),
+        ("the slopes are 2^(-h); the geometric sequence is 2^(-8h/H), h = 1..H", [2.0**-h for h in range(1, H + 1)]),
+    ]
+    if lower != H:
+        found += [
+            (
+                f"2^(-8h/H) is the rule for a power of two only; for H={H} the paper takes the {lower} slopes of "
+                f"the next-lower power of two, then every other slope of twice that many",
+                _powers(H),
+            ),
+        ]
+        if H - lower > 1:  # with one extra slope, "the first" and "every other" coincide
+            found.append(
+                (
+                    f"the extra {H - lower} slopes must be every OTHER slope of the {2 * lower}-head sequence "
+                    "(indices 0, 2, 4, ...), not its first ones",
+                    _powers(lower) + _powers(2 * lower)[: H - lower],
+                )
+            )
+        found += [
+            (
+                f"the extra {H - lower} slopes come from the {2 * lower}-head sequence at its even positions "
+                "(indices 0, 2, ...: 2^(-8/(2n)), 2^(-24/(2n)), ...), not its odd ones",
+                _powers(lower) + _powers(2 * lower)[1::2][: H - lower],
+            ),
+        ]
+    return [(hint, {"out": np.array(out, np.float64)}) for hint, out in found]
+
+
+# ---------------------------------------------------------------------------------------------- 09.7 ALiBi bias
+
+
+def bias_cases(rng):
+    del rng
+    return [Case(f"{H} heads, L={L}, S={S}", (H, L, S)) for H, L, S in ((4, 5, 5), (6, 1, 7), (8, 3, 9), (3, 4, 6))]
+
+
+def bias_expect(case):
+    import torch
+
+    from ...positions import alibi_bias
+
+    return {"out": alibi_bias(*case.args, dtype=torch.float64).numpy()}
+
+
+def bias_mistakes(case):
+    import torch
+
+    from ...positions import alibi_slopes
+
+    H, L, S = case.args
+    m = alibi_slopes(H, dtype=torch.float64).numpy()[:, None, None]
+    i, j = np.arange(L)[:, None], np.arange(S)[None, :]
+    pos = i + S - L
+    found = [
+        (
+            f"the queries are aligned top-left: with L={L} queries after S - L = {S - L} cached keys, query i sits "
+            "at position i + S - L (bottom-right), and its distance to key j is |i + S - L - j|",
+            -m * np.abs(i - j),
+        ),
+        ("the bias has the wrong sign: ALiBi SUBTRACTS slope·distance from the scores", m * np.abs(pos - j)),
+        (
+            "the distance is not the absolute value: attnlib's bias is -slope·|pos_i - j| for every key (keys after "
+            "the query get the same penalty; a causal mask removes them anyway)",
+            -m * (pos - j),
+        ),
+        (
+            f"the slopes are 2^(-8h/H) for every head: for H={H}, not a power of two, the slopes must follow the "
+            "paper's rule; this exercise uses your alibi_slopes (exercise 9.6): fix it there",
+            -np.array(_powers(H))[:, None, None] * np.abs(pos - j),
+        ),
+    ]
+    return [(hint, {"out": out}) for hint, out in found if not np.array_equal(out, bias_expect(case)["out"])]
+
+
 EXERCISES = [
     Exercise(
         key="09.1",
@@ -206,5 +375,63 @@ EXERCISES = [
         distribution=None,
         arg_names=("x", "positions"),
         style="fix",
+    ),
+    Exercise(
+        key="09.4",
+        set=SET,
+        entry="interleaved_to_half_split",
+        title="Convert RoPE features from the interleaved layout to the half-split one",
+        points=2,
+        difficulty="medium",
+        minutes=10,
+        returns=("out",),
+        forbidden=ATTNLIB,
+        cases=layout_cases,
+        expect=to_half_expect,
+        mistakes=to_half_mistakes,
+        arg_names=("x",),
+    ),
+    Exercise(
+        key="09.5",
+        set=SET,
+        entry="half_split_to_interleaved",
+        title="Convert RoPE features back from the half-split layout to the interleaved one",
+        points=2,
+        difficulty="medium",
+        minutes=10,
+        returns=("out",),
+        forbidden=ATTNLIB,
+        cases=layout_cases,
+        expect=to_interleaved_expect,
+        mistakes=to_interleaved_mistakes,
+        arg_names=("x",),
+    ),
+    Exercise(
+        key="09.6",
+        set=SET,
+        entry="alibi_slopes",
+        title="ALiBi's slopes for any number of heads",
+        points=3,
+        difficulty="medium",
+        minutes=15,
+        forbidden=ATTNLIB,
+        cases=slopes_cases,
+        expect=slopes_expect,
+        mistakes=slopes_mistakes,
+        arg_names=("num_heads",),
+    ),
+    Exercise(
+        key="09.7",
+        set=SET,
+        entry="alibi_bias",
+        title="ALiBi's bias for L queries that are the last L of S positions",
+        points=3,
+        difficulty="medium",
+        minutes=15,
+        forbidden=ATTNLIB,
+        cases=bias_cases,
+        expect=bias_expect,
+        mistakes=bias_mistakes,
+        arg_names=("num_heads", "L", "S"),
     ),
 ]

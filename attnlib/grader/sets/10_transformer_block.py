@@ -268,6 +268,15 @@ def step_mistakes(case):
             },
         ),
         (
+            "the keys and the values are concatenated in different orders, so key t no longer belongs to value t: "
+            "append both at the end of the cache, torch.cat([k_cache, k], dim=2) and torch.cat([v_cache, v], dim=2)",
+            {
+                "out": _np_attend(q, np.concatenate([k, k_cache], axis=2), values, scale),
+                "keys": np.concatenate([k, k_cache], axis=2),
+                "values": values,
+            },
+        ),
+        (
             "the scores are not scaled: divide q @ K^T by sqrt(d)",
             {"out": _np_attend(q, keys, values, 1.0), "keys": keys, "values": values},
         ),

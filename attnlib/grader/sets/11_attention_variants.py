@@ -10,7 +10,16 @@ import math
 
 import numpy as np
 
-from ..common import Case, Exercise, f32
+from ..common import (
+    NO_FULL_MATRIX_BUDGET,
+    NO_FULL_MATRIX_LENGTH,
+    Case,
+    Exercise,
+    f32,
+    is_no_full_matrix,
+    memory_raises,
+    no_full_matrix_case,
+)
 
 SET = "11_attention_variants"
 TITLE = "Lesson 11: grouped-query attention, sliding windows, linear attention"
@@ -99,19 +108,31 @@ def gqa_mistakes(case):
 
 def window_cases(rng):
     del rng
-    return [Case(f"L={L}, window={w}", (L, w)) for L, w in ((6, 3), (8, 1), (5, 5), (4, 9), (10, 4))]
+    square = [Case(f"L={L}, window={w}", (L, w)) for L, w in ((6, 3), (8, 1), (5, 5), (4, 9), (10, 4))]
+    # L queries that are the last L of S keys (a decoding step, or a chunk after a cache): bottom-right
+    later = [
+        Case(f"L={L} queries after {S - L} earlier keys (S={S}), window={w}", (L, w), {"S": S})
+        for L, w, S in ((3, 4, 9), (1, 3, 6), (4, 2, 4), (2, 7, 5))
+    ]
+    return square + later
+
+
+def _offsets(case):
+    L, _ = case.args
+    S = case.kwargs.get("S", L)
+    return (np.arange(L)[:, None] + (S - L)) - np.arange(S)[None, :], np.arange(L)[:, None] - np.arange(S)[None, :]
 
 
 def window_expect(case):
-    from ...variants import sliding_window_mask
-
-    L, w = case.args
-    return {"out": sliding_window_mask(L, window=w).numpy()}
+    d, _ = _offsets(case)
+    w = case.args[1]
+    return {"out": (d >= 0) & (d < w)}
 
 
 def window_mistakes(case):
     L, w = case.args
-    d = np.arange(L)[:, None] - np.arange(L)[None, :]  # i - j
+    d, top_left = _offsets(case)
+    S = d.shape[1]
     found = [
         (
             "off by one: each query must see exactly `window` keys (itself and window - 1 before it): "
@@ -121,13 +142,26 @@ def window_mistakes(case):
         ("the band is not causal: a query must not see later keys (j > i); use 0 <= i - j < window", np.abs(d) < w),
         ("the mask is inverted: True means the query MAY attend", ~((d >= 0) & (d < w))),
         (
+            "the diagonal is missing: a query may attend to itself (i - j = 0 is inside the window): 0 <= i - j",
+            (d > 0) & (d < w),
+        ),
+        (
             "the band points into the future: keys j >= i; a query sees itself and EARLIER keys, 0 <= i - j < window",
             (d <= 0) & (-d < w),
         ),
     ]
-    if w < L:
+    if S != L:
+        found.append(
+            (
+                f"the queries are aligned top-left: these L={L} queries are the LAST L of S={S} positions, so query "
+                "i sits at position i + S - L (bottom-right); measure its distance to key j from there",
+                (top_left >= 0) & (top_left < w),
+            )
+        )
+    if w < S:
         found.append(("the window is ignored: this is the plain causal mask; also require i - j < window", d >= 0))
-    return [(hint, {"out": out}) for hint, out in found]
+    ref = (d >= 0) & (d < w)
+    return [(hint, {"out": out}) for hint, out in found if not np.array_equal(out, ref)]
 
 
 # ---------------------------------------------------------------------------------------------- 11.3 linear
@@ -139,7 +173,14 @@ def linear_cases(rng):
         q, k = f32(B, H, L, D, rng=rng), f32(B, H, S, D, rng=rng)
         v = f32(B, H, S, Dv, rng=rng)
         cases.append(Case(f"q ({B}, {H}, {L}, {D}), S={S}, d_v={Dv}", (q, k, v)))
+    n = NO_FULL_MATRIX_LENGTH
+    big = (f32(1, 1, n, 8, rng=rng), f32(1, 1, n, 8, rng=rng), f32(1, 1, n, 4, rng=rng))
+    cases.append(no_full_matrix_case(f"long sequence L=S={n}", big))
     return cases
+
+
+def linear_raises(case):
+    return memory_raises(case.args[0].shape[-2], case.args[1].shape[-2])
 
 
 def linear_expect(case):
@@ -161,6 +202,8 @@ def _linear_np(q, k, v, phi=_elu1, normalise=True):
 
 
 def linear_mistakes(case):
+    if is_no_full_matrix(case):
+        return []
     q, k, v = (np.asarray(a, np.float64) for a in case.args)
     return [
         (
@@ -180,6 +223,219 @@ def linear_mistakes(case):
             {"out": _linear_np(q, k, v, phi=lambda x: np.maximum(x, 0.0))},
         ),
     ]
+
+
+# ---------------------------------------------------------------------------------------------- 11.4 causal linear
+
+
+def causal_linear_cases(rng):
+    cases = []
+    for B, H, L, D, Dv in ((1, 1, 5, 4, 4), (2, 2, 7, 8, 6), (1, 3, 6, 16, 3), (2, 1, 1, 4, 3)):
+        q, k, v = f32(B, H, L, D, rng=rng), f32(B, H, L, D, rng=rng), f32(B, H, L, Dv, rng=rng)
+        cases.append(Case(f"q, k ({B}, {H}, {L}, {D}), v d_v={Dv}", (q, k, v)))
+    n = NO_FULL_MATRIX_LENGTH
+    big = (f32(1, 1, n, 8, rng=rng), f32(1, 1, n, 8, rng=rng), f32(1, 1, n, 4, rng=rng))
+    cases.append(no_full_matrix_case(f"long sequence L={n}", big))
+    return cases
+
+
+def _causal_linear_np(q, k, v, *, shift=0, causal_norm=True, normalise=True):
+    pq, pk, v = _elu1(np.asarray(q, np.float64)), _elu1(np.asarray(k, np.float64)), np.asarray(v, np.float64)
+    kv = np.cumsum(pk[..., :, None] * v[..., None, :], axis=-3)  # (..., L, D, Dv): sum over j <= i
+    z = np.cumsum(pk, axis=-2)
+    if shift:  # sums over j < i only
+        kv = np.concatenate([np.zeros_like(kv[..., :1, :, :]), kv[..., :-1, :, :]], axis=-3)
+        z = np.concatenate([np.zeros_like(z[..., :1, :]), z[..., :-1, :]], axis=-2)
+    if not causal_norm:
+        z = np.broadcast_to(pk.sum(-2, keepdims=True), z.shape)
+    num = np.einsum("...d,...de->...e", pq, kv)
+    if not normalise:
+        return num
+    return num / ((pq * z).sum(-1, keepdims=True) + 1e-6)
+
+
+def causal_linear_expect(case):
+    return {"out": _causal_linear_np(*case.args)}
+
+
+def causal_linear_mistakes(case):
+    if is_no_full_matrix(case):
+        return []
+    q, k, v = (np.asarray(a, np.float64) for a in case.args)
+    found = [
+        (
+            "that is non-causal linear attention (exercise 11.3): query i must only sum over keys j <= i; keep "
+            "running sums (torch.cumsum over the sequence) of phi(k_j) v_j^T and of phi(k_j)",
+            _linear_np(q, k, v),
+        ),
+        (
+            "the numerator is causal but the normaliser sums phi(k_j) over ALL keys: use the running sum up to i",
+            _causal_linear_np(q, k, v, causal_norm=False),
+        ),
+        (
+            "the running sums stop at j < i: query i must include its own key and value (j <= i)",
+            _causal_linear_np(q, k, v, shift=1),
+        ),
+        (
+            "the output is not normalised: divide by phi(q_i) · sum_{j<=i} phi(k_j)",
+            _causal_linear_np(q, k, v, normalise=False),
+        ),
+    ]
+    return [(hint, {"out": out}) for hint, out in found]
+
+
+# ---------------------------------------------------------------------------------------------- 11.5 mask_mod
+
+DOC_IDS = (0, 0, 0, 1, 1, 1, 1, 2, 3, 3, 3, 3)  # the notebook's DOC_IDS: 12 packed tokens of 4 documents
+
+
+def _indices(B, H, q, kv):
+    shape = (B, H, len(q), len(kv))
+    b = np.broadcast_to(np.arange(B)[:, None, None, None], shape)
+    h = np.broadcast_to(np.arange(H)[None, :, None, None], shape)
+    qi = np.broadcast_to(np.asarray(q)[None, None, :, None], shape)
+    ki = np.broadcast_to(np.asarray(kv)[None, None, None, :], shape)
+    return tuple(np.ascontiguousarray(a, dtype=np.int64) for a in (b, h, qi, ki))
+
+
+def mask_mod_cases(rng):
+    n = len(DOC_IDS)
+    perm = rng.permutation(n)
+    return [
+        Case("every (query, key) pair of the 12 tokens", _indices(1, 1, range(n), range(n))),
+        Case("batch 2, heads 3", _indices(2, 3, range(n), range(n))),
+        Case("queries 5..11 (a later chunk), every key", _indices(1, 2, range(5, n), range(n))),
+        Case("queries and keys in a shuffled order", _indices(1, 1, perm, perm[::-1])),
+    ]
+
+
+def _mask_np(q, kv, *, causal=True, same_doc=True, upper=False):
+    docs = np.asarray(DOC_IDS)
+    out = np.ones(q.shape, dtype=bool)
+    if same_doc:
+        out &= docs[q] == docs[kv]
+    if causal:
+        out &= (kv >= q) if upper else (kv <= q)
+    return out
+
+
+def mask_mod_expect(case):
+    _, _, q, kv = case.args
+    return {"out": _mask_np(q, kv)}
+
+
+def mask_mod_mistakes(case):
+    _, _, q, kv = case.args
+    docs = np.asarray(DOC_IDS)
+    found = [
+        (
+            "only the causal condition: a token must not see tokens of OTHER documents packed before it",
+            _mask_np(q, kv, same_doc=False),
+        ),
+        (
+            "only the same-document condition: within a document a token must not see later tokens (kv_idx <= q_idx)",
+            _mask_np(q, kv, causal=False),
+        ),
+        (
+            "the causal condition is reversed: keys at or before the query (kv_idx <= q_idx) may be seen",
+            _mask_np(q, kv, upper=True),
+        ),
+        (
+            "earlier documents are visible: compare the documents with ==, not >=",
+            (docs[q] >= docs[kv]) & (kv <= q),
+        ),
+        ("the diagonal is excluded: a token may attend to itself (kv_idx <= q_idx)", _mask_np(q, kv) & (kv != q)),
+    ]
+    ref = _mask_np(q, kv)
+    return [(hint, {"out": out}) for hint, out in found if not np.array_equal(out, ref)]
+
+
+# ---------------------------------------------------------------------------------------------- 11.6 score_mod
+
+CAP = 5.0  # the notebook's CAP
+
+
+def score_mod_cases(rng):
+    cases = []
+    for B, H, L, S, spread in ((1, 1, 4, 4, 3.0), (2, 3, 3, 5, 20.0), (1, 2, 6, 6, 60.0)):
+        b, h, q, kv = _indices(B, H, range(L), range(S))
+        score = f32(B, H, L, S, rng=rng, scale=spread)
+        cases.append(Case(f"scores ({B}, {H}, {L}, {S}) spread ±{spread:g}", (score, b, h, q, kv), magnitude=spread))
+    return cases
+
+
+def score_mod_expect(case):
+    return {"out": CAP * np.tanh(np.asarray(case.args[0], np.float64) / CAP)}
+
+
+def score_mod_mistakes(case):
+    s = np.asarray(case.args[0], np.float64)
+    found = [
+        ("tanh(score) caps at ±1; scale it: CAP * tanh(score / CAP)", np.tanh(s)),
+        ("CAP * tanh(score) without dividing by CAP first: small scores get multiplied by CAP", CAP * np.tanh(s)),
+        ("tanh(score / CAP) without multiplying by CAP: the scores then lie in (-1, 1)", np.tanh(s / CAP)),
+        (
+            "a hard clamp to [-CAP, CAP]: the soft cap is smooth, CAP * tanh(score / CAP), so large scores still "
+            "keep their order and their gradient",
+            np.clip(s, -CAP, CAP),
+        ),
+    ]
+    return [(hint, {"out": out}) for hint, out in found]
+
+
+# ---------------------------------------------------------------------------------------------- 11.7/11.8 reach
+
+
+def reach_cases(rng):
+    w = int(rng.choice([16, 64, 256]))
+    return [Case(f"window={w_}, {n} layers", (w_, n)) for w_, n in ((4, 3), (128, 6), (3, 5), (2, 7), (w, 12))]
+
+
+def reach_expect(case):
+    w, n = case.args
+    return {"out": np.array(float(n * (w - 1)))}
+
+
+def reach_mistakes(case):
+    w, n = case.args
+    why = (
+        "with a causal window of w keys (i - j < w), one layer moves information at most w - 1 positions back; "
+        "each further layer can move it that far again"
+    )
+    right = n * (w - 1)
+    candidates = [
+        ("that counts w positions per layer; the farthest key a window of w reaches is w - 1 back. ", n * w),
+        ("that is one layer's reach; information hops again in every layer. ", w - 1),
+        ("the reach adds up over layers, it does not multiply. ", w**n if w**n < 2**53 else 2.0**53),
+        ("that counts w positions per layer, minus one. ", n * w - 1),
+    ]
+    out = [(hint + why, {"out": np.array(float(v))}) for hint, v in candidates if v != right]
+    return [*out, ("not the reach: " + why, {})]
+
+
+def layers_cases(rng):
+    d = int(rng.integers(1000, 5000))
+    return [
+        Case(f"distance {d_}, window={w}", (d_, w)) for d_, w in ((4000, 512), (10, 3), (100, 5), (1000, 33), (d, 129))
+    ]
+
+
+def layers_expect(case):
+    d, w = case.args
+    return {"out": np.array(float(math.ceil(d / (w - 1))))}
+
+
+def layers_mistakes(case):
+    d, w = case.args
+    why = "each layer moves information at most w - 1 positions back, and a part of a layer does not exist"
+    right = math.ceil(d / (w - 1))
+    candidates = [
+        ("that divides by w; one layer reaches w - 1 positions back. ", math.ceil(d / w)),
+        ("that is not a whole number of layers: round up. ", d / (w - 1)),
+        ("one layer too many. ", right + 1),
+    ]
+    out = [(hint + why, {"out": np.array(float(v))}) for hint, v in candidates if v != right]
+    return [*out, ("not the number of layers: " + why, {})]
 
 
 EXERCISES = [
@@ -204,10 +460,10 @@ EXERCISES = [
         key="11.2",
         set=SET,
         entry="sliding_window_mask",
-        title="A causal sliding-window mask",
-        points=2,
-        difficulty="easy",
-        minutes=10,
+        title="A causal sliding-window mask, also for queries that come after earlier keys",
+        points=3,
+        difficulty="medium",
+        minutes=15,
         kind="function",
         returns=("out",),
         forbidden=ATTNLIB,
@@ -231,7 +487,81 @@ EXERCISES = [
         cases=linear_cases,
         expect=linear_expect,
         mistakes=linear_mistakes,
+        raises=linear_raises,
         distribution=None,
         arg_names=("q", "k", "v"),
+        memory_limit_bytes=NO_FULL_MATRIX_BUDGET,
+    ),
+    Exercise(
+        key="11.4",
+        set=SET,
+        entry="causal_linear_attention",
+        title="Causal linear attention with running sums, without the L×S matrix",
+        points=4,
+        difficulty="hard",
+        minutes=25,
+        forbidden=(*SDPA, *ATTNLIB),
+        cases=causal_linear_cases,
+        expect=causal_linear_expect,
+        mistakes=causal_linear_mistakes,
+        raises=linear_raises,
+        arg_names=("q", "k", "v"),
+        memory_limit_bytes=NO_FULL_MATRIX_BUDGET,
+    ),
+    Exercise(
+        key="11.5",
+        set=SET,
+        entry="document_mask_mod",
+        title="A FlexAttention mask_mod for packed documents",
+        points=2,
+        difficulty="medium",
+        minutes=10,
+        forbidden=ATTNLIB,
+        cases=mask_mod_cases,
+        expect=mask_mod_expect,
+        mistakes=mask_mod_mistakes,
+        arg_names=("b", "h", "q_idx", "kv_idx"),
+    ),
+    Exercise(
+        key="11.6",
+        set=SET,
+        entry="softcap_score_mod",
+        title="A FlexAttention score_mod that soft-caps the scores",
+        points=2,
+        difficulty="easy",
+        minutes=5,
+        forbidden=ATTNLIB,
+        cases=score_mod_cases,
+        expect=score_mod_expect,
+        mistakes=score_mod_mistakes,
+        arg_names=("score", "b", "h", "q_idx", "kv_idx"),
+    ),
+    Exercise(
+        key="11.7",
+        set=SET,
+        entry="sliding_window_reach",
+        title="Question: how far back a stack of sliding-window layers can see",
+        points=2,
+        difficulty="medium",
+        minutes=10,
+        cases=reach_cases,
+        expect=reach_expect,
+        mistakes=reach_mistakes,
+        arg_names=("window", "layers"),
+        style="question",
+    ),
+    Exercise(
+        key="11.8",
+        set=SET,
+        entry="window_layers_needed",
+        title="Question: how many sliding-window layers a distance needs",
+        points=1,
+        difficulty="easy",
+        minutes=5,
+        cases=layers_cases,
+        expect=layers_expect,
+        mistakes=layers_mistakes,
+        arg_names=("distance", "window"),
+        style="question",
     ),
 ]

@@ -7,7 +7,21 @@ import math
 
 import numpy as np
 
-from ..common import LIBRARY_ATTENTION, SOFTMAX, Case, Exercise, f32, qk_swap_raises, score_magnitude
+from ..common import (
+    LIBRARY_ATTENTION,
+    NO_FULL_MATRIX_BUDGET,
+    NO_FULL_MATRIX_LENGTH,
+    SOFTMAX,
+    Case,
+    Exercise,
+    f32,
+    full_attention_f64,
+    is_no_full_matrix,
+    memory_raises,
+    no_full_matrix_case,
+    qk_swap_raises,
+    score_magnitude,
+)
 
 SET = "12_cost_of_attention"
 TITLE = "Lesson 12: memory and FLOPs of attention, and chunked attention with the online softmax"
@@ -17,10 +31,11 @@ FROM_SCRATCH = (*SOFTMAX, *LIBRARY_ATTENTION)
 def _mem_cases(rng):
     L = int(rng.choice([256, 1000, 2048]))
     return [
-        Case("batch=4, heads=8, L=S=4096, fp32 (4 bytes)", (4, 8, 4096, 4096, 4)),
+        # batch, heads and bytes differ, so that forgetting one of them gives its own number
+        Case("batch=2, heads=8, L=S=4096, fp32 (4 bytes)", (2, 8, 4096, 4096, 4)),
         Case("batch=1, heads=12, L=S=512, fp16 (2 bytes)", (1, 12, 512, 512, 2)),
         Case("batch=2, heads=1, L=1 query, S=8192 keys, fp64 (8 bytes)", (2, 1, 1, 8192, 8)),
-        Case(f"batch=3, heads=4, L={L}, S=100, fp32", (3, 4, L, 100, 4)),
+        Case(f"batch=3, heads=6, L={L}, S=100, fp32", (3, 6, L, 100, 4)),
     ]
 
 
@@ -31,7 +46,10 @@ def _mem_expect(case):
 
 def _mem_mistakes(case):
     B, H, L, S, nbytes = case.args
-    why = "the score matrix has one entry per (batch, head, query, key): batch·heads·L·S entries of bytes_per_element"
+    why = (
+        "the score matrix has one entry for every combination of batch element, head, query and key; count the "
+        "entries, then the bytes each one takes"
+    )
     right = B * H * L * S * nbytes
     candidates = [
         ("the heads are missing: every head has its own (L, S) scores. ", B * L * S * nbytes),
@@ -40,10 +58,9 @@ def _mem_mistakes(case):
         ("that counts bits, not bytes. ", B * H * L * S * nbytes * 8),
         ("that uses L·L; the scores are L·S. ", B * H * L * L * nbytes),
     ]
-    out, seen = [], {right}
+    out = []
     for hint, value in candidates:
-        if value not in seen:
-            seen.add(value)
+        if value != right:  # a candidate that does not apply to this check (no bias to forget, one head)
             out.append((hint + why, {"out": np.array(float(value))}))
     return [*out, ("not the size of the scores: " + why, {})]
 
@@ -65,20 +82,22 @@ def _flop_expect(case):
 def _flop_mistakes(case):
     B, H, L, S, D = case.args
     why = (
-        "q @ k^T costs L·S·D multiply-adds per (batch, head) and weights @ v another L·S·D; a multiply-add is 2 "
-        "FLOPs, so 4·B·H·L·S·D in all (the softmax's O(L·S) is smaller and not counted)"
+        "count the multiply-adds of each of the two matrix products (q @ k^T and weights @ v) for one (batch, "
+        "head), remember that a multiply-add is 2 FLOPs, then scale to every batch element and head (the "
+        "softmax is not counted)"
     )
     right = 4 * B * H * L * S * D
     candidates = [
-        ("that counts one of the two matrix products. ", 2 * B * H * L * S * D),
-        ("that counts multiply-adds, not FLOPs. ", 2 * B * H * L * S * D),
+        (
+            "that is half the count: either only one of the two matrix products, or multiply-adds instead of FLOPs. ",
+            2 * B * H * L * S * D,
+        ),
         ("that counts each multiply-add as one operation for only one product. ", B * H * L * S * D),
         ("the heads are missing. ", 4 * B * L * S * D),
     ]
-    out, seen = [], {right}
+    out = []
     for hint, value in candidates:
-        if value not in seen:
-            seen.add(value)
+        if value != right:  # a candidate that does not apply to this check (no bias to forget, one head)
             out.append((hint + why, {"out": np.array(float(value))}))
     return [*out, ("not the FLOP count: " + why, {})]
 
@@ -88,7 +107,18 @@ def _flop_mistakes(case):
 
 
 def _np_chunked(
-    q, k, v, block, causal=False, *, scale=None, rescale_acc=True, rescale_l=True, drop_last=False, align="top-left"
+    q,
+    k,
+    v,
+    block,
+    causal=False,
+    *,
+    scale=None,
+    rescale_acc=True,
+    rescale_l=True,
+    drop_last=False,
+    align="top-left",
+    strict=False,
 ):
     """The tiled forward in NumPy (float64), with switches that reproduce its classic mistakes."""
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
@@ -105,7 +135,7 @@ def _np_chunked(
             if causal:
                 i_idx = np.arange(L)[:, None]
                 j_idx = np.arange(j, min(j + block, S))[None, :]
-                s = np.where(j_idx <= i_idx + offset, s, -np.inf)
+                s = np.where((j_idx < i_idx + offset) if strict else (j_idx <= i_idx + offset), s, -np.inf)
             m_new = np.maximum(m, s.max(axis=-1))
             safe = np.where(np.isfinite(m_new), m_new, 0.0)
             factor = np.where(np.isfinite(m_new), np.exp(m - safe), 0.0)
@@ -113,6 +143,8 @@ def _np_chunked(
             l = (l * factor if rescale_l else l) + p.sum(axis=-1)
             acc = (acc * factor[..., None] if rescale_acc else acc) + p @ v[..., j : j + block, :]
             m = m_new
+        if strict:  # a row with every key blocked: l = 0, so the learner's acc / l is 0/0 and m + log(l) is -inf
+            return {"out": acc / l[..., None], "lse": m + np.log(l)}
         out = acc / np.where(l > 0, l, 1.0)[..., None]
         lse = np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -np.inf)
     return {"out": out, "lse": lse}
@@ -132,6 +164,9 @@ def chunked_cases(rng):
     for name, qs, ks, vs, block, kw, big in specs:
         q, k = f32(*qs, rng=rng, scale=big), f32(*ks, rng=rng, scale=big)
         cases.append(Case(name, (q, k, f32(*vs, rng=rng), block), kw, magnitude=score_magnitude(q, k)))
+    n = NO_FULL_MATRIX_LENGTH
+    q, k, v = f32(1, n, 8, rng=rng), f32(1, n, 8, rng=rng), f32(1, n, 4, rng=rng)
+    cases.append(no_full_matrix_case(f"L=S={n}, blocks of 128", (q, k, v, 128), magnitude=score_magnitude(q, k)))
     return cases
 
 
@@ -142,6 +177,8 @@ def chunked_expect(case):
     from ..common import t64
 
     q, k, v, _ = case.args
+    if is_no_full_matrix(case):
+        return full_attention_f64(q, k, v)
     L, S = q.shape[-2], k.shape[-2]
     mask = torch.ones(L, S, dtype=torch.bool).tril() if case.kwargs.get("is_causal") else None
     out, _ = scaled_dot_product_attention(t64(q), t64(k), t64(v), mask)
@@ -152,6 +189,8 @@ def chunked_expect(case):
 
 
 def chunked_mistakes(case):
+    if is_no_full_matrix(case):
+        return []
     q, k, v, block = case.args
     causal = bool(case.kwargs.get("is_causal", False))
     S = k.shape[-2]
@@ -191,6 +230,12 @@ def chunked_mistakes(case):
         )
     if causal:
         found.append(("the causal mask is ignored: block keys j > i", _np_chunked(q, k, v, block, False)))
+        found.append(
+            (
+                "the causal mask also blocks the diagonal: query i may see key i itself (block cols > rows, not >=)",
+                _np_chunked(q, k, v, block, True, strict=True),
+            )
+        )
         if q.shape[-2] != S:
             found.append(
                 (
@@ -211,7 +256,8 @@ def _score_max(q, k, causal):
 
 
 def chunked_raises(case):
-    return qk_swap_raises(case.args[0], case.args[1], "each block's scores")
+    q, k = case.args[:2]
+    return [*memory_raises(q.shape[-2], k.shape[-2]), *qk_swap_raises(q, k, "each block's scores")]
 
 
 def _fix_cases(rng):
@@ -229,6 +275,83 @@ def _fix_cases(rng):
             k[..., -1, :] = 2.0 * q[..., -1, :]  # the last query's max rises in the last block, on every seed
             cases.append(Case(c.name, (q, k, v, block), c.kwargs, magnitude=score_magnitude(q, k)))
     return cases
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the KV cache: its bytes, and how many tokens fit
+
+
+def _kv(B, layers, kv_heads, seq, head_dim, nbytes):
+    return 2 * B * layers * kv_heads * seq * head_dim * nbytes
+
+
+def kv_cases(rng):
+    seq = int(rng.integers(100, 5000))
+    # every factor different from the others and from 2, so that forgetting any one gives its own number
+    specs = ((3, 6, 5, 1000, 64, 4), (1, 32, 8, 4096, 128, 4), (5, 12, 4, 512, 32, 1), (7, 24, 3, seq, 96, 4))
+    return [
+        Case(f"batch={B}, {n} layers, {h} kv heads, {t} tokens, head_dim={d}, {b} bytes", (B, n, h, t, d, b))
+        for B, n, h, t, d, b in specs
+    ]
+
+
+def kv_expect(case):
+    return {"out": np.array(float(_kv(*case.args)))}
+
+
+def kv_mistakes(case):
+    B, n, h, t, d, b = case.args
+    why = (
+        "the cache stores, for every layer, every kv head, every token and every batch element, one key AND one "
+        "value vector of head_dim numbers of bytes_per_element bytes"
+    )
+    right = _kv(*case.args)
+    candidates = [
+        ("only the keys (or only the values) are counted. ", right // 2),
+        ("the layers are missing: every layer has its own cache. ", right // n),
+        ("the batch is missing. ", right // B),
+        ("the kv heads are missing. ", right // h),
+        ("that counts numbers, not bytes. ", right // b),
+        ("that counts bits, not bytes. ", right * 8),
+    ]
+    out = [(hint + why, {"out": np.array(float(v))}) for hint, v in candidates if v != right]
+    return [*out, ("not the size of the cache: " + why, {})]
+
+
+def tokens_cases(rng):
+    # a few hundred tokens with a clear fraction left over, so that an answer that is not a whole number (or
+    # rounded up) is visibly wrong, not within the comparison's relative tolerance
+    per = _kv(5, 6, 4, 1, 64, 4)
+    memory = per * int(rng.integers(50, 500)) + int(per * rng.uniform(0.2, 0.8))
+    specs = ((50_000_000, 3, 32, 8, 128, 2), (memory, 5, 6, 4, 64, 4), (10**7, 7, 12, 3, 96, 1))
+    return [
+        Case(f"{m} bytes, batch={B}, {n} layers, {h} kv heads, head_dim={d}, {b} bytes", (m, B, n, h, d, b))
+        for m, B, n, h, d, b in specs
+    ]
+
+
+def tokens_expect(case):
+    m, *rest = case.args
+    B, n, h, d, b = rest
+    return {"out": np.array(float(m // _kv(B, n, h, 1, d, b)))}
+
+
+def tokens_mistakes(case):
+    m, B, n, h, d, b = case.args
+    per = _kv(B, n, h, 1, d, b)
+    right = m // per
+    why = (
+        "divide the memory by what ONE more token costs in the cache (a key and a value per layer, kv head and "
+        "batch element), and keep only whole tokens"
+    )
+    candidates = [
+        ("a token costs a key AND a value: that counts only one of them. ", m // (per // 2)),
+        ("the layers are missing from a token's cost. ", m // (per // n)),
+        ("that is not a whole number of tokens: round down. ", m / per),
+        ("rounded up: a token that does not fit completely does not fit. ", -(-m // per)),
+    ]
+    out = [(hint + why, {"out": np.array(float(v))}) for hint, v in candidates if v != right]
+    return [*out, ("not the number of tokens: " + why, {})]
 
 
 EXERCISES = [
@@ -260,6 +383,7 @@ EXERCISES = [
         expect=chunked_expect,
         mistakes=chunked_mistakes,
         raises=chunked_raises,
+        memory_limit_bytes=NO_FULL_MATRIX_BUDGET,
         arg_names=("q", "k", "v", "block_size"),
     ),
     Exercise(
@@ -290,7 +414,36 @@ EXERCISES = [
         expect=chunked_expect,
         mistakes=chunked_mistakes,
         raises=chunked_raises,
+        memory_limit_bytes=NO_FULL_MATRIX_BUDGET,
         arg_names=("q", "k", "v", "block_size"),
         style="fix",
+    ),
+    Exercise(
+        key="12.5",
+        set=SET,
+        entry="kv_cache_bytes",
+        title="Question: the memory of a KV cache",
+        points=2,
+        difficulty="easy",
+        minutes=10,
+        cases=kv_cases,
+        expect=kv_expect,
+        mistakes=kv_mistakes,
+        arg_names=("batch", "layers", "kv_heads", "seq", "head_dim", "bytes_per_element"),
+        style="question",
+    ),
+    Exercise(
+        key="12.6",
+        set=SET,
+        entry="kv_cache_max_tokens",
+        title="Question: how many tokens a memory budget holds in the KV cache",
+        points=2,
+        difficulty="medium",
+        minutes=10,
+        cases=tokens_cases,
+        expect=tokens_expect,
+        mistakes=tokens_mistakes,
+        arg_names=("memory_bytes", "batch", "layers", "kv_heads", "head_dim", "bytes_per_element"),
+        style="question",
     ),
 ]

@@ -9,7 +9,15 @@ import math
 
 import numpy as np
 
-from ..common import score_magnitude
+from ..common import (
+    NO_FULL_MATRIX_BUDGET,
+    NO_FULL_MATRIX_LENGTH,
+    full_attention_f64,
+    is_no_full_matrix,
+    memory_raises,
+    no_full_matrix_case,
+    score_magnitude,
+)
 from ..exercises import ATTNLIB, MHA, SDPA, SOFTMAX, Case, Exercise
 
 SET = "13_flash_attention"
@@ -70,11 +78,35 @@ def _forward_cases(rng):
             ),
         )
     )
+    # every score of the first query is about -200: a running max that starts at 0 instead of -inf underflows
+    # exp(s - 0) to 0 for that row and gives 0/0
+    u = np.zeros(8)
+    u[int(rng.integers(8))] = 1.0  # a direction every key shares (6 standard deviations along it)
+    k = (_f(1, 2, 9, 8, rng=rng) + 6.0 * u).astype(np.float32)
+    q = _f(1, 2, 3, 8, rng=rng)
+    along = k.astype(np.float64) @ u  # (1, 2, 9), all positive
+    q[..., 0, :] = (-200.0 * math.sqrt(8) / along.min(axis=-1))[..., None] * u  # largest score of query 0: -200
+    cases.append(
+        Case(
+            "a query whose scores are all about -200 or lower, blocks 2 x 4",
+            (q, k, _f(1, 2, 9, 4, rng=rng), 2, 4),
+            magnitude=score_magnitude(q, k),
+        )
+    )
+    n = NO_FULL_MATRIX_LENGTH
+    big = (_f(1, 1, n, 8, rng=rng), _f(1, 1, n, 8, rng=rng), _f(1, 1, n, 4, rng=rng), 256, 512)
+    cases.append(no_full_matrix_case(f"L=S={n}, blocks 256 x 512", big, magnitude=score_magnitude(big[0], big[1])))
     return cases
+
+
+def _forward_raises(case):
+    return memory_raises(case.args[0].shape[-2], case.args[1].shape[-2])
 
 
 def _forward_expect(case):
     q, k, v, _, _ = case.args
+    if is_no_full_matrix(case):
+        return full_attention_f64(q, k, v)
     out, lse = _forward(q, k, v)
     return {"out": out, "lse": lse}
 
@@ -98,11 +130,28 @@ def _no_rescale(q, k, v, block_k):
 
 
 def _forward_mistakes(case):
+    if is_no_full_matrix(case):
+        return []
     q, k, v, _, bk = case.args
     out, lse = _forward(q, k, v)
     m = _scores(q, k).amax(-1).numpy()
     raw_out, raw_lse = _forward(q, k, v, scale=1.0)
-    return [
+    found = []
+    row_max = m
+    dead = row_max < -104.0  # float32's exp(s) underflows to 0 below about -103.3 (subnormals included)
+    if dead.any():
+        found.append(
+            (
+                "the running max starts at 0 instead of -inf: for a query whose scores are all very negative, "
+                "exp(s - 0) underflows to 0, so l = 0 and the output is 0/0; start m at -inf (torch.full(..., "
+                "-math.inf)) so the first block sets it",
+                {
+                    "out": np.where(dead[..., None], np.nan, out),
+                    "lse": np.where(dead, -np.inf, lse),
+                },
+            )
+        )
+    return found + [
         (
             "lse is log(l) without the running max: the sum l was taken of exp(s - m), so lse = m + log(l)",
             {"out": out, "lse": lse - m},
@@ -312,6 +361,8 @@ EXERCISES = [
         cases=_forward_cases,
         expect=_forward_expect,
         mistakes=_forward_mistakes,
+        raises=_forward_raises,
+        memory_limit_bytes=NO_FULL_MATRIX_BUDGET,
     ),
     Exercise(
         key="13.2",

@@ -168,18 +168,118 @@ def bert_mistakes(case):
     return found
 
 
-_params = question(
-    4 * 384 * 384 + 4 * 384,
-    "Each of the four projections (query, key, value, output.dense) is a 384 x 384 matrix plus 384 biases: "
-    "4 · (384·384 + 384) = 591,360 parameters per layer; the 12 heads split these matrices and add none.",
-    {
-        4 * 384 * 384: "The biases are missing: each projection has 384 of them.",
-        3 * 384 * 384 + 3 * 384: "The output projection (attention.output.dense) is missing.",
-        4 * 384 * 384 + 4 * 384 + 2 * 384: "The LayerNorm after the attention is not part of the attention layer.",
-        12 * (4 * 384 * 384 + 4 * 384): "The 12 heads share the four matrices (each head uses a 32-wide slice): "
-        "they do not multiply the count.",
-    },
-)
+# Question 14.2: the parameters of one whole MiniLM encoder layer, from the model's published sizes (a test
+# checks the key against the loaded model's layer).
+HIDDEN, FEED_FORWARD = 384, 1536
+
+
+def linear_params(n_in: int, n_out: int, bias: bool = True) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def encoder_layer_params(hidden: int = HIDDEN, ff: int = FEED_FORWARD) -> int:
+    """Attention (four hidden x hidden projections with biases), two LayerNorms (weight and bias), and the
+    feed-forward network hidden -> ff -> hidden with biases."""
+    attention = 4 * linear_params(hidden, hidden)
+    norms = 2 * 2 * hidden
+    feed_forward = linear_params(hidden, ff) + linear_params(ff, hidden)
+    return attention + norms + feed_forward
+
+
+def _params_question():
+    h, f = HIDDEN, FEED_FORWARD
+    attention, norms = 4 * linear_params(h, h), 4 * h
+    ff = linear_params(h, f) + linear_params(f, h)
+    wrong = {
+        attention: "That is the attention sublayer alone; the layer also has two LayerNorms and a feed-forward "
+        "network.",
+        attention + ff: "The two LayerNorms are missing: each has a weight and a bias of the hidden size.",
+        attention + norms + 2 * h * f: "The feed-forward network's biases are missing.",
+        4 * h * h + norms + 2 * h * f: "The biases of the projections are missing.",
+        attention + 2 * h + ff: "Each LayerNorm has TWO vectors (a weight and a bias), and there are two LayerNorms.",
+        attention + norms + 2 * linear_params(h, f): "The feed-forward's second layer maps the wide width back to the "
+        "hidden size: its bias has the hidden size, not the wide one.",
+        12 * attention + norms + ff: "The 12 heads share the four projection matrices (each uses a slice): they "
+        "do not multiply the count.",
+    }
+    explain = (
+        "List every module of the layer (four attention projections, a LayerNorm after attention, the two "
+        "feed-forward layers, a LayerNorm after them) and count each one's weight and bias from the published "
+        "sizes (hidden 384, feed-forward 1536)."
+    )
+    return question(encoder_layer_params(), explain, wrong)
+
+
+_params = _params_question()
+
+# ----------------------------------------------------------------------------------------------------------
+# 14.4: a statistic over heads with its spread over sentences: the previous-token score
+
+
+def stats_cases(rng):
+    cases = []
+    for N, H, L in ((5, 3, 6), (8, 12, 9), (4, 2, 4)):
+        lengths = rng.integers(2, L + 1, size=N)
+        lengths[0] = L  # one sentence without padding
+        scores = rng.standard_normal((N, H, L, L)) * 2.0
+        keep = np.arange(L)[None, None, None, :] < lengths[:, None, None, None]
+        scores = np.where(keep, scores, -np.inf)
+        w = np.exp(scores - scores.max(-1, keepdims=True))
+        w = (w / w.sum(-1, keepdims=True)).astype(np.float32)
+        cases.append(Case(f"{N} sentences, {H} heads, padded to {L}", (w, lengths.astype(np.int64))))
+    return cases
+
+
+def _per_sentence(w, lengths, *, first=1, pad=False, offset=1):
+    """(N, H): each sentence's mean weight from query i on key i - offset, over its real queries i >= first."""
+    w = np.asarray(w, np.float64)
+    N, H, L, _ = w.shape
+    out = np.zeros((N, H))
+    for n in range(N):
+        stop = L if pad else int(lengths[n])
+        rows = np.arange(first, stop)
+        out[n] = w[n, :, rows, rows - offset].mean(axis=0)
+    return out
+
+
+def stats_expect(case):
+    s = _per_sentence(*case.args)
+    return {"mean": s.mean(axis=0), "std": s.std(axis=0, ddof=1)}
+
+
+def stats_mistakes(case):
+    w, lengths = case.args
+    ref = _per_sentence(w, lengths)
+    found = [
+        (
+            "the spread is the population std (ddof=0); use the sample std over sentences (torch.std's default, "
+            "ddof=1): the sentences are a sample",
+            {"mean": ref.mean(0), "std": ref.std(0)},
+        ),
+        (
+            "padding queries are included: average over each sentence's real tokens only (i < lengths[n])",
+            {
+                "mean": _per_sentence(w, lengths, pad=True).mean(0),
+                "std": _per_sentence(w, lengths, pad=True).std(0, ddof=1),
+            },
+        ),
+        (
+            "the first token is included: query 0 has no previous token (index -1 wraps to the last column)",
+            {
+                "mean": _per_sentence(w, lengths, first=0).mean(0),
+                "std": _per_sentence(w, lengths, first=0).std(0, ddof=1),
+            },
+        ),
+        (
+            "that is the weight on the token itself (the diagonal); the previous token of query i is key i - 1",
+            {
+                "mean": _per_sentence(w, lengths, offset=0).mean(0),
+                "std": _per_sentence(w, lengths, offset=0).std(0, ddof=1),
+            },
+        ),
+    ]
+    return found
+
 
 EXERCISES = [
     Exercise(
@@ -201,8 +301,8 @@ EXERCISES = [
     Exercise(
         key="14.2",
         set=SET,
-        entry="answer_minilm_attention_params",
-        title="Question: the parameters of one MiniLM attention layer",
+        entry="answer_minilm_layer_params",
+        title="Question: the parameters of one whole MiniLM encoder layer",
         points=1,
         difficulty="easy",
         minutes=5,
@@ -227,5 +327,19 @@ EXERCISES = [
         arg_names=ARGS,
         provides=("attnlib.MultiHeadAttention",),
         style="fix",
+    ),
+    Exercise(
+        key="14.4",
+        set=SET,
+        entry="previous_token_stats",
+        title="A statistic over heads with its spread: the previous-token score over many sentences",
+        points=4,
+        difficulty="medium",
+        minutes=20,
+        returns=("mean", "std"),
+        cases=stats_cases,
+        expect=stats_expect,
+        mistakes=stats_mistakes,
+        arg_names=("weights", "lengths"),
     ),
 ]
