@@ -4,8 +4,8 @@ notebook its setup cell.
 ``attnlib notebooks run notebooks/*.ipynb`` is how every committed lesson and solution gets its outputs;
 ``attnlib notebooks time`` executes without writing and prints each notebook's wall time against the budget;
 ``attnlib notebooks setup-cell`` inserts (or refreshes) the first cell of every lesson, solution and exercise
-notebook, the one that installs the course where it is missing (Colab, a bare Jupyter), and ``setup-cell
---check`` fails when a notebook lacks it or holds an old one.
+notebook, the one that installs the course where it is missing (Colab, a bare Jupyter), and ``attnlib notebooks
+check-setup-cell`` fails when a notebook lacks it or holds an old one.
 """
 
 from __future__ import annotations
@@ -159,16 +159,16 @@ def execute(path: str | Path, *, write: bool = True, timeout: int = 300) -> floa
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
-        choices=["run", "time", "setup-cell"],
-        help="run: execute and save outputs; time: only time; setup-cell: insert or refresh the setup cell",
+        choices=["run", "time", "setup-cell", "check-setup-cell"],
+        help="run: execute and save outputs; time: only time; setup-cell: insert or refresh the setup cell; "
+        "check-setup-cell: fail if a notebook lacks it",
     )
     parser.add_argument(
         "paths",
         nargs="*",
         default=None,
-        help="notebooks (default: notebooks/*.ipynb; for setup-cell, every lesson, solution and exercise notebook)",
+        help="notebooks (default: notebooks/*.ipynb; for the setup cell, every lesson, solution and exercise notebook)",
     )
-    parser.add_argument("--check", action="store_true", help="setup-cell: change nothing, fail if a cell is missing")
     parser.add_argument(
         "--budget", type=float, default=None, help="seconds a notebook may take (default: its budget in the course map)"
     )
@@ -178,8 +178,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.action == "setup-cell":
-        return setup_cell_main([Path(p) for p in args.paths] if args.paths else setup_cell_paths(), args.check)
+    if args.action in ("setup-cell", "check-setup-cell"):
+        paths = [Path(p) for p in args.paths] if args.paths else setup_cell_paths()
+        return setup_cell_main(paths, check=args.action == "check-setup-cell")
     paths = [Path(p) for p in args.paths] if args.paths else sorted(Path("notebooks").glob("*.ipynb"))
     if not paths:
         print("no notebooks found")

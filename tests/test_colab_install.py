@@ -86,11 +86,11 @@ def test_the_cli_writes_then_checks_temp_copies(tmp_path):
         (tmp_path / folder).mkdir()
         nbformat.write(_nb("x = 1"), tmp_path / folder / "01_a.ipynb")
     paths = [str(p) for p in sorted(tmp_path.glob("*/01_a.ipynb"))]
-    cli = [sys.executable, "-m", "attnlib", "notebooks", "setup-cell"]
-    check = subprocess.run([*cli, "--check", *paths], cwd=ROOT, capture_output=True, text=True)
+    cli = [sys.executable, "-m", "attnlib", "notebooks"]
+    check = subprocess.run([*cli, "check-setup-cell", *paths], cwd=ROOT, capture_output=True, text=True)
     assert check.returncode == 1 and "does not start with the setup cell" in check.stdout
-    assert subprocess.run([*cli, *paths], cwd=ROOT, capture_output=True).returncode == 0
-    check = subprocess.run([*cli, "--check", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert subprocess.run([*cli, "setup-cell", *paths], cwd=ROOT, capture_output=True).returncode == 0
+    check = subprocess.run([*cli, "check-setup-cell", *paths], cwd=ROOT, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
 
 
