@@ -108,6 +108,12 @@ def test_every_notebook_starts_with_the_setup_cell(path):
     assert problem is None, f"{path.relative_to(ROOT)} {problem}; run: attnlib notebooks setup-cell"
 
 
+def _pinned_pip() -> str:
+    return next(
+        line.split("==")[1] for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("pip==")
+    )
+
+
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, capture_output=True, text=True, **kw)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -122,12 +128,14 @@ def test_a_fresh_environment_without_attnlib_installs_the_course_from_git_and_ru
         pytest.skip("git is not installed")
     # The course as a git repository (this checkout's committed state), reached by a file:// URL.
     repo = tmp_path / "repo"
-    _run(["git", "clone", "--quiet", "--depth", "1", f"file://{ROOT}", str(repo)])
+    _run(["git", "clone", "--quiet", f"file://{ROOT}", str(repo)])  # pip cannot fetch from a shallow clone
     # What Colab gives: a Python with torch and a Jupyter kernel, and no attnlib.
     venv = tmp_path / "fresh"
     _run([sys.executable, "-m", "venv", str(venv)])
     python = str(venv / "bin" / "python")
     torch_pin = f"torch=={__import__('torch').__version__.split('+')[0]}"
+    # A recent pip, as Colab has (pip 23.2 refuses a git+file:// requirement), torch and a kernel.
+    _run([python, "-m", "pip", "install", "-q", f"pip=={_pinned_pip()}"])
     _run([python, "-m", "pip", "install", "-q", torch_pin, "ipykernel"])
     torch_files = _run([python, "-c", "import torch; print(torch.__file__)"]).stdout.strip()
     before = os.stat(torch_files).st_mtime_ns
