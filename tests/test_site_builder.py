@@ -33,6 +33,7 @@ def test_every_lesson_and_exercise_set_gets_a_page_in_reading_order():
 
 def _toctrees(markdown: str) -> list[tuple[str, list[str]]]:
     found = re.findall(r"```\{toctree\}\n:caption: ([^\n]+)\n:hidden:\n\n(.*?)```", markdown, flags=re.S)
+
     def path(entry: str) -> str:  # an entry is "path" or "Title <path>"
         explicit = re.search(r"<([^<>]+)>$", entry)
         return explicit[1] if explicit else entry
