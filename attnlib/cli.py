@@ -25,6 +25,7 @@ COMMANDS = {
     "site": ("attnlib.site", "build the course's web site with Sphinx (course map, lessons, exercise sets, search)"),
     "gradescope": ("attnlib.gradescope", "build Gradescope's autograder zip (setup.sh, run_autograder, the course)"),
     "exercises": ("attnlib.grader.build", "build exercises/ from solutions/ (build: write; check: fail if stale)"),
+    "classroom": ("attnlib.template", "GitHub Classroom (template OUT: write the students' starter repository)"),
 }
 
 

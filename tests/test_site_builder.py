@@ -33,7 +33,45 @@ def test_every_lesson_and_exercise_set_gets_a_page_in_reading_order():
 
 def _toctrees(markdown: str) -> list[tuple[str, list[str]]]:
     found = re.findall(r"```\{toctree\}\n:caption: ([^\n]+)\n:hidden:\n\n(.*?)```", markdown, flags=re.S)
-    return [(caption, body.split()) for caption, body in found]
+
+    def path(entry: str) -> str:  # an entry is "path" or "Title <path>"
+        explicit = re.search(r"<([^<>]+)>$", entry)
+        return explicit[1] if explicit else entry
+
+    return [(caption, [path(e.strip()) for e in body.splitlines() if e.strip()]) for caption, body in found]
+
+
+def test_the_sidebar_names_lessons_in_plain_text_as_the_course_map_does():
+    markdown = site.index_markdown()
+    for lesson in LESSONS:
+        entry = f"{lesson.number} · {lesson.title} <{Path(lesson.path).with_suffix('').as_posix()}>"
+        assert entry in markdown
+    assert "\\(" not in markdown and "$" not in markdown.split("```{toctree}", 1)[1]
+
+
+def test_titles_with_math_become_plain_text():
+    raw = "Lesson 2 — Similarity and scaling: why divide by \\(\\sqrt{d_k}\\)"
+    assert site.plain_title(raw) == "Lesson 2 — Similarity and scaling: why divide by √d_k"
+    span = 'Blocked keys: <span class="math notranslate nohighlight">\\(-\\infty\\)</span>'
+    assert site.plain_title(span) == "Blocked keys: -∞"
+    context = {"title": raw, "prev": {"title": span, "link": "x"}, "next": None}
+    site.plain_titles(None, "p", "page.html", context, None)
+    assert "\\(" not in context["title"] and "\\(" not in context["prev"]["title"]
+
+
+def test_launch_buttons_and_repository_link_come_from_pyproject():
+    import importlib.util
+
+    from attnlib.notebooks import repository_url
+
+    spec = importlib.util.spec_from_file_location("conf", ROOT / "docs" / "sphinx" / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    options = conf.html_theme_options
+    assert options["repository_url"] == repository_url() and options["use_repository_button"]
+    assert options["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert options["launch_buttons"]["binderhub_url"] == "https://mybinder.org"
+    assert options["path_to_docs"] == ""  # staged pages keep the repository's paths
 
 
 def test_table_of_contents_follows_the_course_map(monkeypatch):

@@ -7,7 +7,10 @@ jupyter-server-mathjax package by attnlib.site), and the ipywidgets explorers ar
 saved before MyST-NB sees them, so it adds neither require.js nor the widget manager from a CDN.
 """
 
-from attnlib.site import MATHJAX_CONFIG, SITE_TITLE
+from pathlib import Path
+
+from attnlib.notebooks import repository_url
+from attnlib.site import MATHJAX_CONFIG, SITE_TITLE, plain_titles
 
 project = SITE_TITLE
 author = "The attention course's authors"
@@ -42,6 +45,9 @@ mathjax2_config = {
     "menuSettings": {"zoom": "None"},
 }
 
+# Search: a page named after the words searched for first, lessons before their exercise sets (search_scorer.js).
+html_search_scorer = str(Path(__file__).resolve().parent / "search_scorer.js")
+
 html_theme = "sphinx_book_theme"
 html_title = SITE_TITLE
 html_static_path: list[str] = []  # the staging folder's _static (set by attnlib.site)
@@ -50,16 +56,31 @@ html_js_files = ["course.js"]
 html_copy_source = True  # _sources/… is what the download button offers: the .ipynb itself
 html_show_sourcelink = False
 html_last_updated_fmt = None
+# The repository, its Colab and Binder launch buttons: all from pyproject.toml's [project.urls] Repository. The
+# staged sources keep the repository's layout (notebooks/NN_*.ipynb, exercises/NN_*.ipynb), so a page's path is
+# its notebook's path in the repository.
 html_theme_options = {
+    "repository_url": repository_url(),
+    "repository_branch": "main",
+    "path_to_docs": "",
     "use_download_button": True,
     "use_fullscreen_button": False,
-    "use_repository_button": False,
+    "use_repository_button": True,
     "use_source_button": False,
     "use_issues_button": False,
     "use_edit_page_button": False,
     "show_prev_next": True,
     "show_toc_level": 2,
     "home_page_in_toc": True,
-    "launch_buttons": {},
+    "launch_buttons": {
+        "colab_url": "https://colab.research.google.com",
+        "binderhub_url": "https://mybinder.org",
+        "notebook_interface": "jupyterlab",
+    },
     "navigation_with_keys": False,
 }
+
+
+def setup(app):
+    # Page titles (the browser tab, previous/next links) as plain text: never raw TeX such as \(\sqrt{d_k}\).
+    app.connect("html-page-context", plain_titles)

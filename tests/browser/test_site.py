@@ -246,3 +246,64 @@ def test_home_page_shows_the_course_map(site_context, served_site):
     for lesson in site.LESSONS:
         assert str(Path(lesson.path).with_suffix(".html")) in links, f"the map does not link {lesson.path}"
     page.close()
+
+
+def _main_word(lesson) -> str:
+    """The longest word of a lesson's course-map title that no other lesson's title holds."""
+    others = " ".join(x.title.lower() for x in site.LESSONS if x is not lesson)
+    words = [w for w in re.findall(r"[a-z]{5,}", lesson.title.lower()) if w not in others]
+    return max(words, key=len) if words else ""
+
+
+def test_a_search_for_a_lessons_main_word_ranks_that_lesson_first_with_a_snippet_of_its_text(
+    site_context, served_site, artifacts
+):
+    context, blocked, failed = site_context
+    base, _, _ = served_site
+    page = context.new_page()
+    _watch(page, failed)
+    checked = 0
+    for lesson in site.LESSONS:
+        word = _main_word(lesson)
+        if not word:
+            continue
+        page.goto(base + f"search.html?q={word}")
+        page.wait_for_function(
+            "() => { const s = document.querySelector('#search-results p.search-summary');"
+            " return s && s.textContent.trim().length > 0; }",
+            timeout=30_000,
+        )
+        page.wait_for_function(  # the first result's snippet arrives with its page
+            "() => !!document.querySelector('#search-results ul.search li p.context')", timeout=30_000
+        )
+        first = page.eval_on_selector(
+            "#search-results ul.search li",
+            "li => [li.querySelector('a').getAttribute('href'), li.querySelector('p.context').textContent]",
+        )
+        href, snippet = first
+        target = str(Path(lesson.path).with_suffix(".html"))
+        assert href.split("?")[0].split("#")[0] == target, f"searching {word!r} ranked {href} before {target}"
+        # The snippet is the lesson's own text, from its title on: not the page's buttons or its contents list.
+        assert snippet.startswith(f"Lesson {lesson.number}"), f"searching {word!r}: snippet {snippet[:120]!r}"
+        checked += 1
+    page.screenshot(path=str(artifacts / "site-search-ranking.png"))
+    page.close()
+    assert checked >= len(site.LESSONS) // 2, f"only {checked} lessons have a word of their own in their title"
+    assert not blocked and not failed, f"requests blocked {blocked}, failed {failed}"
+
+
+def test_lesson_pages_offer_colab_binder_and_the_repository(site_context, served_site):
+    from attnlib.notebooks import repository_url
+
+    context, _, _ = site_context
+    base, _, _ = served_site
+    page = context.new_page()
+    lesson = site.LESSONS[0].path
+    page.goto(base + str(Path(lesson).with_suffix(".html")))
+    hrefs = page.eval_on_selector_all("a[href^='https://']", "els => els.map(a => a.getAttribute('href'))")
+    repo = repository_url().removeprefix("https://github.com/")
+    assert f"https://colab.research.google.com/github/{repo}/blob/main/{lesson}" in hrefs, hrefs
+    assert f"https://mybinder.org/v2/gh/{repo}/main?urlpath=lab/tree/{lesson}" in hrefs, hrefs
+    assert repository_url() in hrefs
+    assert "\\(" not in page.title() and "\\(" not in page.inner_text("nav.bd-docs-nav")
+    page.close()
