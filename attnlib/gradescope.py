@@ -4,11 +4,13 @@ The zip is what Gradescope's "programming assignment" takes. Gradescope unpacks 
 runs ``setup.sh`` once to build the image and ``run_autograder`` for each submission (both from ``gradescope/``
 at the repository root):
 
-* ``setup.sh`` installs the course's pinned environment (``requirements.txt`` with ``constraints.txt``, torch's
-  CPU wheel, bubblewrap) into ``/autograder/source/.venv`` and attnlib from the zip;
-* ``run_autograder`` gathers the uploaded ``NN_name.ipynb`` files (loose, in a folder or a repository), grades
-  them with ``attnlib grade`` and leaves ``/autograder/results/results.json`` in Gradescope's schema, with a
-  zero-score report of its own if the grader left none.
+* ``setup.sh`` installs the slim grading environment (``requirements-grade.txt`` with ``constraints-grade.txt``:
+  what ``attnlib grade`` needs and nothing else, torch's CPU wheel, bubblewrap) into ``/autograder/source/.venv``
+  and attnlib from the zip;
+* ``run_autograder`` grades the upload with ``attnlib grade``, which searches it for the exercise sets wherever
+  they lie (loose, in a folder or a repository; exact names over JupyterLab copies, lesson notebooks flagged and
+  not graded, the paths graded listed in the report), and leaves ``/autograder/results/results.json`` in
+  Gradescope's schema, with a report of its own saying the submission was not graded if the grader left none.
 
 The course goes in without ``solutions/`` and without ``tests/`` (whose reference submissions are answers):
 attnlib, the lessons, the exercise sets as learners receive them, the pins and the docs. Entries are written in
@@ -28,6 +30,8 @@ FILES = (
     "pyproject.toml",
     "requirements.txt",
     "constraints.txt",
+    "requirements-grade.txt",
+    "constraints-grade.txt",
     "environment.yml",
     "README.md",
     "docs/grading.md",

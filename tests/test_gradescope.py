@@ -145,7 +145,7 @@ def test_the_zip_has_the_scripts_the_pins_and_the_course_without_solutions(autog
         for script in ("setup.sh", "run_autograder"):
             assert script in names, f"{script} must be at the top of the zip"
             assert (infos[script].external_attr >> 16) & stat.S_IXUSR, f"{script} is not executable"
-        for pins in ("requirements.txt", "constraints.txt", "pyproject.toml"):
+        for pins in ("requirements-grade.txt", "constraints-grade.txt", "requirements.txt", "pyproject.toml"):
             assert zf.read(pins) == (ROOT / pins).read_bytes(), f"{pins} differs from the course's"
         assert "attnlib/grader/cli.py" in names and "attnlib/cli.py" in names
         handouts = sorted(p.name for p in (ROOT / "exercises").glob("[0-9]*.ipynb"))
@@ -154,7 +154,7 @@ def test_the_zip_has_the_scripts_the_pins_and_the_course_without_solutions(autog
         answers = {p.read_bytes() for p in (ROOT / "solutions").glob("*.ipynb")}
         assert not [n for n in names if zf.read(n) in answers], "a solution notebook is in the zip"
         setup = zf.read("setup.sh").decode()
-    assert re.search(r"pip install -r requirements\.txt -c constraints\.txt", setup)
+    assert re.search(r"pip install -r requirements-grade\.txt -c constraints-grade\.txt", setup)
     assert "python3.11" in setup and "download.pytorch.org/whl/cpu" in setup
     with zipfile.ZipFile(autograder_zip) as zf:
         zf.extract("setup.sh", autograder_zip.parent)
