@@ -238,4 +238,9 @@ def test_run_autograder_reports_even_when_the_grader_cannot_run(autograder_zip, 
     done, results = _run(root, shutil.which("false") or "/bin/false")
     assert done.returncode == 0, done.stdout + done.stderr
     assert gradescope_problems(results) == [], results
-    assert results["score"] == 0 and "could not grade" in results["output"]
+    # never a score: the student sees an error the course staff must look at, not 0 points
+    assert (
+        "score" not in results
+        and results["output"].startswith("GRADER ERROR")
+        and "could not grade" in results["output"]
+    )
