@@ -6,7 +6,7 @@ at the repository root):
 
 * ``setup.sh`` installs the course's pinned environment (``requirements.txt`` with ``constraints.txt``, torch's
   CPU wheel, bubblewrap) into ``/autograder/source/.venv`` and attnlib from the zip;
-* ``run_autograder`` gathers the uploaded ``NN_name.ipynb`` files (loose, in a folder or a repository), grades
+* ``run_autograder`` gathers the uploaded ``NN_*.ipynb`` files (loose, in a folder or a repository), grades
   them with ``attnlib grade`` and leaves ``/autograder/results/results.json`` in Gradescope's schema, with a
   zero-score report of its own if the grader left none.
 
