@@ -28,6 +28,8 @@ BENCH_START = (
 )
 BENCH_END = "<!-- performance:end -->"
 BENCHMARKS = ROOT / "docs" / "benchmarks"
+# Set NN_<slug>'s notebook is NN_<slug>_exercises.ipynb, so that JupyterLab's tab tells it from lesson NN_<slug>.ipynb
+EXERCISES_SUFFIX = "_exercises"
 
 LEVELS = {
     1: "Foundations",
@@ -44,7 +46,7 @@ class Lesson:
     title: str
     level: int
     goal: str  # one line: what a learner can do afterwards
-    exercise: str | None  # exercise notebook (relative to the root), or None
+    exercise: str | None  # exercise notebook (relative to the root): exercises/NN_<slug>_exercises.ipynb, or None
     budget_s: float = 15.0  # run-time budget on a 2-core CPU; 20 s for a lesson that trains or loads a model
     # names of the functions/classes that are this lesson's subject, defined with def/class in its own code cells
     teaches: tuple[str, ...] = ()
@@ -63,7 +65,7 @@ LESSONS: list[Lesson] = [
         "The QKV analogy",
         1,
         "Queries, keys and values as a library search; hard lookup versus soft, differentiable lookup.",
-        "exercises/01_qkv_analogy.ipynb",
+        "exercises/01_qkv_analogy_exercises.ipynb",
         teaches=("hard_lookup", "soft_lookup"),
     ),
     Lesson(
@@ -72,7 +74,7 @@ LESSONS: list[Lesson] = [
         "Similarity and scaling",
         1,
         "Dot products as similarity; measure Var(q·k) ∝ d_k; an unscaled model stalls while a scaled one learns.",
-        "exercises/02_similarity_and_scaling.ipynb",
+        "exercises/02_similarity_and_scaling_exercises.ipynb",
         teaches=("score_variance", "TokenMatcher", "train_matcher"),
         uses=("soft_lookup",),
     ),
@@ -82,7 +84,7 @@ LESSONS: list[Lesson] = [
         "Softmax",
         1,
         "Stable softmax, overflow thresholds per dtype, temperature, -inf entries and the online softmax.",
-        "exercises/03_softmax.ipynb",
+        "exercises/03_softmax_exercises.ipynb",
         teaches=("stable_softmax", "online_softmax", "softmax_jacobian"),
         uses=("score_variance",),
     ),
@@ -92,7 +94,7 @@ LESSONS: list[Lesson] = [
         "Scaled dot-product attention",
         2,
         "Write it with loops, then matrices, then batched heads; the known-answer example; the scale as a temperature.",
-        "exercises/04_scaled_dot_product_attention.ipynb",
+        "exercises/04_scaled_dot_product_attention_exercises.ipynb",
         teaches=("attention_loops", "attention"),
         uses=("soft_lookup", "stable_softmax"),
     ),
@@ -102,7 +104,7 @@ LESSONS: list[Lesson] = [
         "Masking",
         2,
         "Causal and padding masks, alignment when L ≠ S, fully masked rows without NaN, the leak of a missing mask.",
-        "exercises/05_masking.ipynb",
+        "exercises/05_masking_exercises.ipynb",
         teaches=("causal_mask", "padding_mask", "masked_attention"),
         uses=("attention", "stable_softmax"),
     ),
@@ -112,7 +114,7 @@ LESSONS: list[Lesson] = [
         "Self-attention",
         2,
         "Write self-attention with W_Q, W_K, W_V as an nn.Module; swapping Q and K is a bug; context changes meaning.",
-        "exercises/06_self_attention.ipynb",
+        "exercises/06_self_attention_exercises.ipynb",
         teaches=("SelfAttention", "projection", "hand_built", "contextualise", "weight_ratio"),
         uses=("attention", "stable_softmax"),
     ),
@@ -122,7 +124,7 @@ LESSONS: list[Lesson] = [
         "Cross-attention",
         3,
         "Write cross-attention over encoder keys of another length and width; padding; train a toy seq2seq.",
-        "exercises/07_cross_attention.ipynb",
+        "exercises/07_cross_attention_exercises.ipynb",
         teaches=("CrossAttention", "ReversalModel", "train_reversal"),
         uses=("SelfAttention", "padding_mask"),
     ),
@@ -132,7 +134,7 @@ LESSONS: list[Lesson] = [
         "Multi-head attention",
         3,
         "Write split/merge heads and multi-head attention, match nn.MultiheadAttention, measure what two heads learn.",
-        "exercises/08_multi_head_attention.ipynb",
+        "exercises/08_multi_head_attention_exercises.ipynb",
         teaches=("split_heads", "merge_heads", "MultiHeadAttention", "load_from_torch"),
         uses=("SelfAttention", "causal_mask", "padding_mask"),
     ),
@@ -142,7 +144,7 @@ LESSONS: list[Lesson] = [
         "Where positions come from",
         3,
         "Attention is permutation-equivariant; sinusoidal and learned tables, RoPE's offset-only scores, ALiBi.",
-        "exercises/09_positions.ipynb",
+        "exercises/09_positions_exercises.ipynb",
         teaches=("sinusoidal_positions", "rotate_half", "apply_rope", "alibi_slopes", "alibi_bias"),
         uses=("MultiHeadAttention", "causal_mask"),
     ),
@@ -152,7 +154,7 @@ LESSONS: list[Lesson] = [
         "The Transformer block, end to end",
         3,
         "A pre-norm block matched to PyTorch, a tiny decoder trained on the CPU, KV-cache decoding, a copy head.",
-        "exercises/10_transformer_block.ipynb",
+        "exercises/10_transformer_block_exercises.ipynb",
         budget_s=20.0,
         teaches=("TransformerBlock", "TinyDecoder", "causal_lm_loss", "decode_step", "generate"),
         uses=("MultiHeadAttention", "split_heads", "merge_heads", "causal_mask", "apply_rope"),
@@ -163,7 +165,7 @@ LESSONS: list[Lesson] = [
         "Attention variants that real models use",
         3,
         "GQA/MQA and the KV cache they save, sliding windows, FlexAttention mask/score functions, linear attention.",
-        "exercises/11_attention_variants.ipynb",
+        "exercises/11_attention_variants_exercises.ipynb",
         teaches=(
             "repeat_kv",
             "grouped_query_attention",
@@ -180,7 +182,7 @@ LESSONS: list[Lesson] = [
         "The cost of attention",
         4,
         "Measured O(n²) time and memory; write chunked attention on the online softmax; what a KV cache saves.",
-        "exercises/12_cost_of_attention.ipynb",
+        "exercises/12_cost_of_attention_exercises.ipynb",
         teaches=("online_update", "chunked_attention", "decode_without_cache"),
         uses=("online_softmax", "causal_mask", "decode_step"),
     ),
@@ -190,7 +192,7 @@ LESSONS: list[Lesson] = [
         "FlashAttention",
         4,
         "Bytes moved against the machine's balance; FlashAttention-2's forward with the lse, backward with D; Triton.",
-        "exercises/13_flash_attention.ipynb",
+        "exercises/13_flash_attention_exercises.ipynb",
         teaches=("flash_forward", "flash_backward", "hbm_bytes"),
         uses=("online_softmax", "chunked_attention"),
     ),
@@ -200,7 +202,7 @@ LESSONS: list[Lesson] = [
         "Inside a pretrained model",
         4,
         "Load a MiniLM layer into your multi-head module; survey 72 heads on 110 sentences, ablate one, test claims.",
-        "exercises/14_inside_a_pretrained_model.ipynb",
+        "exercises/14_inside_a_pretrained_model_exercises.ipynb",
         budget_s=20.0,
         teaches=(
             "load_layer_attention",
@@ -279,10 +281,11 @@ def lesson_number(number: int) -> Lesson:
 
 
 def exercise_set_of(lesson: Lesson) -> str:
-    """The name of ``lesson``'s exercise set in the grader registry: the stem of its exercise notebook."""
+    """The name of ``lesson``'s exercise set in the grader registry: the stem of its exercise notebook without
+    ``_exercises`` (``exercises/03_softmax_exercises.ipynb`` -> ``03_softmax``)."""
     if lesson.exercise is None:
         raise ValueError(f"lesson {lesson.number} ({lesson.path}) has no exercise set on the course map")
-    return Path(lesson.exercise).stem
+    return Path(lesson.exercise).stem.removesuffix(EXERCISES_SUFFIX)
 
 
 def exercise_pointer_markdown(number: int) -> str:
@@ -355,7 +358,7 @@ def record_timings(seconds: dict[str, float], path: Path = TIMINGS) -> None:
 def _exercise_label(exercise: str | None) -> str:
     if exercise is None:
         return "—"
-    name = Path(exercise).stem
+    name = Path(exercise).stem.removesuffix(EXERCISES_SUFFIX)
     number, _, rest = name.partition("_")
     return f"[{int(number)} · {rest.replace('_', ' ')}]({exercise})"
 

@@ -6,8 +6,8 @@ notebook). Its configuration is ``docs/sphinx/conf.py``; this module stages the 
 
 * ``index.md``: the course map from :mod:`attnlib.course` and the table of contents, one section per level of
   :data:`attnlib.course.LESSONS` in their order, then every exercise set found in ``exercises/``;
-* ``notebooks/NN_*.ipynb`` and ``exercises/NN_*.ipynb``: copies in which each ipywidgets explorer is replaced by
-  the figure it showed when the notebook was executed and a note naming its controls (a static page has no
+* ``notebooks/NN_*.ipynb`` and ``exercises/NN_*_exercises.ipynb``: copies in which each ipywidgets explorer is
+  replaced by the figure it showed when the notebook was executed and a note naming its controls (a static page has no
   kernel to drive it, and the widget manager would be fetched from a CDN); the download button still offers
   the notebook as committed;
 * ``_static/mathjax``: MathJax 2.7 from the pinned ``jupyter-server-mathjax`` package, so math is typeset with
@@ -251,8 +251,9 @@ _NOTEBOOK_LINK = re.compile(r"\]\(((?:\.\./)?(?:notebooks|exercises)/[0-9][0-9]_
 def link_outputs(nb) -> int:
     """Point links to course notebooks in Markdown *outputs* (the lessons' exercise pointers) at their pages.
 
-    Sphinx resolves links in Markdown cells, not in what a cell printed, so ``](../exercises/05_masking.ipynb)``
-    in an output is rewritten to the page ``../exercises/05_masking.html``. Returns how many were rewritten."""
+    Sphinx resolves links in Markdown cells, not in what a cell printed, so
+    ``](../exercises/05_masking_exercises.ipynb)`` in an output is rewritten to the page
+    ``../exercises/05_masking_exercises.html``. Returns how many were rewritten."""
     count = 0
     for cell in nb.cells:
         for out in cell.get("outputs", []):

@@ -82,8 +82,9 @@ def make_class(root: Path, n: int, seed: int = 0) -> dict[str, int]:
                 continue
             nb = nbformat.read(path, as_version=4)
             if draw < 0.50:
-                if table.get(path.stem):
-                    old, new = rng.choice(table[path.stem])
+                set_name = path.stem.removesuffix("_exercises")
+                if table.get(set_name):
+                    old, new = rng.choice(table[set_name])
                     kinds["mistake" if _inject(nb, old, new) else "solved"] += 1
                 else:
                     kinds["solved"] += 1
@@ -110,7 +111,7 @@ def profile() -> dict[str, float]:
     t2 = time.perf_counter()
     report = engine.grade([ROOT / "solutions"])
     t3 = time.perf_counter()
-    engine.grade([ROOT / "solutions" / "02_similarity_and_scaling.ipynb"])  # a sandbox start and 4 small exercises
+    engine.grade([ROOT / "solutions" / "02_similarity_and_scaling_exercises.ipynb"])  # a sandbox start, 4 exercises
     t4 = time.perf_counter()
     return {
         "engine.grade of set 02 alone: the sandbox's start and 4 exercises (s)": round(t4 - t3, 2),

@@ -16,7 +16,7 @@ import nbformat
 
 from attnlib.grader import selfcheck
 from attnlib.grader.common import NO_FULL_MATRIX_MARK
-from attnlib.grader.exercises import DEFAULT_SEED, Exercise
+from attnlib.grader.exercises import DEFAULT_SEED, Exercise, notebook_name
 from attnlib.grader.notebook import definitions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def _cells(path: Path) -> tuple[str, ...]:
 def load(folder: Path, set_name: str, replace: tuple[str, str] | None = None, entry: str | None = None) -> dict:
     """The namespace of the notebook's definitions; ``replace`` = (old, new) is applied once, in the cell that
     defines ``entry`` when given (a "find the bug" copy of a function may repeat the same line)."""
-    cells = list(_cells(folder / f"{set_name}.ipynb"))
+    cells = list(_cells(folder / notebook_name(set_name)))
     if replace is not None:
         old, new = replace
         hits = [

@@ -122,7 +122,7 @@ def test_what_the_workflow_hands_the_reporter_decodes_to_the_grade(tmp_path):
     # The checked-out repository: a learner's exercises/ with one set finished, and the course environment.
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "exercises", repo / "exercises")
-    shutil.copy(ROOT / "solutions" / "03_softmax.ipynb", repo / "exercises" / "03_softmax.ipynb")
+    shutil.copy(ROOT / "solutions" / "03_softmax_exercises.ipynb", repo / "exercises" / "03_softmax_exercises.ipynb")
     for venv in (".venv", ".venv-grade"):  # what `make install(-grade)` made: the environment running this test
         (repo / venv).symlink_to(sys.prefix)
     output = tmp_path / "github_output"

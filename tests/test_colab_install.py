@@ -95,7 +95,7 @@ def test_the_cli_writes_then_checks_temp_copies(tmp_path):
 
 
 def test_the_exercise_build_keeps_the_setup_cell_unchanged():
-    sol = nbformat.read(ROOT / "solutions" / "03_softmax.ipynb", as_version=4)
+    sol = nbformat.read(ROOT / "solutions" / "03_softmax_exercises.ipynb", as_version=4)
     notebooks.with_setup_cell(sol, SOURCE)
     exercise = build_notebook(sol)
     assert exercise.cells[0] == sol.cells[0]

@@ -157,9 +157,23 @@ def test_pointer_check_fails_on_a_missing_cell_and_a_missing_set(monkeypatch):
     assert any("99_ghost" in p for p in _pointer_problems(ghost, cells))
 
 
+def test_no_lesson_and_exercise_notebook_share_a_file_name():
+    """JupyterLab's tab shows only the file name: lesson NN_slug.ipynb and its set NN_slug_exercises.ipynb, open
+    side by side, must be told apart (issue 19)."""
+    lessons = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
+    exercises = {p.name for p in (ROOT / "exercises").glob("*.ipynb")}
+    solutions = {p.name for p in (ROOT / "solutions").glob("*.ipynb")}
+    assert exercises and exercises == solutions
+    assert not lessons & exercises, sorted(lessons & exercises)
+    for lesson in course.LESSONS:
+        if lesson.exercise is not None:
+            assert lesson.exercise == f"exercises/{Path(lesson.path).stem}_exercises.ipynb", lesson
+            assert course.exercise_set_of(lesson) == Path(lesson.path).stem
+
+
 def test_exercise_pointer_shows_every_field_of_each_exercise():
     text = course.exercise_pointer(1).data
-    assert "exercises/01_qkv_analogy.ipynb" in text
+    assert "exercises/01_qkv_analogy_exercises.ipynb" in text
     for ex in exercises_of("01_qkv_analogy"):
         assert f"| {ex.key} | `{ex.entry}`: {ex.title} | {ex.points} | {ex.difficulty} | {ex.minutes} |" in text
     with pytest.raises(ValueError, match="not a lesson"):

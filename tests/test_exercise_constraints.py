@@ -14,7 +14,7 @@ import pytest
 
 from attnlib.grader.common import MIB, NO_FULL_MATRIX_BUDGET, NO_FULL_MATRIX_LENGTH
 from attnlib.grader.engine import Options, grade_many
-from attnlib.grader.exercises import BY_KEY, EXERCISES
+from attnlib.grader.exercises import BY_KEY, EXERCISES, notebook_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
@@ -59,7 +59,7 @@ def test_every_exercise_that_forbids_the_matrix_has_a_budget_and_a_check_that_ex
 
 
 def _copy(tmp: Path, key: str, set_name: str, old: str, new: str) -> Path:
-    nb = nbformat.read(SOLUTIONS / f"{set_name}.ipynb", as_version=4)
+    nb = nbformat.read(SOLUTIONS / notebook_name(set_name), as_version=4)
     hits = [
         c for c in nb.cells if c.cell_type == "code" and old in c.source and f"def {BY_KEY[key].entry}(" in c.source
     ]
@@ -67,7 +67,7 @@ def _copy(tmp: Path, key: str, set_name: str, old: str, new: str) -> Path:
     hits[0].source = hits[0].source.replace(old, new)
     folder = tmp / key
     folder.mkdir()
-    nbformat.write(nb, folder / f"{set_name}.ipynb")
+    nbformat.write(nb, folder / notebook_name(set_name))
     return folder
 
 
@@ -77,7 +77,7 @@ def graded(tmp_path_factory):
     solved = tmp / "solutions"
     solved.mkdir()
     for _, set_name, _, _ in FULL_MATRIX:
-        (solved / f"{set_name}.ipynb").write_bytes((SOLUTIONS / f"{set_name}.ipynb").read_bytes())
+        (solved / notebook_name(set_name)).write_bytes((SOLUTIONS / notebook_name(set_name)).read_bytes())
     copies = [_copy(tmp, *row) for row in FULL_MATRIX]
     reports = grade_many([[solved], *[[c] for c in copies]], Options(seed=7, timeout=20))
     return reports[0], dict(zip([row[0] for row in FULL_MATRIX], reports[1:], strict=True))

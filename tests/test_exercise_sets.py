@@ -24,7 +24,7 @@ def test_layout_lesson_set_checks_share_number_and_slug():
     lessons = {Path_stem(p): p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     for set_name, title in EXERCISE_SETS.items():
         assert set_name in lessons, f"set {set_name} has no lesson notebooks/{set_name}.ipynb"
-        assert (SOLUTIONS / f"{set_name}.ipynb").exists() and (EXERCISES_DIR / f"{set_name}.ipynb").exists()
+        assert all((d / f"{set_name}_exercises.ipynb").exists() for d in (SOLUTIONS, EXERCISES_DIR))
         module = importlib.import_module(f"attnlib.grader.sets.{set_name}")
         assert module.SET == set_name and module.TITLE == title
         keys = [ex.key for ex in module.EXERCISES]
@@ -32,7 +32,7 @@ def test_layout_lesson_set_checks_share_number_and_slug():
     assert sorted(p.stem for p in SETS_DIR.glob("[0-9][0-9]_*.py")) == sorted(EXERCISE_SETS)
     for lesson in course.LESSONS:
         if lesson.exercise is not None:
-            stem = Path_stem(lesson.exercise)
+            stem = course.exercise_set_of(lesson)
             assert stem in EXERCISE_SETS and stem == Path_stem(lesson.path), lesson
 
 
@@ -52,7 +52,7 @@ def test_at_least_forty_exercises_of_every_kind():
 
 
 def _text(folder, set_name):
-    nb = nbformat.read(folder / f"{set_name}.ipynb", as_version=4)
+    nb = nbformat.read(folder / f"{set_name}_exercises.ipynb", as_version=4)
     return nb, "\n".join(c.source for c in nb.cells)
 
 

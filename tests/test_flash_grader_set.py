@@ -130,7 +130,7 @@ def _load(folder: Path, replace: tuple[str, str] | None = None, *, strict: bool 
 
     from attnlib.grader.notebook import definitions
 
-    cells = [c.source for c in nbformat.read(folder / f"{SET}.ipynb", as_version=4).cells if c.cell_type == "code"]
+    cells = [c.source for c in nbformat.read(folder / f"{SET}_exercises.ipynb", 4).cells if c.cell_type == "code"]
     if replace is not None:
         old, new = replace
         hits = [i for i, c in enumerate(cells) if old in c]
@@ -242,9 +242,9 @@ def test_the_sandboxed_grader_runs_the_kernel_full_marks_and_zero():
 
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    solved = engine.grade([ROOT / "solutions" / f"{SET}.ipynb"])
+    solved = engine.grade([ROOT / "solutions" / f"{SET}_exercises.ipynb"])
     assert solved.percent == pytest.approx(100.0), [(r.exercise.key, r.message) for r in solved.results]
-    untouched = engine.grade([ROOT / "exercises" / f"{SET}.ipynb"])
+    untouched = engine.grade([ROOT / "exercises" / f"{SET}_exercises.ipynb"])
     assert untouched.percent == 0.0
     messages = {r.exercise.key: r.message for r in untouched.results}
     assert "the running sum l_i is not rescaled" in messages["13.3"], messages

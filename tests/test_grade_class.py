@@ -34,7 +34,7 @@ BROKEN_BY_ID = {b[0]: b for b in BROKEN}
 
 def broken(set_name: str, *idents: str) -> str:
     """The solution of a set with the catalogued mistakes ``idents`` injected (tests/test_exercise_sets.py)."""
-    nb = nbformat.read(SOL / f"{set_name}.ipynb", as_version=4)
+    nb = nbformat.read(SOL / f"{set_name}_exercises.ipynb", as_version=4)
     for ident in idents:
         _, key, old, new, _ = BROKEN_BY_ID[ident]
         cells = [c for c in nb.cells if c.cell_type == "code" and old in c.source]
@@ -51,18 +51,18 @@ def write(path: Path, text: str) -> None:
 def make_class(root: Path) -> Path:
     cls = root / "class"
     # alice: both sets solved, in exercises/, and the lesson notebook of set 01 beside them (flagged, not graded)
-    write(cls / "alice" / "exercises" / f"{S1}.ipynb", (SOL / f"{S1}.ipynb").read_text())
-    write(cls / "alice" / "exercises" / f"{S2}.ipynb", (SOL / f"{S2}.ipynb").read_text())
+    write(cls / "alice" / "exercises" / f"{S1}.ipynb", (SOL / f"{S1}_exercises.ipynb").read_text())
+    write(cls / "alice" / "exercises" / f"{S2}.ipynb", (SOL / f"{S2}_exercises.ipynb").read_text())
     write(cls / "alice" / "notebooks" / f"{S1}.ipynb", (LES / f"{S1}.ipynb").read_text())
     # bob: argmin in 01.1, and JupyterLab's untouched copy of the set, which sorts first (exact name must win)
     write(cls / "bob" / f"{S1}.ipynb", broken(S1, "hard-argmin"))
-    write(cls / "bob" / f"{S1}-Copy1.ipynb", (EXE / f"{S1}.ipynb").read_text())
+    write(cls / "bob" / f"{S1}-Copy1.ipynb", (EXE / f"{S1}_exercises.ipynb").read_text())
     # carol (a zip): softmax over the queries in 01.2, unscaled scores in 02.1; a path escaping the zip
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr(f"carol/work/{S1}.ipynb", broken(S1, "soft-axis"))
         zf.writestr(f"carol/work/{S2}.ipynb", broken(S2, "scores-no-scale"))
-        zf.writestr(f"../{S2}.ipynb", (SOL / f"{S2}.ipynb").read_text())
+        zf.writestr(f"../{S2}.ipynb", (SOL / f"{S2}_exercises.ipynb").read_text())
         link = zipfile.ZipInfo(f"carol/link/{S2}.ipynb")
         link.external_attr = (stat.S_IFLNK | 0o777) << 16
         zf.writestr(link, "/etc/passwd")
@@ -129,15 +129,15 @@ def test_layouts_folder_zip_classroom_and_gradescope(tmp_path):
     # gh classroom clone student-repos: <assignment>-submissions/<assignment>-<login>/ (git repositories)
     gh = tmp_path / "attention-sets-submissions"
     for login in ("octocat", "hubot"):
-        write(gh / f"attention-sets-{login}" / "exercises" / f"{S1}.ipynb", (SOL / f"{S1}.ipynb").read_text())
+        write(gh / f"attention-sets-{login}" / "exercises" / f"{S1}.ipynb", (SOL / f"{S1}_exercises.ipynb").read_text())
         (gh / f"attention-sets-{login}" / ".git").mkdir()
     found, layout, _ = discover.students(gh)
     assert layout == "classroom" and [s.id for s in found] == ["hubot", "octocat"]
     # a Gradescope export: submission_metadata.yml beside submission_<id>/ folders
     gs = tmp_path / "assignment_77_export"
-    write(gs / "submission_101" / "work" / f"{S1}.ipynb", (SOL / f"{S1}.ipynb").read_text())
+    write(gs / "submission_101" / "work" / f"{S1}.ipynb", (SOL / f"{S1}_exercises.ipynb").read_text())
     write(gs / "submission_101" / "notebooks" / f"{S1}.ipynb", (LES / f"{S1}.ipynb").read_text())
-    write(gs / "submission_102" / f"{S2}.ipynb", (SOL / f"{S2}.ipynb").read_text())
+    write(gs / "submission_102" / f"{S2}.ipynb", (SOL / f"{S2}_exercises.ipynb").read_text())
     write(
         gs / "submission_metadata.yml",
         "submission_101:\n  :submitters:\n  - :name: Ada Lovelace\n    :sid: '0042'\n    :email: ada@example.edu\n"
@@ -166,6 +166,20 @@ def test_zip_extraction_skips_paths_outside_and_links(tmp_path):
     assert not (tmp_path / f"{S2}.ipynb").exists()
 
 
+def test_todays_name_and_the_name_before_the_rename_are_exact_names_of_the_set(tmp_path):
+    """Set NN_slug's notebook is NN_slug_exercises.ipynb; a fork made before has NN_slug.ipynb. Both are the set
+    and both win over JupyterLab's copy NN_slug_exercises-Copy1.ipynb, even a finished copy (issue 19)."""
+    assert discover.set_of_path(f"{S1}_exercises.ipynb") == discover.set_of_path(f"{S1}.ipynb") == S1
+    assert discover.set_of_path(f"{S1}_exercises-Copy1.ipynb") == S1
+    for name in (f"{S1}_exercises.ipynb", f"{S1}.ipynb"):
+        folder = tmp_path / name
+        write(folder / name, (EXE / f"{S1}_exercises.ipynb").read_text())
+        write(folder / f"{S1}_exercises-Copy1.ipynb", (SOL / f"{S1}_exercises.ipynb").read_text())
+        sel = discover.select(folder)
+        assert sel.chosen[S1].shown == name
+        assert any(f"ignored {S1}_exercises-Copy1.ipynb" in n and "exact name" in n for n in sel.notes), sel.notes
+
+
 def test_copies_lessons_and_duplicates_are_resolved_and_named(tmp_path):
     cls = make_class(tmp_path)
     bob = discover.select(cls / "bob")
@@ -175,8 +189,8 @@ def test_copies_lessons_and_duplicates_are_resolved_and_named(tmp_path):
     assert dave.chosen[S1].shown == f"work/{S1}.ipynb" and S2 not in dave.chosen  # lesson 2 is not graded
     assert sorted(dave.lessons) == [f"notebooks/{S1}.ipynb", f"notebooks/{S2}.ipynb"]
     # the same set in two folders of one submission: graded once, the one with fewer unfinished exercises
-    write(tmp_path / "erin" / "exercises" / f"{S1}.ipynb", (EXE / f"{S1}.ipynb").read_text())
-    write(tmp_path / "erin" / "work" / f"{S1}.ipynb", (SOL / f"{S1}.ipynb").read_text())
+    write(tmp_path / "erin" / "exercises" / f"{S1}.ipynb", (EXE / f"{S1}_exercises.ipynb").read_text())
+    write(tmp_path / "erin" / "work" / f"{S1}.ipynb", (SOL / f"{S1}_exercises.ipynb").read_text())
     erin = discover.select(tmp_path / "erin")
     assert erin.chosen[S1].shown == f"work/{S1}.ipynb" and erin.ignored[S1] == [f"exercises/{S1}.ipynb"]
     # the engine's own collection follows the same rules
@@ -338,7 +352,7 @@ def test_cache_regrades_only_what_changed(graded, monkeypatch):
     # bob fixes his notebook: only bob is graded again, and his new score is in the gradebook
     cls2 = tmp / "class2"
     shutil.copytree(cls, cls2)
-    write(cls2 / "bob" / f"{S1}.ipynb", (SOL / f"{S1}.ipynb").read_text())
+    write(cls2 / "bob" / f"{S1}.ipynb", (SOL / f"{S1}_exercises.ipynb").read_text())
     out2 = tmp / "whole2"
     shutil.copytree(graded["whole"] / ".cache", out2 / ".cache")
     third = run.grade_class(cls2, out2, jobs=1, seed=SEED, stream=io.StringIO())

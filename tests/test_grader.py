@@ -246,7 +246,7 @@ _AFTER = (
 
 def _broken_copy(tmp: Path, case) -> Path:
     ident, set_name, key, old, new, _ = case
-    nb = nbformat.read(SOLUTIONS / f"{set_name}.ipynb", as_version=4)
+    nb = nbformat.read(SOLUTIONS / f"{set_name}_exercises.ipynb", as_version=4)
     hits = 0
     for cell in nb.cells:
         if cell.cell_type == "code" and old in cell.source and (hits == 0):
@@ -255,10 +255,10 @@ def _broken_copy(tmp: Path, case) -> Path:
             if ident == "masked-after-softmax":
                 cell.source = cell.source.replace(*_AFTER)
             hits += 1
-    assert hits == 1, f"{ident}: {old!r} not found in solutions/{set_name}.ipynb"
+    assert hits == 1, f"{ident}: {old!r} not found in solutions/{set_name}_exercises.ipynb"
     folder = tmp / ident
     folder.mkdir()
-    path = folder / f"{set_name}.ipynb"
+    path = folder / f"{set_name}_exercises.ipynb"
     nbformat.write(nb, path)
     return path
 
@@ -364,12 +364,12 @@ def test_exercise_notebooks_are_up_to_date():
         if not dst.exists() or dst.read_text(encoding="utf-8") != build.render(s)
     ]
     assert not stale, f"run `attnlib exercises build`: {stale}"
-    assert sorted(p.stem for p in SOLUTIONS.glob("*.ipynb")) == sorted(EXERCISE_SETS)
+    assert sorted(p.stem.removesuffix("_exercises") for p in SOLUTIONS.glob("*.ipynb")) == sorted(EXERCISE_SETS)
 
 
 def test_exercises_state_points_difficulty_time_hints_and_self_checks():
     for set_name in EXERCISE_SETS:
-        nb = nbformat.read(EXERCISES_DIR / f"{set_name}.ipynb", as_version=4)
+        nb = nbformat.read(EXERCISES_DIR / f"{set_name}_exercises.ipynb", as_version=4)
         text = "\n".join(c.source for c in nb.cells)
         for ex in (e for e in EXERCISES if e.set == set_name):
             assert ex.header in text, (set_name, ex.entry)
@@ -381,10 +381,21 @@ def test_exercises_state_points_difficulty_time_hints_and_self_checks():
         assert "### BEGIN SOLUTION" not in text and all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
+def test_the_name_before_the_rename_is_still_graded_as_its_set(tmp_path):
+    """A fork made before the rename has exercises/03_softmax.ipynb (today 03_softmax_exercises.ipynb): graded as
+    set 03_softmax, in full."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "03_softmax.ipynb").write_bytes((SOLUTIONS / "03_softmax_exercises.ipynb").read_bytes())
+    rep = grade_many([[sub]], OPTS)[0]
+    mine = [r for r in rep.results if r.exercise.set == "03_softmax"]
+    assert mine and all(r.score == r.max_score > 0 for r in mine), [(r.name, r.message) for r in mine]
+
+
 def test_grade_command_writes_reports_and_fails_under(tmp_path, capsys):
-    nb = tmp_path / "sub" / "03_softmax.ipynb"
+    nb = tmp_path / "sub" / "03_softmax_exercises.ipynb"
     nb.parent.mkdir()
-    nb.write_bytes((EXERCISES_DIR / "03_softmax.ipynb").read_bytes())
+    nb.write_bytes((EXERCISES_DIR / "03_softmax_exercises.ipynb").read_bytes())
     out = tmp_path / "report"
     assert cli.run(["grade", str(nb), "--out", str(out), "--seed", "1"]) == 0
     assert cli.run(["grade", str(nb), "--out", str(out), "--seed", "1", "--fail-under", "50"]) == 1
@@ -397,9 +408,9 @@ def test_grade_command_writes_reports_and_fails_under(tmp_path, capsys):
 def test_grade_takes_the_class_seed_from_the_environment_or_a_passphrase(tmp_path, monkeypatch):
     from attnlib.grader.classgrade.run import class_seed
 
-    nb = tmp_path / "sub" / "01_qkv_analogy.ipynb"
+    nb = tmp_path / "sub" / "01_qkv_analogy_exercises.ipynb"
     nb.parent.mkdir()
-    nb.write_bytes((EXERCISES_DIR / "01_qkv_analogy.ipynb").read_bytes())
+    nb.write_bytes((EXERCISES_DIR / "01_qkv_analogy_exercises.ipynb").read_bytes())
     out = tmp_path / "report"
     monkeypatch.setenv("ATTNLIB_CLASS_SEED", "a secret only the instructor knows")
     assert cli.run(["grade", str(nb), "--out", str(out)]) == 0

@@ -1,7 +1,7 @@
 """Hostile and broken submissions never break the grader, inside the real sandbox and at the fallback levels.
 
 Every file in tests/submissions/ redefines ``stable_softmax`` (exercise 03.1) in a copy of
-solutions/03_softmax.ipynb; its first lines give the reason 03.1 must fail with (``# expect:``), the class of
+solutions/03_softmax_exercises.ipynb; its first lines give the reason 03.1 must fail with (``# expect:``), the class of
 attack and what it attempts. The whole corpus and a few broken notebooks are graded in one run under
 bubblewrap; for each submission the grader finishes in bounded time, writes a report, 03.1 scores zero with
 that reason while 03.2-03.4 (graded in its own worker) keeps its full marks, the submissions and every course file
@@ -34,7 +34,7 @@ from attnlib.grader.exercises import exercises_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted((ROOT / "tests" / "submissions").glob("*.py"))
-SOLUTION = ROOT / "solutions" / "03_softmax.ipynb"
+SOLUTION = ROOT / "solutions" / "03_softmax_exercises.ipynb"
 OPTS = dict(seed=3, timeout=3, memory_gib=3)
 # graded again at the uid level: every attack on files, processes, the report and the runner's channel
 UID_LEVEL = [
@@ -203,7 +203,7 @@ def graded(tmp_path_factory):
     bad_json.mkdir()
     (bad_json / "03_softmax.ipynb").write_text('{"cells": [ {"cell_type": "code", "source": "def stable_')
     (bad_json / "04_scaled_dot_product_attention.ipynb").write_bytes(
-        (ROOT / "solutions" / "04_scaled_dot_product_attention.ipynb").read_bytes()
+        (ROOT / "solutions" / "04_scaled_dot_product_attention_exercises.ipynb").read_bytes()
     )
     subs["invalid_json"] = [bad_json / "03_softmax.ipynb", bad_json / "04_scaled_dot_product_attention.ipynb"]
     not_nb = tmp / "not_nb"

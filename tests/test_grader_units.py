@@ -350,7 +350,7 @@ def test_exit_status_says_what_happened(tmp_path, monkeypatch, capsys):
     from attnlib.grader import engine
 
     nb = tmp_path / "03_softmax.ipynb"
-    nb.write_bytes((ROOT / "exercises" / "03_softmax.ipynb").read_bytes())
+    nb.write_bytes((ROOT / "exercises" / "03_softmax_exercises.ipynb").read_bytes())
     out = tmp_path / "report"
 
     def status():

@@ -195,11 +195,11 @@ def test_run_autograder_grades_a_submission_and_reports_in_gradescopes_schema(au
     root = _gradescope_layout(autograder_zip, tmp_path / "autograder")
     upload = root / "submission" / "my-fork" / "exercises"  # uploaded from GitHub: the repository's layout
     upload.mkdir(parents=True)
-    shutil.copy(ROOT / "solutions" / "03_softmax.ipynb", upload)  # a correct set
-    crashing = nbformat.read(ROOT / "exercises" / "01_qkv_analogy.ipynb", as_version=4)
+    shutil.copy(ROOT / "solutions" / "03_softmax_exercises.ipynb", upload)  # a correct set
+    crashing = nbformat.read(ROOT / "exercises" / "01_qkv_analogy_exercises.ipynb", as_version=4)
     cell = next(c for c in crashing.cells if c.cell_type == "code" and "def hard_lookup" in c.source)
     cell.source = "import os\n\n\ndef hard_lookup(query, keys, values):\n    os._exit(3)\n"
-    nbformat.write(crashing, upload / "01_qkv_analogy.ipynb")
+    nbformat.write(crashing, upload / "01_qkv_analogy.ipynb")  # the name before the rename
     (root / "submission" / "04_scaled_dot_product_attention.ipynb").write_text("{ this is not a notebook")
 
     done, results = _run(root, sys.executable)
@@ -210,7 +210,7 @@ def test_run_autograder_grades_a_submission_and_reports_in_gradescopes_schema(au
     correct = [
         t
         for name, t in tests.items()
-        if any(re.search(rf"\b{f}\b", name) for f in _defined(upload / "03_softmax.ipynb"))
+        if any(re.search(rf"\b{f}\b", name) for f in _defined(upload / "03_softmax_exercises.ipynb"))
     ]
     assert correct and all(t["status"] == "passed" and t["score"] == t["max_score"] > 0 for t in correct), correct
     crashed = [t for name, t in tests.items() if re.search(r"\bhard_lookup\b", name)]
@@ -226,14 +226,14 @@ def test_run_autograder_grades_a_submission_and_reports_in_gradescopes_schema(au
     assert not (root / "source" / "solutions").exists()
     assert sorted(p.name for p in (root / "submission").rglob("*") if p.is_file()) == [
         "01_qkv_analogy.ipynb",
-        "03_softmax.ipynb",
+        "03_softmax_exercises.ipynb",
         "04_scaled_dot_product_attention.ipynb",
     ]
 
 
 def test_run_autograder_reports_even_when_the_grader_cannot_run(autograder_zip, tmp_path):
     root = _gradescope_layout(autograder_zip, tmp_path / "autograder")
-    shutil.copy(ROOT / "exercises" / "01_qkv_analogy.ipynb", root / "submission")
+    shutil.copy(ROOT / "exercises" / "01_qkv_analogy_exercises.ipynb", root / "submission")
     (root / "results" / "results.json").write_text('{"score": 100}')  # stale: must not survive
     done, results = _run(root, shutil.which("false") or "/bin/false")
     assert done.returncode == 0, done.stdout + done.stderr

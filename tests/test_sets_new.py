@@ -47,7 +47,7 @@ def _solution_namespace(name: str, *, buggy: bool = False) -> dict:
     With ``buggy``, each ``### BEGIN FIX`` region is dropped and each ``### BUGGY:`` line becomes code, as the
     exercise notebook shows it to the learner.
     """
-    cells = json.loads((ROOT / "solutions" / f"{name}.ipynb").read_text())["cells"]
+    cells = json.loads((ROOT / "solutions" / f"{name}_exercises.ipynb").read_text())["cells"]
     namespace: dict = {}
     for cell in cells:
         src = "".join(cell["source"])
@@ -119,7 +119,7 @@ def test_every_mistake_differs_from_the_reference_somewhere(name, ex):
 
 def test_the_notebooks_headings_state_the_points():
     for name in SETS:
-        text = (ROOT / "solutions" / f"{name}.ipynb").read_text()
+        text = (ROOT / "solutions" / f"{name}_exercises.ipynb").read_text()
         for ex in _module(name).EXERCISES:
             assert ex.header in text.replace("\\n", "\n"), f"{name} does not state {ex.key}'s header {ex.header!r}"
             assert f"`{ex.entry}`" in text

@@ -1,4 +1,4 @@
-"""``attnlib exercises build``: generate exercises/NN_*.ipynb from the authored solutions/NN_*.ipynb.
+"""``attnlib exercises build``: generate exercises/NN_*_exercises.ipynb from the authored solutions/ (same names).
 
 In every code cell, each region from a ``### BEGIN SOLUTION`` line to its ``### END SOLUTION`` line is replaced
 by a stub at the same indentation::

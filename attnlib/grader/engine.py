@@ -29,7 +29,7 @@ import attnlib.reference  # noqa: F401 - the mistakes' NumPy softmax (imported l
 
 from . import sandbox, scoring, supervise, wire
 from .classgrade import discover
-from .exercises import DEFAULT_SEED, Case, exercises_of
+from .exercises import DEFAULT_SEED, Case, exercises_of, notebook_name
 from .inside.policy import families_of
 from .notebook import NotebookError, definitions, forbidden_uses, needed_statements, parse_cells, read_bytes
 from .results import GRADED, NOT_GRADED, Options, Report, Result  # noqa: F401 - the public records, from here too
@@ -96,7 +96,9 @@ def grade_many(
             exercises = exercises_of(set_name)
             if path is None:
                 for ex in exercises:
-                    report.results.append(Result(ex, None, message=f"{set_name}.ipynb not found in the submission"))
+                    report.results.append(
+                        Result(ex, None, message=f"{notebook_name(set_name)} not found in the submission")
+                    )
                 continue
             try:
                 raw = read_bytes(path)  # read once: everything below works on this copy

@@ -1,6 +1,7 @@
 """The exercise registry: one module of checks per exercise set, discovered from ``attnlib/grader/sets/``.
 
-Lesson NN's exercise set is ``exercises/NN_<slug>.ipynb`` (generated from ``solutions/NN_<slug>.ipynb``) and its
+Lesson NN's exercise set ``NN_<slug>`` is ``exercises/NN_<slug>_exercises.ipynb`` (:func:`notebook_name`,
+generated from ``solutions/NN_<slug>_exercises.ipynb``; the suffix tells its JupyterLab tab from the lesson's) and its
 checks live in ``attnlib/grader/sets/NN_<slug>.py``, which defines ``SET = "NN_<slug>"``, ``TITLE`` and
 ``EXERCISES``, a list of :class:`Exercise` declared with keyword fields. This module imports every such file
 (with importlib, in file-name order) and offers the views the grader uses: ``EXERCISE_SETS`` (set -> title),
@@ -17,6 +18,7 @@ import importlib
 import re
 from pathlib import Path
 
+from ..course import EXERCISES_SUFFIX
 from .common import (  # noqa: F401 - re-exported: the engine and the tests import them from here
     ATTNLIB,
     DEFAULT_SEED,
@@ -67,14 +69,27 @@ def exercises_of(set_name: str) -> list[Exercise]:
     return [ex for ex in EXERCISES if ex.set == set_name]
 
 
+def notebook_name(set_name: str) -> str:
+    """A set's notebook's file name in exercises/ and solutions/: ``03_softmax`` -> ``03_softmax_exercises.ipynb``."""
+    return f"{set_name}{EXERCISES_SUFFIX}.ipynb"
+
+
+def exact_names(set_name: str) -> tuple[str, str]:
+    """The file names that are exactly a set's notebook: today's ``03_softmax_exercises.ipynb`` and the name
+    before the rename, ``03_softmax.ipynb`` (what students who forked earlier have)."""
+    return notebook_name(set_name), f"{set_name}.ipynb"
+
+
 def set_of_path(name: str) -> str | None:
-    """The exercise set a notebook's file name belongs to: ``03_softmax.ipynb`` -> ``03_softmax``.
+    """The exercise set a notebook's file name belongs to: ``03_softmax_exercises.ipynb`` (or the old name
+    ``03_softmax.ipynb``) -> ``03_softmax``.
 
     A file whose name starts with a set's number but has another slug (``03_my_copy.ipynb``) belongs to that
     set when exactly one set has that number."""
     stem = name[: -len(".ipynb")] if name.endswith(".ipynb") else name
-    if stem in EXERCISE_SETS:
-        return stem
+    for candidate in (stem.removesuffix(EXERCISES_SUFFIX), stem):
+        if candidate in EXERCISE_SETS:
+            return candidate
     prefix = stem[:3]
     matches = [s for s in EXERCISE_SETS if s.startswith(prefix)] if len(prefix) == 3 and prefix[:2].isdigit() else []
     return matches[0] if len(matches) == 1 else None

@@ -38,7 +38,7 @@ KERNEL_NAME, KERNEL_DISPLAY_NAME = "attention-course", "Attention course (attnli
 LESSON = "notebooks/03_softmax.ipynb"
 MOVES = 15  # arrow-key presses on the slider
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-EXERCISE = "exercises/01_qkv_analogy.ipynb"
+EXERCISE = "exercises/01_qkv_analogy_exercises.ipynb"
 EXERCISE_ENTRY = "hard_lookup"
 WRONG_ANSWER = '''def hard_lookup(query, keys, values):
     """A plausible mistake: the best key picked by the smallest score instead of the largest."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import report as report_files
 from ..engine import Options, Report, Result, grade
-from ..exercises import BY_KEY, EXERCISE_SETS, exercises_of
+from ..exercises import BY_KEY, EXERCISE_SETS, exercises_of, notebook_name
 from ..results import GRADED, NOT_GRADED
 
 RECORD_VERSION = 1
@@ -25,7 +25,7 @@ def grade_folder(folder: Path, *, seed: int, timeout: float, memory_gib: float, 
     if report.status == "nothing to grade":  # in a class, a submission without any set scores 0 on every set
         report.status = GRADED
         report.results = [
-            Result(ex, None, message=f"{s}.ipynb not found in the submission")
+            Result(ex, None, message=f"{notebook_name(s)} not found in the submission")
             for s in EXERCISE_SETS
             for ex in exercises_of(s)
         ]

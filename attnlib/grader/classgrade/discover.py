@@ -8,7 +8,8 @@ One rule for every caller (``attnlib grade FOLDER``, ``attnlib grade-class``, Gr
   "Exercises"), a **lesson** notebook (its title says "Lesson": flagged in the report, never graded) or
   **unknown** (graded when nothing better is there);
 * when a set has several candidates, one is graded: a readable notebook over an unreadable one, the exact set name
-  over a copy (``01_qkv_analogy.ipynb`` over JupyterLab's ``01_qkv_analogy-Copy1.ipynb``), an exercise notebook
+  over a copy (``01_qkv_analogy_exercises.ipynb``, or the name before the rename ``01_qkv_analogy.ipynb``, over
+  JupyterLab's ``01_qkv_analogy_exercises-Copy1.ipynb``), an exercise notebook
   over an unknown one, fewer unfinished exercises (``raise NotImplementedError``) over more, shallower over deeper,
   ``exercises/`` over other folders, then the path's order. The report names the file graded and those ignored;
 * two folders are never merged into one submission (:func:`several_roots`).
@@ -29,7 +30,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..exercises import EXERCISE_SETS, set_of_path
+from ..exercises import EXERCISE_SETS, exact_names, set_of_path
 
 MAX_NOTEBOOK_BYTES = 20_000_000  # as the grader's own reader (attnlib.grader.notebook.MAX_BYTES)
 MAX_FILES = 20_000  # a submission folder holding more files than this is not walked further
@@ -144,7 +145,7 @@ def _candidate(path: Path, shown: str, depth: int) -> Candidate | None:
         path=path,
         shown=shown,
         set=set_name,
-        exact=path.name == f"{set_name}.ipynb",
+        exact=path.name in exact_names(set_name),
         kind=kind,
         unfinished=unfinished,
         depth=depth,
