@@ -101,7 +101,7 @@ def run(jobdir: Path, job: dict, timeout: float, memory_gib: float, level: sandb
             deadline = time.monotonic() + min(STARTUP_S, max(1.0, deadline_s - time.monotonic()))
             sel = selectors.DefaultSelector()
             sel.register(proc.stdout, selectors.EVENT_READ)
-            buf = b""
+            buf, done = b"", False
             try:
                 while True:
                     left = min(deadline, deadline_s) - time.monotonic()
@@ -142,8 +142,12 @@ def run(jobdir: Path, job: dict, timeout: float, memory_gib: float, level: sandb
                             per[key]["detail"] = str(event.get("detail", ""))[:200]
                             current = None
                             deadline = time.monotonic() + timeout + GRACE_S
+                        elif kind == "done" and current is None and all(k in per for k in keys):
+                            done = True  # every exercise has ended: no need to wait for the runner's own exit
                         elif kind == "done":
                             deadline = min(deadline, time.monotonic() + 5)
+                    if done:
+                        break
             finally:
                 sel.close()
                 level.stop(started)
