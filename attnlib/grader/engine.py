@@ -130,15 +130,33 @@ def grade_many(
     level = plan or sandbox.choose(opts.sandbox)
     seed = opts.seed if opts.seed is not None else DEFAULT_SEED
     reports = [Report(seed=seed, level=level.name) for _ in submissions]
-    checks: dict[str, Checks] = {}  # exercise key -> its checks for this seed
-    rows = []  # (job key, result, problems)
-    jobs = []
-    for n, (paths, report) in enumerate(zip(submissions, reports, strict=True)):
+    found = []
+    for paths, report in zip(submissions, reports, strict=True):
         sets, report.notes = collect(paths)
         report.notes.insert(0, level.note)
         if not sets:
             report.status = "nothing to grade"
-            continue
+        found.append(sets)
+    jobdir, early = None, None
+    try:
+        if any(path is not None for sets in found for _, path in sets):
+            # The runner starts now and imports torch while this process reads the notebooks and computes the
+            # checks; it reads nothing of the job before job.json is complete (supervise.start).
+            jobdir = supervise.job_folder(set())
+            early = supervise.start(jobdir, opts.memory_gib, level)
+        return _grade(submissions, reports, found, opts, level, seed, budget_end, start, jobdir, early)
+    finally:
+        if early is not None and not early.started.proc.stdout.closed:
+            early.discard()  # not given a job (nothing to run, or this process failed)
+        if jobdir is not None:
+            shutil.rmtree(jobdir, ignore_errors=True)
+
+
+def _grade(submissions, reports, found, opts, level, seed, budget_end, start, jobdir, early) -> list[Report]:
+    checks: dict[str, Checks] = {}  # exercise key -> its checks for this seed
+    rows = []  # (job key, result, problems)
+    jobs = []
+    for n, (sets, report) in enumerate(zip(found, reports, strict=True)):
         for set_name, path in sets:
             exercises = exercises_of(set_name)
             if path is None:
@@ -171,9 +189,8 @@ def grade_many(
                 jobs.append((key, ex, needed_statements(source, ex.entry)))
     runs: dict[str, dict] = {}
     why_not = ""
-    jobdir = supervise.job_folder({p for _, ex, _ in jobs for p in ex.provides})
     starts = 0
-    try:
+    if jobs:
         names: dict[str, bytes] = {}  # the job's input files: the .npy bytes of its exercises' checks
         job_exercises = []
         for key, ex, statements in jobs:
@@ -193,11 +210,13 @@ def grade_many(
                 }
             )
         wire.write_inputs(jobdir / "inputs", names)
+        supervise.add_infrastructure(jobdir, {p for _, ex, _ in jobs for p in ex.provides})
         pending, failed_starts = list(job_exercises), 0
         while pending and time.monotonic() < budget_end and failed_starts < opts.start_attempts:
             starts += 1
             job = {"timeout": opts.timeout, "fsize": opts.fsize_bytes, "arrays": sorted(names), "exercises": pending}
-            got, ready, tail = supervise.run(jobdir, job, opts.timeout, opts.memory_gib, level, budget_end)
+            runner, early = early, None  # the runner started early takes the first try; a retry starts a new one
+            got, ready, tail = supervise.run(jobdir, job, opts.timeout, opts.memory_gib, level, budget_end, runner)
             runs.update(got)
             if not ready and not got:  # the runner did not even start: try again, then give up
                 failed_starts += 1
@@ -208,8 +227,8 @@ def grade_many(
             pending = [e for e in pending if e["key"] not in runs]
         if pending and not why_not:
             why_not = f"the grading's time budget ({opts.budget_s:g} s) ran out first"
-    finally:
-        shutil.rmtree(jobdir, ignore_errors=True)
+    if early is not None:
+        early.discard()  # not given a job (everything was refused, missing or out of time)
     for key, result, problems in rows:
         ex = result.exercise
         run = runs.get(key)
