@@ -74,6 +74,7 @@ from traps import HITS, apply_poison, find_targets  # noqa: E402
 
 # The runner finds the poison targets once per family (before forking), so that each worker only applies them.
 PRECOMPUTED: dict[str, list[tuple[object, str, str]]] = {}
+BASELINE: dict[str, int] | None = None  # the runner's snapshot of torch's and numpy's attributes
 SCANNED: set[int] = set()
 MEMORY_BUDGET = "MemoryBudget"  # the prefix of an error that is the exercise's memory budget running out
 
@@ -230,7 +231,9 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
         traps.install_audit_hook(families, job.get("hidden", ()), (*job.get("allowed", ()), home))
         for folder in exercise.get("provides", []):
             traps.allow_import(folder.split("-")[0])
-        before = traps.snapshot()
+        # Without traps nothing has changed torch's or numpy's attributes since the runner's snapshot (taken just
+        # before forking): use it; with traps, the snapshot must include the stand-ins just set.
+        before = traps.snapshot() if families or BASELINE is None else BASELINE
         namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}
         problems = []
         traps.arm()
@@ -464,6 +467,8 @@ def main(jobdir: str) -> int:
     job["jobdir"] = jobdir
     arrays = {name: np.load(os.path.join(jobdir, "inputs", name), allow_pickle=False) for name in job["arrays"]}
 
+    global BASELINE
+    BASELINE = traps.snapshot()
     workroot = job["workroot"]
     scratch = [workroot, "/dev/shm"] if job["level"] == "bwrap" else [workroot]  # noqa: S108 - the sandbox's own
     emit({"event": "ready", "level": job["level"], "uid": os.getuid()})
