@@ -132,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic class")
     parser.add_argument("--profile", action="store_true", help="also time the parts of one submission's grading")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument(
+        "--sandbox",
+        default="auto",
+        choices=("auto", "bwrap", "uid", "none"),
+        help="the level (default auto); the CPU time of the sandboxes is counted at uid and none only (bwrap's "
+        "runner is not a child that its parent waits for)",
+    )
     args = parser.parse_args(argv)
 
     from attnlib.grader.classgrade import run
@@ -146,15 +153,27 @@ def main(argv: list[str] | None = None) -> int:
             print("one solved submission:", results["profile"])
         for jobs in [int(j) for j in args.jobs.split(",")]:
             out = Path(tmp) / f"out{jobs}"
-            start = time.perf_counter()
-            summary = run.grade_class(cls, out, jobs=jobs, regrade=True, stream=open(os.devnull, "w"))  # noqa: SIM115
-            wall = time.perf_counter() - start
+            load = os.getloadavg()[0]
+            start, cpu0 = time.perf_counter(), os.times()
+            summary = run.grade_class(
+                cls,
+                out,
+                jobs=jobs,
+                regrade=True,
+                sandbox=args.sandbox,
+                stream=open(os.devnull, "w"),  # noqa: SIM115
+            )
+            wall, cpu1 = time.perf_counter() - start, os.times()
+            cpu = sum(cpu1[:4]) - sum(cpu0[:4])  # user+sys of this process and of its waited-for children
             records = [json.loads(p.read_text()) for p in (out / "students").glob("*/record.json")]
             engine_s = sum(r["seconds"] for r in records) / max(1, len(records))
             rate = args.students / wall * 60
             row = {
                 "jobs": jobs,
                 "wall_s": round(wall, 1),
+                "cpu_s": round(cpu, 1),
+                "cpu_s_per_student": round(cpu / args.students, 2),
+                "load_before": load,
                 "students_per_min": round(rate, 2),
                 "projected_300_min": round(300 / rate, 1),
                 "engine_s_per_student": round(engine_s, 2),
@@ -165,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"].append(row)
             print(
                 f"--jobs {jobs}: {wall:.1f} s for {args.students} students = {rate:.2f} students/min; "
+                f"CPU {cpu:.1f} s ({cpu / args.students:.2f} s per student); "
                 f"300 students: {300 / rate:.1f} min; engine time per student {engine_s:.2f} s; "
-                f"not graded {row['not_graded']}; load average {row['load_after']}"
+                f"not graded {row['not_graded']}; "
+                f"1-min load average {load:.1f} before, {row['load_after'][0]:.1f} after"
             )
             shutil.rmtree(out, ignore_errors=True)
     if len(results["runs"]) > 1:

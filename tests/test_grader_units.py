@@ -490,3 +490,29 @@ def test_the_job_folder_holds_only_the_inside_files_and_declared_infrastructure(
         assert not any("grader" in f or "sets" in f for f in files)
     finally:
         shutil.rmtree(jobdir)
+
+
+def test_checks_are_memoized_per_seed_and_exercise():
+    """engine.checks_for computes an exercise's inputs once per (seed, exercise) in a process: another seed, or a
+    changed check (a new Exercise object or other functions), gets its own inputs and references, never stale ones."""
+    import dataclasses
+
+    from attnlib.grader import engine
+
+    ex = BY_ENTRY["stable_softmax"]
+    first = engine.checks_for(ex, 5).complete()
+    assert engine.checks_for(ex, 5) is first and first.expected and first.specs and first.blobs
+    other = engine.checks_for(ex, 6)
+    assert other is not first
+    assert not np.array_equal(other.cases[0].args[0], first.cases[0].args[0])
+
+    def doubled(case):
+        return {k: 2 * v for k, v in ex.expect(case).items()}
+
+    changed = dataclasses.replace(ex, expect=doubled)
+    again = engine.checks_for(changed, 5).complete()
+    assert again is not first
+    assert all(np.allclose(again.expected[0][k], 2 * v) for k, v in first.expected[0].items())
+    for seed in range(10, 10 + engine.MEMO_SEEDS + 2):  # only the last few seeds are kept
+        engine.checks_for(ex, seed)
+    assert len(engine._MEMO) == engine.MEMO_SEEDS

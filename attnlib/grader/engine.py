@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import attnlib  # noqa: F401 - the library the references use, imported before anything is run
@@ -29,7 +31,7 @@ import attnlib.reference  # noqa: F401 - the mistakes' NumPy softmax (imported l
 
 from . import sandbox, scoring, supervise, wire
 from .classgrade import discover
-from .exercises import DEFAULT_SEED, Case, exercises_of, notebook_name
+from .exercises import DEFAULT_SEED, Case, Exercise, exercises_of, notebook_name
 from .inside.policy import families_of
 from .notebook import NotebookError, definitions, forbidden_uses, needed_statements, parse_cells, read_bytes
 from .results import GRADED, NOT_GRADED, Options, Report, Result  # noqa: F401 - the public records, from here too
@@ -66,6 +68,51 @@ def grade(paths: list[str | Path], options: Options | None = None) -> Report:
     return grade_many([paths], options)[0]
 
 
+@dataclass
+class Checks:
+    """One exercise's checks for one seed, computed in this process: the inputs, the references, and the inputs
+    as they go into the sandbox (``specs`` naming ``.npy`` files whose bytes are in ``blobs``)."""
+
+    exercise: Exercise
+    cases_fn: object
+    expect_fn: object
+    cases: list[Case]
+    expected: list[dict] | None = None
+    specs: list[dict] | None = None
+    blobs: dict[str, bytes] | None = None
+
+    def complete(self) -> Checks:
+        """Computes the references and the wire form the first time a job needs them."""
+        if self.specs is None:
+            arrays = wire.Arrays(prefix=f"{self.exercise.key}-")
+            specs = [wire.case_spec(c, arrays) for c in self.cases]
+            self.expected = [self.exercise.expect(c) for c in self.cases]
+            self.blobs, self.specs = arrays.blobs, specs  # complete only once all of it is computed
+        return self
+
+
+# (seed -> exercise key -> Checks), for the last few seeds: a process that grades many submissions (a pool worker
+# of `attnlib grade-class`) computes each exercise's inputs and references once. An entry is used only for the
+# same seed and the very same exercise object and functions, so a changed seed or a reloaded check recomputes.
+_MEMO: OrderedDict[int, dict[str, Checks]] = OrderedDict()
+MEMO_SEEDS = 2
+
+
+def checks_for(ex: Exercise, seed: int) -> Checks:
+    """The memoized checks of ``ex`` for ``seed`` (inputs only; :meth:`Checks.complete` adds the rest)."""
+    seed = int(seed)
+    table = _MEMO.get(seed)
+    if table is None:
+        table = _MEMO[seed] = {}
+        while len(_MEMO) > MEMO_SEEDS:
+            _MEMO.popitem(last=False)
+    _MEMO.move_to_end(seed)
+    got = table.get(ex.key)
+    if got is None or got.exercise is not ex or got.cases_fn is not ex.cases or got.expect_fn is not ex.expect:
+        got = table[ex.key] = Checks(ex, ex.cases, ex.expect, ex.cases(ex.rng(seed)))
+    return got
+
+
 def _not_graded(result: Result, why: str) -> None:
     result.status, result.score, result.passed, result.message = NOT_GRADED, 0.0, 0, f"not graded: {why}"
 
@@ -83,15 +130,33 @@ def grade_many(
     level = plan or sandbox.choose(opts.sandbox)
     seed = opts.seed if opts.seed is not None else DEFAULT_SEED
     reports = [Report(seed=seed, level=level.name) for _ in submissions]
-    checks: dict[str, tuple[list[Case], list[dict], list[dict]]] = {}  # exercise key -> (cases, expected, specs)
-    rows = []  # (job key, result, problems)
-    jobs = []
-    for n, (paths, report) in enumerate(zip(submissions, reports, strict=True)):
+    found = []
+    for paths, report in zip(submissions, reports, strict=True):
         sets, report.notes = collect(paths)
         report.notes.insert(0, level.note)
         if not sets:
             report.status = "nothing to grade"
-            continue
+        found.append(sets)
+    jobdir, early = None, None
+    try:
+        if any(path is not None for sets in found for _, path in sets):
+            # The runner starts now and imports torch while this process reads the notebooks and computes the
+            # checks; it reads nothing of the job before job.json is complete (supervise.start).
+            jobdir = supervise.job_folder(set())
+            early = supervise.start(jobdir, opts.memory_gib, level)
+        return _grade(submissions, reports, found, opts, level, seed, budget_end, start, jobdir, early)
+    finally:
+        if early is not None and not early.started.proc.stdout.closed:
+            early.discard()  # not given a job (nothing to run, or this process failed)
+        if jobdir is not None:
+            shutil.rmtree(jobdir, ignore_errors=True)
+
+
+def _grade(submissions, reports, found, opts, level, seed, budget_end, start, jobdir, early) -> list[Report]:
+    checks: dict[str, Checks] = {}  # exercise key -> its checks for this seed
+    rows = []  # (job key, result, problems)
+    jobs = []
+    for n, (sets, report) in enumerate(zip(found, reports, strict=True)):
         for set_name, path in sets:
             exercises = exercises_of(set_name)
             if path is None:
@@ -111,8 +176,8 @@ def grade_many(
             report.notes.extend(f"{path}: {p}" for p in source.problems)
             for ex in exercises:
                 if ex.key not in checks:
-                    checks[ex.key] = (ex.cases(ex.rng(seed)), [], [])
-                result = Result(ex, str(path), total=len(checks[ex.key][0]))
+                    checks[ex.key] = checks_for(ex, seed)
+                result = Result(ex, str(path), total=len(checks[ex.key].cases))
                 report.results.append(result)
                 if time.monotonic() > budget_end:
                     _not_graded(result, f"the grading's time budget ({opts.budget_s:g} s) ran out first")
@@ -126,16 +191,13 @@ def grade_many(
                 jobs.append((key, ex, needed_statements(source, ex.entry)))
     runs: dict[str, dict] = {}
     why_not = ""
-    jobdir = supervise.job_folder({p for _, ex, _ in jobs for p in ex.provides})
     starts = 0
-    try:
-        arrays = wire.Arrays(jobdir / "inputs")
+    if jobs:
+        names: dict[str, bytes] = {}  # the job's input files: the .npy bytes of its exercises' checks
         job_exercises = []
         for key, ex, statements in jobs:
-            cases, expected, specs = checks[ex.key]
-            if not specs:
-                specs += [wire.case_spec(c, arrays) for c in cases]
-                expected += [ex.expect(c) for c in cases]
+            specs = checks[ex.key].complete().specs
+            names.update(checks[ex.key].blobs)
             job_exercises.append(
                 {
                     "key": key,
@@ -149,11 +211,14 @@ def grade_many(
                     "cases": specs,
                 }
             )
+        wire.write_inputs(jobdir / "inputs", names)
+        supervise.add_infrastructure(jobdir, {p for _, ex, _ in jobs for p in ex.provides})
         pending, failed_starts = list(job_exercises), 0
         while pending and time.monotonic() < budget_end and failed_starts < opts.start_attempts:
             starts += 1
-            job = {"timeout": opts.timeout, "fsize": opts.fsize_bytes, "arrays": arrays.names, "exercises": pending}
-            got, ready, tail = supervise.run(jobdir, job, opts.timeout, opts.memory_gib, level, budget_end)
+            job = {"timeout": opts.timeout, "fsize": opts.fsize_bytes, "arrays": sorted(names), "exercises": pending}
+            runner, early = early, None  # the runner started early takes the first try; a retry starts a new one
+            got, ready, tail = supervise.run(jobdir, job, opts.timeout, opts.memory_gib, level, budget_end, runner)
             runs.update(got)
             if not ready and not got:  # the runner did not even start: try again, then give up
                 failed_starts += 1
@@ -164,15 +229,15 @@ def grade_many(
             pending = [e for e in pending if e["key"] not in runs]
         if pending and not why_not:
             why_not = f"the grading's time budget ({opts.budget_s:g} s) ran out first"
-    finally:
-        shutil.rmtree(jobdir, ignore_errors=True)
+    if early is not None:
+        early.discard()  # not given a job (everything was refused, missing or out of time)
     for key, result, problems in rows:
         ex = result.exercise
         run = runs.get(key)
         if run is None:
             _not_graded(result, why_not or "the sandbox did not run it")
             continue
-        cases, expected, _ = checks[ex.key]
+        cases, expected = checks[ex.key].cases, checks[ex.key].expected
         verdict = scoring.score_run(ex, cases, expected, run, problems)
         result.passed = 0 if verdict.zero else verdict.passed
         result.score = round(result.max_score * result.passed / len(cases), 2) if cases else 0.0

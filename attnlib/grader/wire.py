@@ -18,23 +18,31 @@ MAX_ARRAY_BYTES = 16_000_000
 
 
 class Arrays:
-    """Writes the checks' arrays into the job folder; plain values travel in the JSON."""
+    """The checks' arrays as ``.npy`` bytes named ``<prefix><n>.npy`` (``blobs``, written into a job folder by
+    :func:`write_inputs`); plain values travel in the JSON."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.names: list[str] = []
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+        self.blobs: dict[str, bytes] = {}
 
     def spec(self, value):
         if isinstance(value, np.ndarray):
-            name = f"{len(self.names)}.npy"
-            np.save(self.folder / name, value, allow_pickle=False)
-            self.names.append(name)
+            name = f"{self.prefix}{len(self.blobs)}.npy"
+            buf = io.BytesIO()
+            np.save(buf, value, allow_pickle=False)
+            self.blobs[name] = buf.getvalue()
             return {"npy": name}
         if isinstance(value, (bool, int, float, str)) or value is None:
             return {"json": value}
         if isinstance(value, list) and all(type(v) in (bool, int, float) for v in value):
             return {"json": value}  # a Python list argument (e.g. lengths), as a docstring may allow
         raise TypeError(f"cannot send {type(value).__name__} to the sandbox")
+
+
+def write_inputs(folder: Path, blobs: dict[str, bytes]) -> None:
+    """Write a job's input files (``name -> .npy bytes``) into its ``inputs`` folder."""
+    for name, data in blobs.items():
+        (folder / name).write_bytes(data)
 
 
 def case_spec(case: Case, arrays: Arrays) -> dict:

@@ -74,6 +74,7 @@ from traps import HITS, apply_poison, find_targets  # noqa: E402
 
 # The runner finds the poison targets once per family (before forking), so that each worker only applies them.
 PRECOMPUTED: dict[str, list[tuple[object, str, str]]] = {}
+BASELINE: dict[str, int] | None = None  # the runner's snapshot of torch's and numpy's attributes
 SCANNED: set[int] = set()
 MEMORY_BUDGET = "MemoryBudget"  # the prefix of an error that is the exercise's memory budget running out
 
@@ -227,7 +228,9 @@ def _worker(job: dict, exercise: dict, cases: list[dict], pipe_w: int, home: str
         traps.install_audit_hook(families, job.get("hidden", ()), (*job.get("allowed", ()), home))
         for folder in exercise.get("provides", []):
             traps.allow_import(folder.split("-")[0])
-        before = traps.snapshot()
+        # Without traps nothing has changed torch's or numpy's attributes since the runner's snapshot (taken just
+        # before forking): use it; with traps, the snapshot must include the stand-ins just set.
+        before = traps.snapshot() if families or BASELINE is None else BASELINE
         namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}
         problems = []
         traps.arm()
@@ -410,6 +413,21 @@ def _run_one(job, exercise, cases, home, emit):
     return "exited", str(os.WEXITSTATUS(code))
 
 
+JOB_WAIT_S = 3600.0  # the grading process writes job.json once it has read the submission (bounded by --budget)
+
+
+def _wait_for_job(jobdir: str) -> dict | None:
+    """The job, once the grading process has put ``job.json`` in place (it renames a complete file there)."""
+    path = os.path.join(jobdir, "job.json")
+    end = time.monotonic() + JOB_WAIT_S
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            return None
+        time.sleep(0.005)
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 def main(jobdir: str) -> int:
     _prctl(PR_SET_DUMPABLE, 0)
     out_fd = os.dup(1)
@@ -423,12 +441,9 @@ def main(jobdir: str) -> int:
         while view:
             view = view[write(out_fd, view) :]
 
-    with open(os.path.join(jobdir, "job.json"), encoding="utf-8") as fh:
-        job = json.load(fh)
-    job["jobdir"] = jobdir
-    arrays = {name: np.load(os.path.join(jobdir, "inputs", name), allow_pickle=False) for name in job["arrays"]}
-    # Everything a worker needs is imported now: after dropping to the sandbox uid it may not read the
-    # interpreter's files any more (the uid level), and nothing is imported from a place it could have changed.
+    # Everything a worker needs is imported first, while the grading process is still reading the notebooks and
+    # computing the checks: after dropping to the sandbox uid a worker may not read the interpreter's files any
+    # more (the uid level), and nothing is imported from a place it could have changed.
     # Triton kernels (exercise 13.3) run in Triton's interpreter: there is no GPU in the sandbox, and @triton.jit
     # reads this when it decorates a function, Triton's own tl.zeros and tl.sum included (at `import triton`).
     os.environ["TRITON_INTERPRET"] = "1"
@@ -449,6 +464,14 @@ def main(jobdir: str) -> int:
     _prctl(0, 0)  # loads libc for ctypes now
     precompute()
 
+    job = _wait_for_job(jobdir)
+    if job is None:
+        return 3
+    job["jobdir"] = jobdir
+    arrays = {name: np.load(os.path.join(jobdir, "inputs", name), allow_pickle=False) for name in job["arrays"]}
+
+    global BASELINE
+    BASELINE = traps.snapshot()
     workroot = job["workroot"]
     scratch = [workroot, "/dev/shm"] if job["level"] == "bwrap" else [workroot]  # noqa: S108 - the sandbox's own
     emit({"event": "ready", "level": job["level"], "uid": os.getuid()})
