@@ -40,7 +40,8 @@ def test_every_lesson_notebook_is_on_the_map_in_order():
 
 @pytest.mark.parametrize("lesson", course.LESSONS, ids=LESSON_IDS)
 def test_notebook_heading_matches_the_map(lesson):
-    first = "".join(_cells(lesson.path)[0]["source"])
+    # the first cell is the Colab/Binder setup cell (attnlib notebooks setup-cell); the lesson opens after it
+    first = next("".join(c["source"]) for c in _cells(lesson.path) if c["cell_type"] == "markdown")
     heading = f"# Lesson {lesson.number} — {lesson.title}"
     assert first.startswith(heading), f"{lesson.path} should open with {heading!r}, found {first.splitlines()[0]!r}"
     level = f"**Level {lesson.level} · {lesson.level_name}**"
