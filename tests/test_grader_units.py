@@ -22,7 +22,8 @@ def test_row_sums_message_names_the_sum():
     # weights that do not form a distribution (they sum to 1.12)
     w = np.array([[0.02, 0.25, 0.03, 0.35, 0.20, 0.04, 0.02, 0.15, 0.06]])
     ok, message = diagnose.diagnose({"weights": w}, {"weights": np.full((1, 9), 1 / 9)}, distribution="weights")
-    assert not ok and "sums to 1.12" in message and "wrong axis" in message
+    # it says what it sees, and no cause the evidence does not single out (issue 22: hints never mislead)
+    assert not ok and "sums to 1.12" in message and "wrong axis" not in message
 
 
 def test_diagnose_passes_close_outputs_and_names_a_matching_mistake():
@@ -83,8 +84,12 @@ def test_mha_reference_matches_torch_multihead_attention():
                 out, w = mha(q, k, v, attn_mask=mask, average_attn_weights=False)
         else:
             out, w = mha(q, k, v, average_attn_weights=False)
-        np.testing.assert_allclose(out.detach().numpy(), expected["out"], atol=1e-10)
-        np.testing.assert_allclose(w.detach().numpy(), expected["weights"], atol=1e-10)
+        out, w = out.detach().numpy(), w.detach().numpy()
+        # torch gives NaN for a query whose keys are all masked; attnlib (the reference) gives it zero weights
+        empty_out, empty_w = np.isnan(out).any(-1), np.isnan(w).any(-1)
+        np.testing.assert_allclose(out[~empty_out], expected["out"][~empty_out], atol=1e-10)
+        np.testing.assert_allclose(w[~empty_w], expected["weights"][~empty_w], atol=1e-10)
+        assert np.all(expected["weights"][empty_w] == 0) and np.isfinite(expected["out"]).all()
 
 
 def test_checks_cover_the_hard_cases():
