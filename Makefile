@@ -18,6 +18,11 @@ STAMP     := $(VENV)/.installed
 KERNEL    := attention-course
 LAB_ARGS  ?=
 PYTEST_ARGS ?=
+# `make test` runs in TEST_JOBS pytest-xdist processes: much of the suite waits on sandboxes, kernels, a browser
+# and the package index, so two processes on two cores finish far sooner. Each test file stays in one process
+# (--dist loadfile): a notebook's cells share one kernel. Each process's kernels take ports from a range of
+# their own (conftest.py), so two processes starting kernels at once never share one. TEST_JOBS=0: one process.
+TEST_JOBS ?= 2
 FIRST_LESSON := $(firstword $(sort $(wildcard notebooks/[0-9]*.ipynb)))
 # Jupyter refuses to start as root (containers, CI) unless told it may.
 AS_ROOT   := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -104,7 +109,7 @@ lab: install
 	  --LabApp.default_url=/lab/tree/$(FIRST_LESSON) $(LAB_ARGS)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile) $(PYTEST_ARGS)
 
 # The real-browser tests alone (headless Chromium; see docs/site-and-browser-tests.md). A missing browser fails.
 test-browser: install
