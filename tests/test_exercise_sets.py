@@ -283,6 +283,20 @@ BROKEN = [
     ("decode-top-left", "05.6", "return 2", "return 1", "top-left"),
     ("self-scale-d-model", "06.1", "math.sqrt(q.shape[-1])", "math.sqrt(x.shape[-1])", "d_model"),
     (
+        "self-fill-1e9",
+        "06.1",
+        'scores = scores.masked_fill(~mask, float("-inf"))',
+        "scores = scores.masked_fill(~mask, -1e9)",
+        "large finite number",
+    ),
+    (
+        "self-plain-softmax",
+        "06.1",
+        "weights = safe_softmax(scores)\n        return weights @ v, weights",
+        "weights = torch.softmax(scores, dim=-1)\n        return weights @ v, weights",
+        "NaN in fully masked rows",
+    ),
+    (
         "self-no-value-projection",
         "06.1",
         "self.w_v(x)\n        scores",
