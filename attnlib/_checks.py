@@ -91,11 +91,7 @@ def check_same_dtype_device(tensors: dict[str, torch.Tensor]) -> None:
             raise TypeError(
                 f"{name} has dtype {t.dtype} but {first_name} has dtype {first.dtype}; convert them to one dtype first"
             )
-    for name, t in items[1:]:
-        if t.device != first.device:
-            raise ValueError(
-                f"{name} is on device {t.device} but {first_name} is on {first.device}; move them to one device first"
-            )
+    check_same_device(tensors)
 
 
 def check_mask(mask: object, target_shape: Sequence[int], like: torch.Tensor, name: str = "attn_mask") -> torch.Tensor:
