@@ -434,6 +434,28 @@ BROKEN = [
         "return attention + feed_forward",
         "LayerNorms are missing",
     ),
+    (
+        "shift-pair-exponent",
+        "09.1",
+        "-torch.arange(0, d, 2, dtype=torch.float64) / d",
+        "-torch.arange(d // 2, dtype=torch.float64) / d",
+        r"10000\^\(-i/d\)",
+    ),
+    ("partial-whole-head", "09.2", "r = rotary_dim", "r = x.shape[-1]", "whole head is rotated"),
+    (
+        "half-rope-positions-float16",
+        "09.3",
+        "positions.double()",
+        "positions.to(x.dtype)",
+        "positions are still rounded",
+    ),
+    (
+        "weight-opposite",
+        "09.4",
+        "w.reshape(num_heads, rows // num_heads // 2, 2, cols)",
+        "w.reshape(num_heads, 2, rows // num_heads // 2, cols)",
+        "opposite conversion",
+    ),
 ]
 # Exercises that a broken copy may also break, beside the one it targets (they share the changed code).
 SHARED = {"02.4": {"02.2"}, "05.4": {"05.1", "05.3"}}

@@ -138,19 +138,80 @@ def _ex(key):
 
 
 def test_the_rope_bug_to_find_fails_with_its_hint():
-    buggy = _solution_namespace("09_positions", buggy=True)["fixed_apply_rope"]
+    buggy = _solution_namespace("09_positions", buggy=True)["fixed_half_precision_rope"]
     assert "the bug is still there" in _first_failure(_ex("09.3"), buggy)
 
 
-def test_swapped_sin_cos_table_gets_its_hint():
-    def swapped(n, d):
-        p = torch.arange(n, dtype=torch.float64)[:, None]
-        w = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-        pe = torch.zeros(n, d, dtype=torch.float64)
-        pe[:, 0::2], pe[:, 1::2] = torch.cos(p * w), torch.sin(p * w)
-        return pe
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_a_float32_fix_of_the_rope_bug_passes_and_the_other_layout_is_named(seed):
+    """9.3 requires the half-split layout and says so: angles fixed in float32 (not only float64) pass on every
+    seed, and the interleaved layout (valid, but not the one the task requires) fails with the hint that names
+    that layout; the given bug fails with its hint on every seed."""
+    ex = _ex("09.3")
 
-    assert "swapped" in _first_failure(_ex("09.1"), swapped)
+    def float32_angles(x, positions):
+        half = x.shape[-1] // 2
+        inv_freq = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / half)
+        freqs = positions.float()[:, None] * inv_freq
+        cos, sin = freqs.cos().repeat(1, 2).to(x.dtype), freqs.sin().repeat(1, 2).to(x.dtype)
+        first, second = x[..., :half], x[..., half:]
+        return x * cos + torch.cat([-second, first], dim=-1) * sin
+
+    def interleaved(x, positions):
+        d = x.shape[-1]
+        theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        angle = (positions.double()[:, None] * theta).repeat_interleave(2, dim=-1)
+        turned = torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).flatten(-2)
+        return (x * angle.cos() + turned * angle.sin()).to(x.dtype)
+
+    buggy = _solution_namespace("09_positions", buggy=True)["fixed_half_precision_rope"]
+    rng = np.random.default_rng(seed)
+    results = {"fix": [], "interleaved": [], "buggy": []}
+    for case in ex.cases(rng):
+        for name, target in (("fix", float32_angles), ("interleaved", interleaved), ("buggy", buggy)):
+            results[name].append(_judge(ex, target, case))
+    assert all(ok for ok, _ in results["fix"]), results["fix"]
+    failed = [m for ok, m in results["interleaved"] if not ok]
+    assert failed and all("layout" in m for m in failed), failed
+    assert any("the bug is still there" in m for ok, m in results["buggy"] if not ok)
+
+
+def test_the_set_9_references_have_the_properties_the_tasks_state():
+    """9.1: M_k moves attnlib's table by k rows; 9.2 with rotary_dim = head_dim and one row is attnlib.apply_rope;
+    9.4: after the conversion, half-split RoPE gives the interleaved checkpoint's scores."""
+    import attnlib
+
+    mod = _module("09_positions")
+    rng = np.random.default_rng(5)
+    for case in _ex("09.1").cases(rng):
+        k, d = case.args
+        table = attnlib.sinusoidal_positions(60, d, dtype=torch.float64).numpy()
+        p = np.arange(max(0, -k), 60 - max(0, k))
+        assert np.allclose(table[p] @ _ex("09.1").expect(case)["out"].T, table[p + k], atol=1e-12), case.name
+    x = torch.randn(1, 2, 6, 8, dtype=torch.float64)
+    case = mod.Case("full", (x.numpy(), np.arange(3, 9)[None], 8))
+    assert np.allclose(_ex("09.2").expect(case)["out"], attnlib.apply_rope(x, torch.arange(3, 9)).numpy())
+    for case in _ex("09.4").cases(rng):
+        w, h = case.args
+        w_new = _ex("09.4").expect(case)["out"]
+        hd = w.shape[0] // h
+        interleaved = np.asarray(w, np.float64).reshape(h, hd // 2, 2, -1)  # head, pair, member, input
+        half = w_new.reshape(h, 2, hd // 2, -1)  # head, member, pair, input
+        assert np.array_equal(interleaved.transpose(0, 2, 1, 3), half), case.name
+
+
+def test_a_backwards_shift_matrix_gets_its_hint():
+    def backwards(k, d):
+        freq = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        c, s = torch.cos(k * freq), torch.sin(k * freq)
+        m = torch.zeros(d, d, dtype=torch.float64)
+        for i in range(d // 2):
+            m[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = torch.stack(
+                [torch.stack([c[i], -s[i]]), torch.stack([s[i], c[i]])]
+            )
+        return m
+
+    assert "BACK" in _first_failure(_ex("09.1"), backwards)
 
 
 def test_post_norm_block_gets_its_hint():
