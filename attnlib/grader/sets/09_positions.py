@@ -176,8 +176,10 @@ def partial_mistakes(case):
 
 
 def fix_cases(rng):
+    # every check is at positions where the bug shows (its error grows with the position; at a few dozen it is
+    # within float16's rounding): an exercise left as given scores nothing
     cases = []
-    for B, H, L, D, start in ((1, 2, 6, 8, 0), (2, 1, 5, 16, 4093), (1, 3, 4, 12, 28677), (2, 2, 3, 32, 1500)):
+    for B, H, L, D, start in ((1, 2, 6, 8, 2345), (2, 1, 5, 16, 4093), (1, 3, 4, 12, 28677), (2, 2, 3, 32, 1500)):
         x = f32(B, H, L, D, rng=rng).astype(np.float16)
         positions = np.arange(start, start + L, dtype=np.int64)
         cases.append(Case(f"x float16 ({B}, {H}, {L}, {D}), positions {start}..{start + L - 1}", (x, positions)))
