@@ -167,7 +167,7 @@ def test_a_float32_fix_of_the_rope_bug_passes_and_the_other_layout_is_named(seed
     buggy = _solution_namespace("09_positions", buggy=True)["fixed_half_precision_rope"]
     rng = np.random.default_rng(seed)
     results = {"fix": [], "interleaved": [], "buggy": []}
-    for case in ex.cases(rng):
+    for case in [*ex.cases(rng), *ex.cases(ex.rng(seed))]:
         for name, target in (("fix", float32_angles), ("interleaved", interleaved), ("buggy", buggy)):
             results[name].append(_judge(ex, target, case))
     assert all(ok for ok, _ in results["fix"]), results["fix"]
@@ -198,6 +198,47 @@ def test_the_set_9_references_have_the_properties_the_tasks_state():
         interleaved = np.asarray(w, np.float64).reshape(h, hd // 2, 2, -1)  # head, pair, member, input
         half = w_new.reshape(h, 2, hd // 2, -1)  # head, member, pair, input
         assert np.array_equal(interleaved.transpose(0, 2, 1, 3), half), case.name
+
+
+def _shift_blocks(k, d):
+    """float32, one 2x2 block per pair with torch.block_diag."""
+    blocks = []
+    for i in range(d // 2):
+        a = k * 10000.0 ** (-2 * i / d)
+        blocks.append(torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]))
+    return torch.block_diag(*blocks)
+
+
+def _partial_rope_complex(x, positions, rotary_dim):
+    """Pairs (i, i + r/2) as complex numbers, one batch row at a time, angles in float32."""
+    half = rotary_dim // 2
+    freq = 1.0 / 10000.0 ** (torch.arange(half, dtype=torch.float32) * 2 / rotary_dim)
+    rows = []
+    for b in range(x.shape[0]):
+        z = torch.complex(x[b, ..., :half], x[b, ..., half:rotary_dim])
+        z = z * torch.polar(torch.ones(()), positions[b].float()[:, None] * freq)
+        rows.append(torch.cat([z.real, z.imag, x[b, ..., rotary_dim:]], dim=-1))
+    return torch.stack(rows)
+
+
+def _rows_by_index(w, num_heads):
+    """9.4 as a list of the rows' new order."""
+    head_dim = w.shape[0] // num_heads
+    order = [h * head_dim + 2 * i + j for h in range(num_heads) for j in (0, 1) for i in range(head_dim // 2)]
+    return w[order]
+
+
+@pytest.mark.parametrize(
+    ("key", "target"),
+    [("09.1", _shift_blocks), ("09.2", _partial_rope_complex), ("09.4", _rows_by_index)],
+    ids=["09.1", "09.2", "09.4"],
+)
+def test_set_9_correct_code_written_differently_passes_on_many_seeds(key, target):
+    ex = _ex(key)
+    for seed in range(40):
+        for case in ex.cases(ex.rng(seed)):
+            ok, message = _judge(ex, target, case)
+            assert ok, f"{key} seed {seed} {case.name}: {message}"
 
 
 def test_a_backwards_shift_matrix_gets_its_hint():
