@@ -126,20 +126,25 @@ class SelfAttentionEinsum(torch.nn.Module):
 
 
 class CrossAttentionF64(torch.nn.Module):
-    def __init__(self, d_query, d_context, d_k):
+    """Per source in a loop, on its real tokens only (no mask); a source of length 0 gives zeros."""
+
+    def __init__(self, d_model, d_context, d_k):
         super().__init__()
-        self.w_q = torch.nn.Linear(d_query, d_k, bias=False)
+        self.w_q = torch.nn.Linear(d_model, d_k, bias=False)
         self.w_k = torch.nn.Linear(d_context, d_k, bias=False)
         self.w_v = torch.nn.Linear(d_context, d_k, bias=False)
 
-    def forward(self, x, context, mask=None):
+    def forward(self, x, context, context_lengths):
         q = x.double() @ self.w_q.weight.double().T
         k, v = (context.double() @ lin.weight.double().T for lin in (self.w_k, self.w_v))
-        s = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
-        if mask is not None:
-            s = s.masked_fill(~mask, -math.inf)
-        w = torch.softmax(s, -1).nan_to_num(0.0)
-        return (w @ v).float(), w.float()
+        outs, weights = [], []
+        for b, n in enumerate(context_lengths.tolist()):
+            w = torch.zeros(x.shape[1], context.shape[1], dtype=torch.float64)
+            if n:
+                w = torch.cat([torch.softmax(q[b] @ k[b, :n].T / q.shape[-1] ** 0.5, -1), w[:, n:]], -1)
+            outs.append(w @ v[b])
+            weights.append(w)
+        return torch.stack(outs).float(), torch.stack(weights).float()
 
 
 class MultiHeadLoop(torch.nn.Module):
@@ -165,14 +170,14 @@ class MultiHeadLoop(torch.nn.Module):
         return self.w_o(torch.cat(outs, -1)), torch.stack(weights, 1)
 
 
-def split_heads_view(x, num_heads):
-    b, s, e = x.shape
-    return x.view(b, s, num_heads, e // num_heads).permute(0, 2, 1, 3)
+def split_qkv_chunks(qkv, num_heads):
+    b, s, f = qkv.shape
+    return tuple(t.reshape(b, s, num_heads, f // (3 * num_heads)).permute(0, 2, 1, 3) for t in qkv.chunk(3, dim=-1))
 
 
-def merge_heads_permute(x):
-    b, h, s, d = x.shape
-    return x.permute(0, 2, 1, 3).contiguous().view(b, s, h * d)
+def head_contributions_loop(o, w_o):
+    d = o.shape[-1]
+    return torch.stack([o[:, h] @ w_o[:, h * d : (h + 1) * d].T for h in range(o.shape[1])], dim=1)
 
 
 def chunked_tiles_f64(q, k, v, block_size, is_causal=False):
@@ -226,8 +231,8 @@ ALTERNATIVES = {
     "05.5": [masked_additive, masked_f64],
     "06.1": [SelfAttentionEinsum],
     "07.1": [CrossAttentionF64],
-    "08.1": [split_heads_view],
-    "08.2": [merge_heads_permute],
+    "08.1": [split_qkv_chunks],
+    "08.2": [head_contributions_loop],
     "08.3": [MultiHeadLoop],
     "12.2": [chunked_tiles_f64],
     "14.1": [bert_attention_by_hand],

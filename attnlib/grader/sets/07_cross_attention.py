@@ -1,6 +1,10 @@
-"""Set 07 (lesson 7, cross-attention): the module, a bug to find, what the padding mask hides."""
+"""Set 07 (lesson 7, cross-attention): the module over sources of different lengths, a bug to find, what the
+padding mask hides."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -10,10 +14,12 @@ from ..common import (
     Case,
     Exercise,
     attention_mistakes,
+    attn,
     f32,
     fingerprint_raises,
     linear,
     module_expect,
+    pair,
     project,
     question,
     score_magnitude,
@@ -24,8 +30,129 @@ SET = "07_cross_attention"
 TITLE = "Lesson 7: cross-attention between two sequences"
 
 
-def cross_cases(rng):
+def _lengths_mask(lengths, S):
+    """(batch, 1, S) boolean padding mask of the context, True = a real token, from each source's length."""
+    return (np.arange(S)[None, :] < np.asarray(lengths)[:, None])[:, None, :]
+
+
+def _module_case(rng, name, B, L, S, dq, dc, dk, args_of):
+    weights = {
+        "w_q.weight": linear(rng, dk, dq)[0],
+        "w_k.weight": linear(rng, dk, dc)[0],
+        "w_v.weight": linear(rng, dk, dc)[0],
+    }
+    x, ctx = f32(B, L, dq, rng=rng), f32(B, S, dc, rng=rng)
+    q, k = project(x, weights["w_q.weight"]), project(ctx, weights["w_k.weight"])
+    return Case(
+        name,
+        args_of(x, ctx),
+        init=(dq, dc, dk),
+        weights=weights,
+        grad_output=f32(B, L, dk, rng=rng),
+        magnitude=score_magnitude(q, k) * 4,
+    )
+
+
+def lengths_cases(rng):
+    """7.1: a padded context and each source's true length (the learner builds the mask)."""
+    specs = (
+        (
+            "L=3 queries, S_max=6 context slots, lengths [6, 2], d_model=8, d_context=10",
+            2,
+            3,
+            6,
+            8,
+            10,
+            4,
+            [6, 2],
+        ),
+        ("batch 3, L=4, S_max=5, lengths [5, 3, 1], d_model=6, d_context=12", 3, 4, 5, 6, 12, 6, [5, 3, 1]),
+        ("L = S_max = 4, lengths [2, 4], d_model = d_context = 8", 2, 4, 4, 8, 8, 4, [2, 4]),
+        ("a source of length 0: lengths [3, 0] (no key to read)", 2, 4, 3, 4, 6, 4, [3, 0]),
+        ("no padding: lengths [3, 3], L=5 != S_max=3", 2, 5, 3, 6, 7, 4, [3, 3]),
+    )
     cases = []
+    for name, B, L, S, dq, dc, dk, lengths in specs:
+        lens = np.array(lengths, dtype=np.int64)
+        cases.append(_module_case(rng, name, B, L, S, dq, dc, dk, lambda x, ctx, lens=lens: (x, ctx, lens)))
+    return cases
+
+
+def _with_mask(case):
+    """The same case with the (batch, 1, S) mask its lengths stand for, as attnlib's CrossAttention takes it."""
+    x, ctx, lengths = case.args
+    return replace(case, args=(x, ctx, _lengths_mask(lengths, ctx.shape[1])))
+
+
+def lengths_expect(case):
+    return module_expect(_with_mask(case), _build, 2)
+
+
+def lengths_mistakes(case):
+    x, ctx, lengths = case.args
+    masked = _with_mask(case)
+    found = cross_mistakes(masked)
+    W = case.weights
+    q = project(x, W["w_q.weight"])
+    k, v = project(ctx, W["w_k.weight"]), project(ctx, W["w_v.weight"])
+    S = ctx.shape[1]
+    lengths = np.asarray(lengths)
+    if (lengths < S).any():
+        found.append(
+            (
+                "the mask keeps one slot too many: position j is a real token only when j < length (j <= length lets "
+                "each query read the first padding slot)",
+                pair(attn(q, k, v, _lengths_mask(lengths + 1, S))),
+            )
+        )
+    if (lengths > 0).any():
+        found.append(
+            (
+                "the mask drops the last real token: position j is a real token when j < length, and "
+                "length - 1 is the last of them",
+                pair(attn(q, k, v, _lengths_mask(lengths - 1, S))),
+            )
+        )
+    if x.shape[1] == S:
+        rows = np.swapaxes(_lengths_mask(lengths, S), -2, -1)  # (batch, S, 1): hides queries, not keys
+        found.append(
+            (
+                "the mask hides queries (rows of the scores) instead of context keys (columns): the padding is on "
+                "the context's side, so the mask must broadcast as (batch, 1, S_max)",
+                pair(attn(q, k, v, rows)),
+            )
+        )
+    return found
+
+
+def lengths_raises(case):
+    x, ctx, _ = case.args
+    B, L, S = x.shape[0], x.shape[1], ctx.shape[1]
+    rows = (
+        "the mask hides queries (rows of the scores) instead of context keys (columns): the padding is on the "
+        "context's side, so the mask must broadcast as (batch, 1, S_max)"
+    )
+    # each candidate counts only where it raises on this check (a mask on the rows runs when L == S_max)
+    found = fingerprint_raises(
+        [
+            (rows, lambda t: t.zeros(B, L, S).masked_fill(t.zeros(B, S, 1, dtype=t.bool), -math.inf)),
+            (
+                "the mask has no axis for the queries: a (batch, S_max) mask lines up with the scores' last two "
+                "dims (L, S_max); give it shape (batch, 1, S_max)",
+                lambda t: t.zeros(B, L, S).masked_fill(t.zeros(B, S, dtype=t.bool), -math.inf),
+            ),
+            (
+                "the length comparison is the wrong way round: positions[:, None] < lengths[None, :] gives a "
+                "(S_max, batch) table; compare positions[None, :] < lengths[:, None] for (batch, S_max)",
+                lambda t: t.zeros(B, L, S).masked_fill(t.zeros(S, 1, B, dtype=t.bool), -math.inf),
+            ),
+        ]
+    )
+    return found + cross_raises(_with_mask(case))
+
+
+def cross_cases(rng):
+    """7.2: the context's padding mask is given."""
     specs = (
         ("no mask: L=3 queries, S=6 context tokens, d_query=8, d_context=10, d_k=4", 2, 3, 6, 8, 10, 4, None),
         ("padding mask (2, 1, 5) on the context", 2, 4, 5, 6, 12, 6, [5, 2]),
@@ -33,27 +160,13 @@ def cross_cases(rng):
         ("a context of length 0 (fully masked rows)", 2, 2, 3, 4, 6, 4, [3, 0]),
         ("L=5 != S=3, d_query = d_context = 6, no mask", 2, 5, 3, 6, 6, 4, None),
     )
+    cases = []
     for name, B, L, S, dq, dc, dk, lengths in specs:
-        weights = {
-            "w_q.weight": linear(rng, dk, dq)[0],
-            "w_k.weight": linear(rng, dk, dc)[0],
-            "w_v.weight": linear(rng, dk, dc)[0],
-        }
-        x, ctx = f32(B, L, dq, rng=rng), f32(B, S, dc, rng=rng)
-        args = (x, ctx)
-        if lengths is not None:
-            args += ((np.arange(S)[None, :] < np.array(lengths)[:, None])[:, None, :],)
-        q, k = project(x, weights["w_q.weight"]), project(ctx, weights["w_k.weight"])
-        cases.append(
-            Case(
-                name,
-                args,
-                init=(dq, dc, dk),
-                weights=weights,
-                grad_output=f32(B, L, dk, rng=rng),
-                magnitude=score_magnitude(q, k) * 4,
-            )
-        )
+
+        def args_of(x, ctx, lengths=lengths, S=S):
+            return (x, ctx) if lengths is None else (x, ctx, _lengths_mask(lengths, S))
+
+        cases.append(_module_case(rng, name, B, L, S, dq, dc, dk, args_of))
     return cases
 
 
@@ -121,9 +234,7 @@ def cross_raises(case):
     dq, dc, dk = case.init
     B, L, S = x.shape[0], x.shape[1], ctx.shape[1]
     found = transpose_candidates((B, L, dk), (B, S, dk))
-    wrong_input = (
-        "a layer got the wrong input: w_q takes x (d_query features); w_k and w_v take the context (d_context features)"
-    )
+    wrong_input = "a layer got the wrong input: w_q takes x; w_k and w_v take the context (d_context features)"
     if dq != dc:
         found += [
             (wrong_input, lambda t: t.nn.functional.linear(t.zeros(B, L, dq), t.zeros(dk, dc))),
@@ -171,19 +282,19 @@ EXERCISES = [
         key="07.1",
         set=SET,
         entry="CrossAttention",
-        title="Cross-attention: queries from one sequence, keys and values from another",
+        title="Cross-attention over a batch of sources of different lengths",
         points=5,
-        difficulty="medium",
-        minutes=20,
+        difficulty="hard",
+        minutes=30,
         kind="module",
         returns=("out", "weights"),
         forbidden=LIBRARY_ATTENTION,
-        cases=cross_cases,
-        expect=cross_expect,
-        mistakes=cross_mistakes,
-        raises=cross_raises,
+        cases=lengths_cases,
+        expect=lengths_expect,
+        mistakes=lengths_mistakes,
+        raises=lengths_raises,
         distribution="weights",
-        arg_names=("x", "context", "mask"),
+        arg_names=("x", "context", "context_lengths"),
     ),
     Exercise(
         key="07.2",

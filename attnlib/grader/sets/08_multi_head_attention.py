@@ -1,4 +1,5 @@
-"""Set 08 (lesson 8, multi-head attention): split and merge heads, the module, its parameter count, a bug."""
+"""Set 08 (lesson 8, multi-head attention): a fused projection split into heads, each head's share of the output
+projection, the module, its parameter count, a bug in one head's slice of the projections."""
 
 from __future__ import annotations
 
@@ -25,78 +26,220 @@ SET = "08_multi_head_attention"
 TITLE = "Lesson 8: split heads, merge heads, multi-head attention"
 
 
-def split_cases(rng):
+def _differs(found, expected):
+    """The mistakes whose outputs differ from the reference on this check (one head hides some of them)."""
+    kept = []
+    for hint, outputs in found:
+        same = all(
+            np.shape(outputs[n]) == np.shape(expected[n]) and np.allclose(outputs[n], expected[n]) for n in outputs
+        )
+        if not same:
+            kept.append((hint, outputs))
+    return kept
+
+
+def qkv_cases(rng):
+    # (batch, seq, heads, head_dim): batch, seq, heads and head_dim differ within a check, so that no mistake
+    # that mixes two of the axes has the right shape by chance
+    specs = ((2, 5, 3, 4), (1, 4, 2, 3), (3, 2, 6, 1), (2, 3, 1, 5), (2, 3, 4, 2))
     return [
-        Case("x (2, 5, 12), 3 heads", (f32(2, 5, 12, rng=rng), 3)),
-        Case("x (1, 4, 8), 2 heads", (f32(1, 4, 8, rng=rng), 2)),
-        Case("x (3, 2, 6), 6 heads of size 1", (f32(3, 2, 6, rng=rng), 6)),
-        Case("x (2, 3, 4), 1 head", (f32(2, 3, 4, rng=rng), 1)),
-        Case("x (2, 3, 8), 4 heads", (f32(2, 3, 8, rng=rng), 4)),
+        Case(f"qkv ({B}, {L}, 3*{H * D}), {H} head{'s' if H > 1 else ''} of {D}", (f32(B, L, 3 * H * D, rng=rng), H))
+        for B, L, H, D in specs
     ]
 
 
-def split_expect(case):
-    x, H = case.args
-    B, L, E = x.shape
-    return {"out": x.reshape(B, L, H, E // H).transpose(0, 2, 1, 3).astype(np.float64)}
+def _qkv(parts):
+    return {"q": parts[0], "k": parts[1], "v": parts[2]}
 
 
-def split_mistakes(case):
-    x, H = case.args
-    B, L, E = x.shape
+def qkv_expect(case):
+    qkv, H = case.args
+    B, L, F = qkv.shape
+    parts = qkv.astype(np.float64).reshape(B, L, 3, H, F // (3 * H)).transpose(2, 0, 3, 1, 4)
+    return _qkv(parts)
+
+
+def qkv_mistakes(case):
+    qkv, H = case.args
+    B, L, F = qkv.shape
+    D = F // (3 * H)
+    x = qkv.astype(np.float64)
+    thirds = x.reshape(B, L, 3, H * D).transpose(2, 0, 1, 3)  # q, k, v as (batch, seq, E), each still whole
+    found = [
+        (
+            "q, k and v are taken as interleaved per head (a reshape to (..., heads, 3, head_dim)): the fused "
+            "projection packs them as [q | k | v], all of q's features first, so the 3 comes before the heads",
+            _qkv(x.reshape(B, L, H, 3, D).transpose(3, 0, 2, 1, 4)),
+        ),
+        (
+            "q, k and v are cut every third feature: the fused projection packs them as [q | k | v], three "
+            "contiguous blocks of embed_dim features each",
+            _qkv(x.reshape(B, L, H * D, 3).transpose(3, 0, 1, 2).reshape(3, B, L, H, D).transpose(0, 1, 3, 2, 4)),
+        ),
+        (
+            "heads split by view/reshape without the transpose: a bare reshape of (batch, seq, embed_dim) to "
+            "(batch, heads, seq, head_dim) mixes different tokens into one head",
+            _qkv(thirds.reshape(3, B, H, L, D)),
+        ),
+        (
+            "head h must take features h*head_dim .. (h+1)*head_dim - 1 of q (and of k, v), not every heads-th feature",
+            _qkv(thirds.reshape(3, B, L, D, H).transpose(0, 1, 4, 2, 3)),
+        ),
+        (
+            "the result is (batch, seq, heads, head_dim); move the heads in front of the sequence: "
+            "(batch, heads, seq, head_dim)",
+            _qkv(thirds.reshape(3, B, L, H, D)),
+        ),
+    ]
+    return _differs(found, qkv_expect(case))
+
+
+def qkv_raises(case):
+    qkv, H = case.args
+    B, L, F = qkv.shape
+    D = F // (3 * H)
+    found = [
+        (
+            f"head_dim is embed_dim // heads, and embed_dim is a third of the last axis here ({F} = 3 * {F // 3}): "
+            f"head_dim = {F} // (3 * {H}) = {D}",
+            lambda t: t.zeros(B, L, F).reshape(B, L, 3, H, F // H),
+        )
+    ]
+    return fingerprint_raises(
+        found,
+        (
+            SHAPE_ERROR,
+            f"this check has qkv ({B}, {L}, {F}) and {H} heads: q, k and v must each be ({B}, {H}, {L}, {D})",
+        ),
+    )
+
+
+def contrib_cases(rng):
+    specs = ((2, 3, 5, 4), (1, 2, 4, 3), (3, 4, 2, 2), (2, 1, 3, 5), (2, 4, 3, 1))
+    cases = []
+    for B, H, L, D in specs:
+        E = H * D
+        cases.append(Case(f"o ({B}, {H}, {L}, {D}), w_o ({E}, {E})", (f32(B, H, L, D, rng=rng), linear(rng, E, E)[0])))
+    return cases
+
+
+def _contrib(o, w_o, cols):
+    """Each head's share of merge(o) @ w_o^T when head h's features meet the columns ``cols(w_o)[h]`` of w_o."""
+    return np.einsum("bhld,hed->bhle", np.asarray(o, np.float64), cols(np.asarray(w_o, np.float64)))
+
+
+def contrib_expect(case):
+    o, w_o = case.args
+    H, D = o.shape[1], o.shape[3]
+    return {"out": _contrib(o, w_o, lambda w: w.reshape(w.shape[0], H, D).transpose(1, 0, 2))}
+
+
+def contrib_mistakes(case):
+    o, w_o = case.args
+    B, H, L, D = o.shape
+    E = w_o.shape[0]
+    merged = np.asarray(o, np.float64).transpose(0, 2, 1, 3).reshape(B, L, H * D) @ np.asarray(w_o, np.float64).T
+    found = [
+        (
+            "each head multiplies ROWS h*head_dim .. of w_o: nn.Linear stores its weight as (out_features, "
+            "in_features), so the merged features, and with them head h's, index its columns",
+            {"out": _contrib(o, w_o, lambda w: w.reshape(H, D, E).transpose(0, 2, 1))},
+        ),
+        (
+            "head h's features are taken as every heads-th column of w_o: merging puts head 0's head_dim features "
+            "first, then head 1's, so head h owns a contiguous block of columns",
+            {"out": _contrib(o, w_o, lambda w: w.reshape(E, D, H).transpose(2, 0, 1))},
+        ),
+        (
+            "every head gets the whole output divided by the number of heads: the heads' contributions differ, "
+            "each is its own features times its own columns of w_o",
+            {"out": np.broadcast_to((merged / H)[:, None], (B, H, L, E))},
+        ),
+    ]
+    return _differs(found, contrib_expect(case))
+
+
+def contrib_raises(case):
+    o, w_o = case.args
+    B, H, L, D = o.shape
+    E = w_o.shape[0]
+    return fingerprint_raises(
+        [
+            (
+                "head h's slice of w_o is (embed_dim, head_dim), columns of the (out, in) weight: multiply by its "
+                "transpose",
+                lambda t: t.zeros(B, L, D) @ t.zeros(E, D),
+            ),
+            (
+                "head h's block of w_o is (embed_dim, head_dim), columns of the (out, in) weight: multiply the head's "
+                "outputs by its transpose, (head_dim, embed_dim)",
+                lambda t: t.zeros(B, H, L, D) @ t.zeros(H, E, D),
+            ),
+        ],
+        (
+            SHAPE_ERROR,
+            f"this check has o ({B}, {H}, {L}, {D}) and w_o ({E}, {E}): the result must be ({B}, {H}, {L}, {E})",
+        ),
+    )
+
+
+def head_weight_cases(rng):
+    # (batch, L, heads, head_dim, head asked for); more than one head, or the bug would not show
+    specs = ((2, 5, 3, 4, 1), (1, 4, 2, 4, 0), (3, 3, 4, 4, 3), (2, 6, 3, 2, 2))
+    cases = []
+    for B, L, H, D, h in specs:
+        E = H * D
+        cases.append(
+            Case(
+                f"x ({B}, {L}, {E}), {H} heads, head {h}",
+                (f32(B, L, E, rng=rng), linear(rng, E, E)[0], linear(rng, E, E)[0], H, h),
+                magnitude=4.0,
+            )
+        )
+    return cases
+
+
+def _head_weights(case, *, q_rows=True, k_rows=True, scale_dim=None, interleaved=False):
+    x, w_q, w_k, H, h = case.args
+    E = w_q.shape[0]
     D = E // H
-    return [
+    x = np.asarray(x, np.float64)
+
+    def part(w, rows):
+        w = np.asarray(w, np.float64)
+        if interleaved:
+            return w[h::H].T
+        return w[h * D : (h + 1) * D].T if rows else w[:, h * D : (h + 1) * D]
+
+    q, k = x @ part(w_q, q_rows), x @ part(w_k, k_rows)
+    return {"out": attn(q, k, k, None, 1.0 / math.sqrt(scale_dim or D))[1]}
+
+
+def head_weight_expect(case):
+    return _head_weights(case)
+
+
+def head_weight_mistakes(case):
+    _, w_q, _, H, _ = case.args
+    E = w_q.shape[0]
+    found = [
         (
-            "heads split by view/reshape without the transpose: reshape to (batch, seq, heads, head_dim) first, then "
-            "transpose(1, 2); a bare view to (batch, heads, seq, head_dim) mixes different tokens into one head",
-            {"out": x.reshape(B, H, L, D)},
+            "head h's q and k are taken from COLUMNS of w_q and w_k: nn.Linear stores its weight as (out_features, "
+            "in_features), so head h's output features are ROWS h*head_dim .. (h+1)*head_dim - 1",
+            _head_weights(case, q_rows=False, k_rows=False),
+        ),
+        ("head h's q is taken from columns of w_q (its k from rows): both use rows", _head_weights(case, q_rows=False)),
+        ("head h's k is taken from columns of w_k (its q from rows): both use rows", _head_weights(case, k_rows=False)),
+        (
+            f"the scores are scaled by 1/sqrt(embed_dim) = 1/sqrt({E}); a head dots vectors of head_dim features",
+            _head_weights(case, scale_dim=E),
         ),
         (
-            "head h must take features h*head_dim .. (h+1)*head_dim - 1 (contiguous), not every heads-th feature",
-            {"out": x.reshape(B, L, D, H).transpose(0, 3, 1, 2)},
-        ),
-        (
-            "the result is (batch, seq, heads, head_dim); transpose(1, 2) to get (batch, heads, seq, head_dim)",
-            {"out": x.reshape(B, L, H, D)},
-        ),
-    ]
-
-
-def _fix_split_cases(rng):
-    # the bug (a view without the transpose) is invisible with one head or one token
-    return [c for c in split_cases(rng) if c.args[1] > 1 and c.args[0].shape[1] > 1]
-
-
-def merge_cases(rng):
-    return [
-        Case("x (2, 3, 5, 4): 3 heads of size 4", (f32(2, 3, 5, 4, rng=rng),)),
-        Case("x (1, 2, 4, 3)", (f32(1, 2, 4, 3, rng=rng),)),
-        Case("x (3, 4, 2, 2)", (f32(3, 4, 2, 2, rng=rng),)),
-        Case("x (2, 1, 3, 5): one head", (f32(2, 1, 3, 5, rng=rng),)),
-    ]
-
-
-def merge_expect(case):
-    (x,) = case.args
-    B, H, L, D = x.shape
-    return {"out": x.transpose(0, 2, 1, 3).reshape(B, L, H * D).astype(np.float64)}
-
-
-def merge_mistakes(case):
-    (x,) = case.args
-    B, H, L, D = x.shape
-    return [
-        (
-            "heads merged by view/reshape without the transpose: transpose(1, 2) to (batch, seq, heads, head_dim) "
-            "first (then .contiguous() or .reshape), so each token's heads end up side by side",
-            {"out": x.reshape(B, L, H * D)},
-        ),
-        (
-            "heads merged in the wrong order: concatenate head 0's features, then head 1's, ... "
-            "(transpose(1, 2), then flatten the last two dims), not feature-interleaved",
-            {"out": x.transpose(0, 2, 3, 1).reshape(B, L, H * D)},
+            "head h's rows are taken every heads-th row: head h owns a contiguous block of head_dim rows",
+            _head_weights(case, interleaved=True),
         ),
     ]
+    return _differs(found, head_weight_expect(case))
 
 
 def mha_cases(rng):
@@ -357,30 +500,33 @@ EXERCISES = [
     Exercise(
         key="08.1",
         set=SET,
-        entry="split_heads",
-        title="Split the embedding into heads",
+        entry="split_qkv",
+        title="Split a fused q, k, v projection into heads",
         points=2,
-        difficulty="easy",
-        minutes=10,
+        difficulty="medium",
+        minutes=15,
+        returns=("q", "k", "v"),
         forbidden=ATTNLIB,
-        cases=split_cases,
-        expect=split_expect,
-        mistakes=split_mistakes,
-        arg_names=("x", "num_heads"),
+        cases=qkv_cases,
+        expect=qkv_expect,
+        mistakes=qkv_mistakes,
+        raises=qkv_raises,
+        arg_names=("qkv", "num_heads"),
     ),
     Exercise(
         key="08.2",
         set=SET,
-        entry="merge_heads",
-        title="Merge the heads back",
-        points=2,
-        difficulty="easy",
-        minutes=10,
+        entry="head_contributions",
+        title="What each head adds to the output projection",
+        points=3,
+        difficulty="medium",
+        minutes=20,
         forbidden=ATTNLIB,
-        cases=merge_cases,
-        expect=merge_expect,
-        mistakes=merge_mistakes,
-        arg_names=("x",),
+        cases=contrib_cases,
+        expect=contrib_expect,
+        mistakes=contrib_mistakes,
+        raises=contrib_raises,
+        arg_names=("o", "w_o"),
     ),
     Exercise(
         key="08.3",
@@ -417,16 +563,17 @@ EXERCISES = [
     Exercise(
         key="08.5",
         set=SET,
-        entry="fixed_split_heads",
-        title="Find the bug: a head split with the right shape and the wrong contents",
+        entry="fixed_head_weights",
+        title="Find the bug: one head's weights rebuilt from the wrong slice of the projections",
         points=2,
         difficulty="easy",
-        minutes=5,
+        minutes=10,
         forbidden=ATTNLIB,
-        cases=_fix_split_cases,
-        expect=split_expect,
-        mistakes=split_mistakes,
-        arg_names=("x", "num_heads"),
+        cases=head_weight_cases,
+        expect=head_weight_expect,
+        mistakes=head_weight_mistakes,
+        distribution="out",
+        arg_names=("x", "w_q", "w_k", "num_heads", "head"),
         style="fix",
     ),
 ]
