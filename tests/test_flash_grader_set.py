@@ -216,7 +216,7 @@ def test_the_kernel_solution_passes_over_many_seeds(kernel_results):
 @pytest.mark.parametrize(
     ("ident", "hint"),
     [
-        ("given-bug", "one key past the end counts as a key"),
+        ("given-bug", "one position past the end of the keys is treated as a key"),
         *((ident, hint) for ident, _, _, hint in KERNEL_MISTAKES),
         ("neither-rescaled", "neither l_i nor acc is rescaled"),
         ("no-triton", "Triton is not installed in this Python environment"),
@@ -241,7 +241,7 @@ def test_the_sandboxed_grader_runs_the_kernel_full_marks_and_zero():
     untouched = engine.grade([ROOT / "exercises" / f"{SET}_exercises.ipynb"])
     assert untouched.percent == 0.0
     messages = {r.exercise.key: r.message for r in untouched.results}
-    assert "one key past the end counts as a key" in messages["13.3"], messages
+    assert "one position past the end of the keys is treated as a key" in messages["13.3"], messages
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["kernel-child"]:

@@ -349,8 +349,8 @@ def _kernel_mistakes(case):
     if k.shape[-2] % bn:
         found.append(
             (
-                "one key past the end counts as a key (the end mask keeps offs_n == S): the masked load reads it as "
-                "zeros, so its score is 0 and it adds exp2(0 - m) to l_i; only the offsets 0 .. S - 1 are keys",
+                "one position past the end of the keys is treated as a key: the masked load reads it as zeros, so "
+                "its score is 0 and it adds exp2(0 - m) to l_i",
                 _kernel_np(q, k, v, bn, past_end=1),
             )
         )
