@@ -36,10 +36,10 @@ FULL_MATRIX = [
         "    rows = torch.arange(L)[:, None]\n    block_size = S\n    for j in range(0, S, block_size):",
     ),
     (
-        "13.1",
-        "13_flash_attention",
-        "    scale = 1.0 / math.sqrt(q.shape[-1])\n    outs, lses = [], []",
-        "    scale = 1.0 / math.sqrt(q.shape[-1])\n    block_q, block_k = q.shape[-2], k.shape[-2]\n"
+        "12.4",
+        "12_cost_of_attention",
+        "    L, S = q.shape[-2], k.shape[-2]\n    scale = 1.0 / math.sqrt(q.shape[-1])\n    outs, lses = [], []",
+        "    L, S = q.shape[-2], k.shape[-2]\n    block_size = max(L, S)\n    scale = 1.0 / math.sqrt(q.shape[-1])\n"
         "    outs, lses = [], []",
     ),
 ]

@@ -479,6 +479,20 @@ BROKEN = [
         "if False:\n            cols",
         "causal mask is ignored",
     ),
+    (
+        "chunk-max-zero",
+        "12.2",
+        "m = torch.full(q.shape[:-1], -math.inf, dtype=q.dtype)",
+        "m = torch.zeros(q.shape[:-1], dtype=q.dtype)",
+        "running max starts at 0",
+    ),
+    (
+        "chunk-rows-in-block",
+        "12.4",
+        "rows = torch.arange(i, i + qi.shape[-2])[:, None]",
+        "rows = torch.arange(qi.shape[-2])[:, None]",
+        "inside their query block",
+    ),
     ("flops-one-product", "12.3", "return 4 * batch", "return 2 * batch", "one of the two"),
     (
         "kv-keys-only",

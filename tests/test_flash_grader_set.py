@@ -31,25 +31,18 @@ spec.loader.exec_module(set13)
 BY_ENTRY = {ex.entry: ex for ex in set13.EXERCISES}
 
 
-def tiled_attention_forward(q, k, v, block_q, block_k, *, rescale=True, base2=False):
-    scale = 1 / math.sqrt(q.shape[-1])
-    outs, lses = [], []
-    for i in range(0, q.shape[-2], block_q):
-        qi = q[..., i : i + block_q, :]
-        m = torch.full(qi.shape[:-1], -math.inf)
-        l = torch.zeros(qi.shape[:-1])
-        acc = torch.zeros(*qi.shape[:-1], v.shape[-1])
-        for j in range(0, k.shape[-2], block_k):
-            s = scale * qi @ k[..., j : j + block_k, :].transpose(-2, -1)
-            m_new = torch.maximum(m, s.amax(-1))
-            p = torch.exp(s - m_new[..., None])
-            alpha = torch.exp(m - m_new) if rescale else torch.ones_like(m)
-            l = alpha * l + p.sum(-1)
-            acc = alpha[..., None] * acc + p @ v[..., j : j + block_k, :]
-            m = m_new
-        outs.append(acc / l[..., None])
-        lses.append((m + torch.log(l)) / (math.log(2) if base2 else 1.0))
-    return torch.cat(outs, -2), torch.cat(lses, -1)
+def merge_attention_splits(outs, lses, *, weighted=True, max_from=None):
+    """The merge written independently of the solution: a running max over the splits (``max_from`` its first
+    value; -inf is right), then one weighted sum."""
+    m = torch.full(lses.shape[1:], -math.inf if max_from is None else max_from)
+    for lse in lses:
+        m = torch.maximum(m, lse)
+    ref = torch.nan_to_num(m, neginf=0.0)
+    w = torch.exp(lses - ref) if weighted else torch.ones_like(lses)
+    total = w.sum(0)
+    out = torch.einsum("s...,s...d->...d", w, outs) / total.unsqueeze(-1)
+    out = torch.where(total.unsqueeze(-1) > 0, out, torch.zeros_like(out))
+    return out, ref + torch.log(total)
 
 
 def attention_backward(q, k, v, out, lse, dout, *, use_D=True):
@@ -79,7 +72,7 @@ def test_the_set_module_follows_the_contract():
 
 
 @pytest.mark.parametrize(
-    ("entry", "fn"), [("tiled_attention_forward", tiled_attention_forward), ("attention_backward", attention_backward)]
+    ("entry", "fn"), [("merge_attention_splits", merge_attention_splits), ("attention_backward", attention_backward)]
 )
 def test_a_right_answer_passes_every_case(entry, fn):
     results = _judge(BY_ENTRY[entry], fn)
@@ -89,8 +82,8 @@ def test_a_right_answer_passes_every_case(entry, fn):
 @pytest.mark.parametrize(
     ("entry", "fn", "hint"),
     [
-        ("tiled_attention_forward", lambda *a: tiled_attention_forward(*a, rescale=False), "exp(m_old - m_new)"),
-        ("tiled_attention_forward", lambda *a: tiled_attention_forward(*a, base2=True), "base 2"),
+        ("merge_attention_splits", lambda *a: merge_attention_splits(*a, weighted=False), "equal weights"),
+        ("merge_attention_splits", lambda *a: merge_attention_splits(*a, max_from=0.0), "starts at 0"),
         ("attention_backward", lambda *a: attention_backward(*a, use_D=False), "missing the softmax's normalisation"),
     ],
 )
@@ -110,7 +103,8 @@ def test_every_mistake_differs_from_the_reference_and_is_named(ex):
             if all(diagnose.close(wrong[n], expected[n]) for n in wrong):
                 continue  # this input cannot show this mistake (e.g. the max never moves)
             shown[hint] += 1
-            ok, message = diagnose.diagnose(wrong, expected, ex.mistakes(case))
+            got = {**expected, **wrong}  # a mistake that changes only the output keeps the reference's lse
+            ok, message = diagnose.diagnose(got, expected, ex.mistakes(case))
             assert not ok and message == hint, (case.name, hint, message)
     assert all(n > 0 for n in shown.values()), f"some mistakes are never visible in any case: {shown}"
 
@@ -123,16 +117,15 @@ SET = "13_flash_attention"
 KERNEL = BY_ENTRY["fixed_flash_kernel_forward"]
 
 
-def _load(folder: Path, replace: tuple[str, str] | None = None, *, strict: bool = True) -> dict:
+def _load(folder: Path, *replace: tuple[str, str], strict: bool = True) -> dict:
     """The notebook's kept definitions (what the sandbox runs), each statement's source in linecache as the
-    grader's worker does (@triton.jit needs it); ``replace`` = (old, new) makes a broken copy."""
+    grader's worker does (@triton.jit needs it); each ``replace`` pair (old, new) makes a broken copy."""
     import nbformat
 
     from attnlib.grader.notebook import definitions
 
     cells = [c.source for c in nbformat.read(folder / f"{SET}_exercises.ipynb", 4).cells if c.cell_type == "code"]
-    if replace is not None:
-        old, new = replace
+    for old, new in replace:
         hits = [i for i, c in enumerate(cells) if old in c]
         assert len(hits) == 1 and cells[hits[0]].count(old) == 1, f"{old!r} must occur once"
         cells[hits[0]] = cells[hits[0]].replace(old, new)
@@ -154,7 +147,7 @@ def test_the_notebooks_state_points_hints_rules_and_self_checks():
     rules(SET)  # the checks every other set's notebooks pass (set 13 is not in that module's list)
 
 
-@pytest.mark.parametrize("entry", ["tiled_attention_forward", "attention_backward"])
+@pytest.mark.parametrize("entry", ["merge_attention_splits", "attention_backward"])
 def test_the_solutions_pass_over_many_seeds(entry):
     from exercise_harness import lost_points
 
@@ -165,6 +158,7 @@ def test_the_solutions_pass_over_many_seeds(entry):
 
 # (id, the solution's text, its replacement, regex of the hint every failed check must show)
 KERNEL_MISTAKES = [
+    ("l-not-rescaled", "l_i = l_i * alpha + tl.sum(p, 1)", "l_i = l_i + tl.sum(p, 1)", "running sum l_i is not"),
     ("acc-not-rescaled", "acc = acc * alpha[:, None] + tl.dot", "acc = acc + tl.dot", "accumulator acc is not"),
     ("lse-base-2", "(m_i + tl.log2(l_i)) * 0.6931471805599453", "m_i + tl.log2(l_i)", "left in base 2"),
     ("no-log2e", "qk_scale = math.log2(math.e) / math.sqrt(E)", "qk_scale = 1.0 / math.sqrt(E)", "lacks log2"),
@@ -194,8 +188,8 @@ def _kernel_child() -> None:
     emit("given-bug", _load(ROOT / "exercises", strict=False)["fixed_flash_kernel_forward"])
     for ident, old, new, _ in KERNEL_MISTAKES:
         emit(ident, _load(ROOT / "solutions", (old, new))["fixed_flash_kernel_forward"])
-    both = ("acc = acc * alpha[:, None] + tl.dot", "acc = acc + tl.dot")
-    emit("neither-rescaled", _load(ROOT / "exercises", both, strict=False)["fixed_flash_kernel_forward"])
+    both = (KERNEL_MISTAKES[0][1:3], KERNEL_MISTAKES[1][1:3])
+    emit("neither-rescaled", _load(ROOT / "solutions", *both)["fixed_flash_kernel_forward"])
     for name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")]:
         sys.modules[name] = None  # as on macOS: `import triton` fails
     emit("no-triton", _load(ROOT / "solutions", strict=False)["fixed_flash_kernel_forward"])
@@ -222,7 +216,7 @@ def test_the_kernel_solution_passes_over_many_seeds(kernel_results):
 @pytest.mark.parametrize(
     ("ident", "hint"),
     [
-        ("given-bug", "the running sum l_i is not rescaled"),
+        ("given-bug", "one position past the end of the keys is treated as a key"),
         *((ident, hint) for ident, _, _, hint in KERNEL_MISTAKES),
         ("neither-rescaled", "neither l_i nor acc is rescaled"),
         ("no-triton", "Triton is not installed in this Python environment"),
@@ -247,7 +241,7 @@ def test_the_sandboxed_grader_runs_the_kernel_full_marks_and_zero():
     untouched = engine.grade([ROOT / "exercises" / f"{SET}_exercises.ipynb"])
     assert untouched.percent == 0.0
     messages = {r.exercise.key: r.message for r in untouched.results}
-    assert "the running sum l_i is not rescaled" in messages["13.3"], messages
+    assert "one position past the end of the keys is treated as a key" in messages["13.3"], messages
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["kernel-child"]:

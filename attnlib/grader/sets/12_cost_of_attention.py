@@ -1,5 +1,6 @@
-"""Set 12 (lesson 12, the cost of attention): memory and FLOPs from the shapes, and a tiled attention forward
-built on lesson 3's online softmax, plus a bug to find in one."""
+"""Set 12 (lesson 12, the cost of attention): memory and FLOPs from the shapes, a chunked attention forward built
+on lesson 3's online softmax, a causal mask bug to find in a two-level (query blocks, key blocks) version of it,
+and the size of a KV cache."""
 
 from __future__ import annotations
 
@@ -119,6 +120,7 @@ def _np_chunked(
     drop_last=False,
     align="top-left",
     strict=False,
+    local_rows=False,
 ):
     """The tiled forward in NumPy (float64), with switches that reproduce its classic mistakes."""
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
@@ -133,7 +135,7 @@ def _np_chunked(
         for j in range(0, stop, block):
             s = q @ np.swapaxes(k[..., j : j + block, :], -1, -2) * scale
             if causal:
-                i_idx = np.arange(L)[:, None]
+                i_idx = (np.arange(L) % block if local_rows else np.arange(L))[:, None]
                 j_idx = np.arange(j, min(j + block, S))[None, :]
                 s = np.where((j_idx < i_idx + offset) if strict else (j_idx <= i_idx + offset), s, -np.inf)
             m_new = np.maximum(m, s.max(axis=-1))
@@ -164,10 +166,28 @@ def chunked_cases(rng):
     for name, qs, ks, vs, block, kw, big in specs:
         q, k = f32(*qs, rng=rng, scale=big), f32(*ks, rng=rng, scale=big)
         cases.append(Case(name, (q, k, f32(*vs, rng=rng), block), kw, magnitude=score_magnitude(q, k)))
+    cases.append(_very_negative_case(rng))
     n = NO_FULL_MATRIX_LENGTH
     q, k, v = f32(1, n, 8, rng=rng), f32(1, n, 8, rng=rng), f32(1, n, 4, rng=rng)
     cases.append(no_full_matrix_case(f"L=S={n}, blocks of 128", (q, k, v, 128), magnitude=score_magnitude(q, k)))
     return cases
+
+
+def _very_negative_case(rng, L=3, row=1, causal=False):
+    """A query (``row``) whose scores are all about -1000 or lower (exp of them is 0 even in float64): a running
+    max that starts at 0 instead of -inf gives l = 0 and 0/0 for it."""
+    u = np.zeros(8)
+    u[int(rng.integers(8))] = 1.0  # a direction every key shares (6 standard deviations along it)
+    k = (f32(2, 9, 8, rng=rng) + 6.0 * u).astype(np.float32)
+    q = f32(2, L, 8, rng=rng)
+    along = k.astype(np.float64) @ u  # (2, 9), all positive
+    q[:, row, :] = (-1000.0 * math.sqrt(8) / along.min(axis=-1))[:, None] * u  # its largest score: -1000
+    return Case(
+        ("causal, " if causal else "") + f"query {row} of L={L} has scores all about -1000 or lower, blocks of 4",
+        (q, k, f32(2, 9, 4, rng=rng), 4),
+        {"is_causal": True} if causal else {},
+        magnitude=score_magnitude(q, k),
+    )
 
 
 def chunked_expect(case):
@@ -177,7 +197,7 @@ def chunked_expect(case):
     from ..common import t64
 
     q, k, v, _ = case.args
-    if is_no_full_matrix(case):
+    if is_no_full_matrix(case) and not case.kwargs.get("is_causal"):
         return full_attention_f64(q, k, v)
     L, S = q.shape[-2], k.shape[-2]
     mask = torch.ones(L, S, dtype=torch.bool).tril() if case.kwargs.get("is_causal") else None
@@ -195,7 +215,18 @@ def chunked_mistakes(case):
     causal = bool(case.kwargs.get("is_causal", False))
     S = k.shape[-2]
     ref = chunked_expect(case)
-    found = [
+    found = []
+    dead = _score_max(q, k, causal) < -104.0  # float32's exp(s) is 0 below about -103.3 (subnormals included)
+    if dead.any():
+        found.append(
+            (
+                "the running max starts at 0 instead of -inf: for a query whose scores are all very negative, "
+                "exp(s - 0) underflows to 0 in every block, so l = 0 and the output is 0/0; start m at -inf so "
+                "that the first block sets it",
+                {"out": np.where(dead[..., None], np.nan, ref["out"]), "lse": np.where(dead, -np.inf, ref["lse"])},
+            )
+        )
+    found += [
         (
             "the partial output is not rescaled: when a block raises a row's max from m to m', multiply the "
             "accumulated exp(s - m) @ v by exp(m - m') before adding the block's terms (as the sum l is)",
@@ -236,6 +267,15 @@ def chunked_mistakes(case):
                 _np_chunked(q, k, v, block, True, strict=True),
             )
         )
+        if q.shape[-2] > block:
+            found.append(
+                (
+                    "the causal mask compares the keys' positions with the queries' positions inside their query "
+                    "block (0 .. block_size - 1), not in the sequence: every query block after the first sees too "
+                    "few keys",
+                    _np_chunked(q, k, v, block, True, local_rows=True),
+                )
+            )
         if q.shape[-2] != S:
             found.append(
                 (
@@ -261,19 +301,21 @@ def chunked_raises(case):
 
 
 def _fix_cases(rng):
-    # the bug (no rescaling of the partial output) only shows when a query sees keys of several blocks
-    def several(c):
-        q, k, _, block = c.args
-        seen = min(q.shape[-2], k.shape[-2]) if c.kwargs.get("is_causal") else k.shape[-2]
-        return seen > block
-
+    """Causal checks with several query blocks each: the bug shows only in the query blocks after the first."""
     cases = []
-    for c in chunked_cases(rng):
-        if several(c):
-            q, k, v, block = c.args
-            k = k.copy()
-            k[..., -1, :] = 2.0 * q[..., -1, :]  # the last query's max rises in the last block, on every seed
-            cases.append(Case(c.name, (q, k, v, block), c.kwargs, magnitude=score_magnitude(q, k)))
+    for name, (B, H), L, S, E, Ev, block in (
+        ("causal, L=S=9, blocks of 4 (three query blocks, the last one shorter)", (2, 1), 9, 9, 4, 3, 4),
+        ("causal with L=7 != S=11, blocks of 2", (1, 2), 7, 11, 8, 4, 2),
+        ("causal with L=8 > S=5, blocks of 3", (1, 1), 8, 5, 4, 4, 3),
+        ("causal, batch and heads (2, 3), L=S=10, blocks of 3", (2, 3), 10, 10, 8, 5, 3),
+    ):
+        q, k, v = f32(B, H, L, E, rng=rng), f32(B, H, S, E, rng=rng), f32(B, H, S, Ev, rng=rng)
+        cases.append(Case(name, (q, k, v, block), {"is_causal": True}, magnitude=score_magnitude(q, k)))
+    cases.append(_very_negative_case(rng, L=6, row=5, causal=True))  # in the second query block
+    n = NO_FULL_MATRIX_LENGTH
+    q, k, v = f32(1, n, 8, rng=rng), f32(1, n, 8, rng=rng), f32(1, n, 4, rng=rng)
+    name = f"causal, L=S={n}, blocks of 128"
+    cases.append(no_full_matrix_case(name, (q, k, v, 128), {"is_causal": True}, magnitude=score_magnitude(q, k)))
     return cases
 
 
@@ -404,7 +446,7 @@ EXERCISES = [
         key="12.4",
         set=SET,
         entry="fixed_chunked_attention",
-        title="Find the bug: chunked attention that is right for one block only",
+        title="Find the bug: causal chunked attention that is right for the first block of queries only",
         points=3,
         difficulty="medium",
         minutes=15,

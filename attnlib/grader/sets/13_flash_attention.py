@@ -1,7 +1,7 @@
-"""Checks of exercise set 13 (lesson 13, FlashAttention): the tiled forward that returns the logsumexp, the
-backward's D term, and a bug to find in a Triton forward kernel (run by the learner's code under Triton's
-interpreter, ``TRITON_INTERPRET=1``, at tiny sizes). References are computed in float64 with PyTorch; each known
-mistake is computed on the same inputs so that the grader can name it."""
+"""Checks of exercise set 13 (lesson 13, FlashAttention): merging attention computed over key splits through
+their logsumexps (flash-decoding's split-K), the backward's D term, and a bug to find in a Triton forward kernel
+(run by the learner's code under Triton's interpreter, ``TRITON_INTERPRET=1``, at tiny sizes). References are
+computed in float64; each known mistake is computed on the same inputs so that the grader can name it."""
 
 from __future__ import annotations
 
@@ -9,19 +9,12 @@ import math
 
 import numpy as np
 
-from ..common import (
-    NO_FULL_MATRIX_BUDGET,
-    NO_FULL_MATRIX_LENGTH,
-    full_attention_f64,
-    is_no_full_matrix,
-    memory_raises,
-    no_full_matrix_case,
-    score_magnitude,
-)
+from ..common import score_magnitude
+from ..diagnose import close
 from ..exercises import ATTNLIB, MHA, SDPA, SOFTMAX, Case, Exercise
 
 SET = "13_flash_attention"
-TITLE = "Lesson 13: FlashAttention's tiled forward with the logsumexp, its backward, and a Triton kernel's bug"
+TITLE = "Lesson 13: merging attention over key splits with the logsumexp, the backward, and a Triton kernel's bug"
 
 
 def _f(*shape, rng, scale=1.0):
@@ -49,128 +42,158 @@ def _forward(q, k, v, scale=None):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 13.1: tiled_attention_forward(q, k, v, block_q, block_k) -> (out, lse)
+# 13.1: merge_attention_splits(outs, lses) -> (out, lse), the merge of flash-decoding's key splits
 
 
-def _forward_cases(rng):
+def _split_attention(q, k, v, visible, bounds):
+    """Each key split's (out, lse) in float64, as a kernel that saw only that split returns them: a query that
+    sees no key of a split gets out 0 and lse -inf. ``visible`` (..., S) marks the keys the queries may see."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    s = np.where(visible[..., None, :], s, -np.inf)
+    outs, lses = [], []
+    with np.errstate(all="ignore"):
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            sj = s[..., a:b]
+            m = sj.max(axis=-1)
+            shift = np.where(np.isfinite(m), m, 0.0)
+            p = np.exp(sj - shift[..., None])
+            l = p.sum(axis=-1)
+            safe_l = np.where(l > 0, l, 1.0)
+            outs.append(np.where(l[..., None] > 0, p @ v[..., a:b, :] / safe_l[..., None], 0.0))
+            lses.append(np.where(l > 0, shift + np.log(safe_l), -np.inf))
+    return np.stack(outs), np.stack(lses)
+
+
+def _merge_cases(rng):
     cases = []
-    for B, H, L, S, E, Ev, bq, bk in (
-        (1, 1, 8, 8, 4, 4, 4, 4),
-        (2, 3, 10, 14, 8, 5, 4, 6),  # blocks that do not divide the lengths
-        (1, 2, 16, 5, 4, 4, 16, 2),  # one query block; L > S
-        (2, 1, 7, 33, 16, 8, 3, 8),
+    for B, H, L, S, E, Ev, bounds, big in (
+        (1, 1, 4, 12, 8, 4, (0, 4, 8, 12), 1.0),
+        (2, 3, 5, 17, 8, 6, (0, 3, 10, 11, 17), 1.0),  # splits of unequal length, one of a single key
+        (2, 4, 1, 40, 16, 8, (0, 8, 16, 24, 32, 40), 1.0),  # one query per sequence, as when decoding
+        (1, 2, 6, 9, 4, 3, (0, 9), 1.0),  # one split: the merge gives it back unchanged
+        (1, 2, 3, 12, 4, 5, (0, 5, 12), 4.0),  # large scores: the splits' lse differ by tens
     ):
+        q, k = _f(B, H, L, E, rng=rng, scale=big), _f(B, H, S, E, rng=rng, scale=big)
+        outs, lses = _split_attention(q, k, _f(B, H, S, Ev, rng=rng), np.ones((B, H, S), bool), bounds)
         cases.append(
             Case(
-                f"q ({B}, {H}, {L}, {E}), k ({B}, {H}, {S}, {E}), blocks {bq} x {bk}",
-                (_f(B, H, L, E, rng=rng), _f(B, H, S, E, rng=rng), _f(B, H, S, Ev, rng=rng), bq, bk),
+                f"{len(bounds) - 1} split(s) of S={S} keys, outs ({len(bounds) - 1}, {B}, {H}, {L}, {Ev})",
+                (outs.astype(np.float32), lses.astype(np.float32)),
             )
         )
-    cases.append(  # the max moves from block to block by a lot: forgetting to rescale is visible
-        Case(
-            "large, growing scores (the running max changes from block to block), blocks 2 x 3",
-            (
-                _f(1, 1, 4, 8, rng=rng, scale=3.0),
-                (_f(1, 1, 12, 8, rng=rng, scale=3.0) * np.linspace(0.2, 2.0, 12)[:, None]).astype(np.float32),
-                _f(1, 1, 12, 3, rng=rng),
-                2,
-                3,
-            ),
-        )
-    )
-    # every score of the first query is about -200: a running max that starts at 0 instead of -inf underflows
-    # exp(s - 0) to 0 for that row and gives 0/0
-    u = np.zeros(8)
-    u[int(rng.integers(8))] = 1.0  # a direction every key shares (6 standard deviations along it)
-    k = (_f(1, 2, 9, 8, rng=rng) + 6.0 * u).astype(np.float32)
-    q = _f(1, 2, 3, 8, rng=rng)
-    along = k.astype(np.float64) @ u  # (1, 2, 9), all positive
-    q[..., 0, :] = (-200.0 * math.sqrt(8) / along.min(axis=-1))[..., None] * u  # largest score of query 0: -200
+    # padding: the second sequence's last 7 keys are padding, so its last split sees no key (lse -inf, out 0)
+    q, k, v = _f(2, 2, 3, 8, rng=rng), _f(2, 2, 15, 8, rng=rng), _f(2, 2, 15, 4, rng=rng)
+    visible = np.ones((2, 2, 15), bool)
+    visible[1, :, 8:] = False
+    outs, lses = _split_attention(q, k, v, visible, (0, 4, 8, 15))
     cases.append(
         Case(
-            "a query whose scores are all about -200 or lower, blocks 2 x 4",
-            (q, k, _f(1, 2, 9, 4, rng=rng), 2, 4),
-            magnitude=score_magnitude(q, k),
+            "3 splits of S=15 keys; in the second sequence every key of the last split is padding (its lse -inf)",
+            (outs.astype(np.float32), lses.astype(np.float32)),
         )
     )
-    n = NO_FULL_MATRIX_LENGTH
-    big = (_f(1, 1, n, 8, rng=rng), _f(1, 1, n, 8, rng=rng), _f(1, 1, n, 4, rng=rng), 256, 512)
-    cases.append(no_full_matrix_case(f"L=S={n}, blocks 256 x 512", big, magnitude=score_magnitude(big[0], big[1])))
+    # rows at the edges of float32: in each (head, query) row the three splits' lse are ordinary (query 0), all
+    # about -10000 (query 1), all about +800 (query 2), one of them -inf (query 3), all -inf (query 4: a query
+    # that saw no key at all)
+    lses = rng.uniform(-3.0, 3.0, size=(3, 1, 2, 5))
+    lses[..., 1] -= 10_000.0
+    lses[..., 2] += 800.0
+    lses[int(rng.integers(3)), ..., 3] = -np.inf
+    lses[..., 4] = -np.inf
+    outs = _f(3, 1, 2, 5, 4, rng=rng)
+    outs[np.isinf(lses)] = 0.0
+    cases.append(
+        Case(
+            "rows whose splits' lse are ordinary, all about -10000, all about +800, one -inf, all -inf",
+            (outs, lses.astype(np.float32)),
+        )
+    )
     return cases
 
 
-def _forward_raises(case):
-    return memory_raises(case.args[0].shape[-2], case.args[1].shape[-2])
+def _merge_np(outs, lses, *, start=-np.inf, guard=True, shift=True, normalise=True, global_max=False, zero=True):
+    """The merge in float64, a loop over the splits with a running max, and switches for its classic mistakes:
+    ``start`` the running max's first value, ``guard`` the shift 0 for a row whose splits are all -inf,
+    ``shift`` whether a max is subtracted at all, ``normalise`` the division by the weights' sum,
+    ``global_max`` one max for the whole tensor; ``zero``: a row whose weights sum to 0 gives 0, not 0/0 (code
+    that guards that division turns a mistake's NaN into 0)."""
+    outs, lses = np.asarray(outs, np.float64), np.asarray(lses, np.float64)
+    with np.errstate(all="ignore"):
+        m = np.full(lses.shape[1:], lses.max() if global_max else start)
+        for lse in lses:
+            m = m if global_max else np.maximum(m, lse)
+        ref = np.where(np.isfinite(m), m, 0.0) if guard else m
+        ref = ref if shift else np.zeros_like(m)
+        w = np.exp(lses - ref)  # (splits, ..., L)
+        l = w.sum(axis=0)
+        acc = (w[..., None] * outs).sum(axis=0)
+        if not normalise:
+            return {"out": acc}
+        out = acc / l[..., None]
+        if zero:
+            out = np.where(l[..., None] == 0, 0.0, out)
+        return {"out": out, "lse": ref + np.log(l)}
 
 
-def _forward_expect(case):
-    q, k, v, _, _ = case.args
-    if is_no_full_matrix(case):
-        return full_attention_f64(q, k, v)
-    out, lse = _forward(q, k, v)
-    return {"out": out, "lse": lse}
+def _merge_expect(case):
+    return _merge_np(*case.args)
 
 
-def _no_rescale(q, k, v, block_k):
-    """The online softmax without the factor exp(m_old - m_new) on what was accumulated."""
-    import torch
-
-    s = _scores(q, k)
-    v = _t(v)
-    m = torch.full(s.shape[:-1], -math.inf, dtype=torch.float64)
-    l = torch.zeros(s.shape[:-1], dtype=torch.float64)
-    acc = torch.zeros(*s.shape[:-1], v.shape[-1], dtype=torch.float64)
-    for j in range(0, s.shape[-1], block_k):
-        sj = s[..., j : j + block_k]
-        m = torch.maximum(m, sj.amax(-1))
-        p = torch.exp(sj - m[..., None])
-        l = l + p.sum(-1)
-        acc = acc + p @ v[..., j : j + block_k, :]
-    return {"out": (acc / l[..., None]).numpy(), "lse": (m + torch.log(l)).numpy()}
-
-
-def _forward_mistakes(case):
-    if is_no_full_matrix(case):
-        return []
-    q, k, v, _, bk = case.args
-    out, lse = _forward(q, k, v)
-    m = _scores(q, k).amax(-1).numpy()
-    raw_out, raw_lse = _forward(q, k, v, scale=1.0)
-    found = []
-    row_max = m
-    dead = row_max < -104.0  # float32's exp(s) underflows to 0 below about -103.3 (subnormals included)
-    if dead.any():
-        found.append(
-            (
-                "the running max starts at 0 instead of -inf: for a query whose scores are all very negative, "
-                "exp(s - 0) underflows to 0, so l = 0 and the output is 0/0; start m at -inf (torch.full(..., "
-                "-math.inf)) so the first block sets it",
-                {
-                    "out": np.where(dead[..., None], np.nan, out),
-                    "lse": np.where(dead, -np.inf, lse),
-                },
-            )
-        )
-    return found + [
+def _merge_mistakes(case):
+    outs, lses = case.args
+    ref = _merge_expect(case)
+    m = np.asarray(lses, np.float64).max(axis=0)
+    shift = np.where(np.isfinite(m), m, 0.0)
+    candidates = [
         (
-            "lse is log(l) without the running max: the sum l was taken of exp(s - m), so lse = m + log(l)",
-            {"out": out, "lse": lse - m},
+            "the running max starts at 0 instead of -inf: for a row whose splits' lse are all very negative, "
+            "exp(lse - 0) underflows to 0 for every split, so the weights sum to 0 and the output is 0/0",
+            {"out": _merge_np(outs, lses, start=0.0, zero=False)["out"]},
         ),
         (
-            "lse is in base 2 (log2, or the exp2 trick without converting back); return the natural log: "
-            "multiply a base-2 logsumexp by ln 2",
-            {"out": out, "lse": lse / math.log(2.0)},
+            "the max is taken over the whole tensor, not per (batch, head, query) row: in a row far below the "
+            "largest lse anywhere every weight exp(lse - max) underflows to 0, and the output is 0/0",
+            {"out": _merge_np(outs, lses, global_max=True, zero=False)["out"]},
         ),
         (
-            "when a key block raises the running max m, what was accumulated (l and the output) must be "
-            "multiplied by exp(m_old - m_new) before the block's terms are added",
-            _no_rescale(q, k, v, bk),
+            "the weights are exp(lse) without the row's max subtracted: exp(800) overflows to inf and "
+            "exp(-10000) underflows to 0, so such rows become inf/inf or 0/0",
+            {"out": _merge_np(outs, lses, shift=False, zero=False)["out"]},
         ),
         (
-            "the scores are not scaled: multiply q k^T by 1/sqrt(d_k) (d_k = q.shape[-1]) before the softmax",
-            {"out": raw_out, "lse": raw_lse},
+            "a row whose every split has lse = -inf (a query that saw no key) gives NaN: its max is -inf too, "
+            "and exp(-inf - (-inf)) is NaN; like a kernel's row with no visible key, its output must be 0 and "
+            "its lse -inf",
+            {"out": _merge_np(outs, lses, guard=False, zero=False)["out"]},
+        ),
+        (
+            "the splits' outputs are averaged with equal weights, but each split's out was normalised by its own "
+            "sum of exponentials: its share of the merged row is that sum over the row's total, which the lse give",
+            {"out": np.asarray(outs, np.float64).mean(axis=0)},
+        ),
+        (
+            "the weighted sum of the splits' outputs is not divided by the sum of the weights",
+            _merge_np(outs, lses, normalise=False),
+        ),
+        (
+            "lse is the largest of the splits' lse; the merged log-sum-exp also needs the log of the weights' sum",
+            {"out": ref["out"], "lse": m},
+        ),
+        (
+            "lse is the log of the weights' sum without the max the weights were taken relative to: add it back",
+            {"out": ref["out"], "lse": ref["lse"] - shift},
         ),
     ]
+    # the same three mistakes in code that guards the division by the weights' sum: 0 instead of 0/0
+    candidates[3:3] = [
+        (hint, {"out": _merge_np(outs, lses, zero=True, **switch)["out"]})
+        for (hint, _), switch in zip(
+            candidates[:3], ({"start": 0.0}, {"global_max": True}, {"shift": False}), strict=True
+        )
+    ]
+    # only the mistakes this check can show (with one split, an equal-weight mean is right)
+    return [(hint, wrong) for hint, wrong in candidates if not all(close(wrong[n], ref[n]) for n in wrong)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -248,7 +271,7 @@ def _kernel_cases(rng):
     for B, H, L, S, E, Ev in (
         (1, 1, 20, 40, 8, 8),  # 3 key blocks, the last one half full
         (2, 2, 17, 33, 16, 4),  # 2 query blocks, the last key block holds 1 key
-        (1, 3, 5, 48, 4, 6),  # S a multiple of the block; E and Ev below BLOCK_D = 16
+        (1, 3, 5, 45, 4, 6),  # the last key block holds 13 keys; E and Ev below BLOCK_D = 16
     ):
         q, k, v = _f(B, H, L, E, rng=rng), _f(B, H, S, E, rng=rng), _f(B, H, S, Ev, rng=rng)
         k[..., -1, :] = 2.0 * q[..., -1, :]  # the last query's max rises in the last key block, on every seed
@@ -262,7 +285,9 @@ def _kernel_cases(rng):
     return cases
 
 
-def _kernel_np(q, k, v, block_n, *, rescale_l=True, rescale_acc=True, mask_tail=True, log2e=True, to_natural=True):
+def _kernel_np(
+    q, k, v, block_n, *, rescale_l=True, rescale_acc=True, mask_tail=True, past_end=0, log2e=True, to_natural=True
+):
     """The kernel's loop in float64 (base 2, like the kernel), with switches for its classic mistakes."""
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     S = k.shape[-2]
@@ -276,7 +301,7 @@ def _kernel_np(q, k, v, block_n, *, rescale_l=True, rescale_acc=True, mask_tail=
     for j in range(0, S + pad, block_n):
         s = q @ np.swapaxes(kp[..., j : j + block_n, :], -1, -2) * qk_scale
         if mask_tail:
-            s = np.where(np.arange(j, j + block_n) < S, s, -np.inf)
+            s = np.where(np.arange(j, j + block_n) < S + past_end, s, -np.inf)
         m_new = np.maximum(m, s.max(axis=-1))
         alpha = np.exp2(m - m_new)
         p = np.exp2(s - m_new[..., None])
@@ -324,6 +349,13 @@ def _kernel_mistakes(case):
     if k.shape[-2] % bn:
         found.append(
             (
+                "one position past the end of the keys is treated as a key: the masked load reads it as zeros, so "
+                "its score is 0 and it adds exp2(0 - m) to l_i",
+                _kernel_np(q, k, v, bn, past_end=1),
+            )
+        )
+        found.append(
+            (
                 f"the keys past the end (S={k.shape[-2]} is not a multiple of BLOCK_N={bn}) are not masked: the "
                 "masked load reads them as 0, so each adds exp2(0 - m) to l_i; set their scores to -inf with "
                 "tl.where(offs_n[None, :] < S, s, float('-inf'))",
@@ -350,19 +382,18 @@ EXERCISES = [
     Exercise(
         key="13.1",
         set=SET,
-        entry="tiled_attention_forward",
-        title="FlashAttention-2's tiled forward, returning the output and the logsumexp",
-        points=6,
+        entry="merge_attention_splits",
+        title="Merge the partial results of attention over key splits with their logsumexps",
+        points=5,
         difficulty="hard",
-        minutes=30,
+        minutes=25,
         kind="function",
         returns=("out", "lse"),
         forbidden=FORBIDDEN,
-        cases=_forward_cases,
-        expect=_forward_expect,
-        mistakes=_forward_mistakes,
-        raises=_forward_raises,
-        memory_limit_bytes=NO_FULL_MATRIX_BUDGET,
+        cases=_merge_cases,
+        expect=_merge_expect,
+        mistakes=_merge_mistakes,
+        arg_names=("outs", "lses"),
     ),
     Exercise(
         key="13.2",
@@ -383,7 +414,7 @@ EXERCISES = [
         key="13.3",
         set=SET,
         entry="fixed_flash_kernel_forward",
-        title="Find the bug: a Triton forward kernel that is right for one key block only",
+        title="Find the bug: a Triton forward kernel that is right for some key lengths only",
         points=4,
         difficulty="medium",
         minutes=20,
