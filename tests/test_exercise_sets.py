@@ -471,6 +471,75 @@ BROKEN = [
         "return attention + feed_forward",
         "LayerNorms are missing",
     ),
+    (
+        "decoder-pre-norm",
+        "10.1",
+        "self.self_attn(x, attn_mask=causal)\n        x = self.ln1(x + attended)\n"
+        "        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)"
+        "\n        x = self.ln2(x + read)\n        return self.ln3(x + self.mlp(x))",
+        "self.self_attn(self.ln1(x), attn_mask=causal)\n        x = x + attended\n"
+        "        read, cross_weights = self.cross_attn(self.ln2(x), memory, attn_mask=memory_mask)"
+        "\n        x = x + read\n        return x + self.mlp(self.ln3(x))",
+        "pre-norm",
+    ),
+    ("decoder-no-causal", "10.1", "self.self_attn(x, attn_mask=causal)", "self.self_attn(x)", "not causal"),
+    ("decoder-triu", "10.1", "device=x.device).tril()", "device=x.device).triu()", "upper-triangular"),
+    (
+        "decoder-keys-from-x",
+        "10.1",
+        "self.cross_attn(x, memory, attn_mask=memory_mask)",
+        "self.cross_attn(x, x, attn_mask=memory_mask)",
+        "keys and values come from x",
+    ),
+    (
+        "decoder-norm-before-residual",
+        "10.1",
+        "x = self.ln1(x + attended)\n        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)"
+        "\n        x = self.ln2(x + read)\n        return self.ln3(x + self.mlp(x))",
+        "x = x + self.ln1(attended)\n        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)"
+        "\n        x = x + self.ln2(read)\n        return x + self.ln3(self.mlp(x))",
+        "applied to the sub-layer's output",
+    ),
+    (
+        "decoder-no-residual",
+        "10.1",
+        "x = self.ln1(x + attended)\n        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)"
+        "\n        x = self.ln2(x + read)\n        return self.ln3(x + self.mlp(x))",
+        "x = self.ln1(attended)\n        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)"
+        "\n        x = self.ln2(read)\n        return self.ln3(self.mlp(x))",
+        "residual connections are missing",
+    ),
+    (
+        "decoder-cross-first",
+        "10.1",
+        "attended, self_weights = self.self_attn(x, attn_mask=causal)\n        x = self.ln1(x + attended)\n"
+        "        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)\n"
+        "        x = self.ln2(x + read)",
+        "read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)\n        x = self.ln1(x + read)\n"
+        "        attended, self_weights = self.self_attn(x, attn_mask=causal)\n        x = self.ln2(x + attended)",
+        "comes before the masked self-attention",
+    ),
+    (
+        "decoder-one-norm",
+        "10.1",
+        "x = self.ln2(x + read)\n        return self.ln3(",
+        "x = self.ln1(x + read)\n        return self.ln1(",
+        "ln1 is used for every sub-layer",
+    ),
+    (
+        "decoder-no-memory-mask",
+        "10.1",
+        "self.cross_attn(x, memory, attn_mask=memory_mask)",
+        "self.cross_attn(x, memory)",
+        "padding mask is not applied",
+    ),
+    (
+        "decoder-shortcut",
+        "10.1",
+        "attended, self_weights = self.self_attn(x, attn_mask=causal)",
+        "attended, self_weights = nn.MultiheadAttention(x.shape[-1], 1, batch_first=True)(x, x, x)",
+        "write it yourself",
+    ),
 ]
 # Exercises that a broken copy may also break, beside the one it targets (they share the changed code).
 SHARED = {"02.4": {"02.2"}, "05.4": {"05.1", "05.3"}}

@@ -76,8 +76,8 @@ SWEEP = [
     (
         "block-weights-transposed",
         "10.1",
-        "return x, weights",
-        "return x, weights.transpose(-2, -1)",
+        "self_weights, cross_weights\n",
+        "self_weights.transpose(-2, -1), cross_weights\n",
         "transposed",
         "wrong axis",
     ),
