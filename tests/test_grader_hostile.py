@@ -521,8 +521,10 @@ def test_magics_are_stripped_as_ipython_does_and_continuation_lines_are_kept(tmp
         "    )\n"
         "    assert fine\n"
         "    z = x / temperature\n"
-        "    e = torch.exp(z - z.amax(dim=dim, keepdim=True))\n"
-        "    return e / e.sum(dim=dim, keepdim=True)\n"
+        "    m = z.amax(dim=dim, keepdim=True)\n"
+        "    s = z - torch.where(torch.isfinite(m), m, torch.zeros_like(m))\n"
+        "    total = torch.exp(s).sum(dim=dim, keepdim=True)\n"
+        "    return torch.where(total > 0, s - torch.log(total), torch.full_like(s, float('-inf')))\n"
     )
     path = _notebook_with(tmp_path / "magic", ["%%capture\nprint('a cell magic')", "!echo a shell line", body])
     res = _results(grade_many([[path]], Options(**OPTS, sandbox="bwrap"))[0])
