@@ -149,8 +149,9 @@ BROKEN = [
         "return math.sqrt(score_variance(144, 0.5, 3.0))",
         "BEFORE dividing",
     ),
-    ("softmax-no-max", "03.1", "e = torch.exp(z - m)", "e = torch.exp(z)", "subtract the maximum"),
+    ("softmax-no-max", "03.1", "shifted = z - m", "shifted = z", "subtract the maximum"),
     ("softmax-temp-times", "03.1", "z = x / temperature", "z = x * temperature", "multiplied by the temperature"),
+    ("softmax-temp-ignored", "03.1", "z = x / temperature", "z = x", "temperature is ignored"),
     ("softmax-axis", "03.1", "z = x / temperature", "z = x / temperature\n    dim = -1", "this check asked for dim="),
     (
         "softmax-in-place",
@@ -162,9 +163,45 @@ BROKEN = [
     (
         "softmax-shortcut",
         "03.1",
-        "return e / e.sum(dim=dim, keepdim=True)",
-        "return torch.softmax(z, dim)",
+        "out = shifted - torch.log(total)",
+        "out = torch.log_softmax(z, dim)",
         "write it yourself",
+    ),
+    (
+        "softmax-logsumexp",
+        "03.1",
+        "out = shifted - torch.log(total)",
+        "out = z - torch.logsumexp(z, dim, keepdim=True)",
+        "write it yourself",
+    ),
+    (
+        "softmax-max-of-x",
+        "03.1",
+        "m = z.amax(dim=dim, keepdim=True)",
+        "m = x.amax(dim=dim, keepdim=True)",
+        "maximum of x is subtracted from x / temperature",
+    ),
+    (
+        "softmax-log-of-probabilities",
+        "03.1",
+        "out = shifted - torch.log(total)",
+        "out = torch.log(torch.exp(shifted) / total)",
+        "log of a softmax computed first",
+    ),
+    ("softmax-no-log-sum", "03.1", "out = shifted - torch.log(total)", "out = shifted", "is not subtracted"),
+    (
+        "softmax-max-not-back",
+        "03.1",
+        "out = shifted - torch.log(total)",
+        "out = z - torch.log(total)",
+        "off by each row",
+    ),
+    (
+        "softmax-all-inf-row-nan",
+        "03.1",
+        "return torch.where(total > 0, out, torch.full_like(out, -math.inf))",
+        "return out",
+        "all -inf",
     ),
     ("update-no-rescale", "03.2", "return m_new, l * rescale +", "return m_new, l +", "not rescaled"),
     ("update-inverted", "03.2", "rescale = torch.exp(m - shift)", "rescale = torch.exp(shift - m)", "rescaled by exp"),
@@ -554,6 +591,75 @@ BROKEN = [
         "w.reshape(num_heads, rows // num_heads // 2, 2, cols)",
         "w.reshape(num_heads, 2, rows // num_heads // 2, cols)",
         "opposite conversion",
+    ),
+    (
+        "decoder-pre-norm",
+        "10.1",
+        "self.self_attn(x, attn_mask=causal)\n        x = self.ln1(x + attended)\n"
+        "        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)"
+        "\n        x = self.ln2(x + read)\n        return self.ln3(x + self.mlp(x))",
+        "self.self_attn(self.ln1(x), attn_mask=causal)\n        x = x + attended\n"
+        "        read, cross_weights = self.cross_attn(self.ln2(x), memory, attn_mask=memory_mask)"
+        "\n        x = x + read\n        return x + self.mlp(self.ln3(x))",
+        "pre-norm",
+    ),
+    ("decoder-no-causal", "10.1", "self.self_attn(x, attn_mask=causal)", "self.self_attn(x)", "not causal"),
+    ("decoder-triu", "10.1", "device=x.device).tril()", "device=x.device).triu()", "upper-triangular"),
+    (
+        "decoder-keys-from-x",
+        "10.1",
+        "self.cross_attn(x, memory, attn_mask=memory_mask)",
+        "self.cross_attn(x, x, attn_mask=memory_mask)",
+        "keys and values come from x",
+    ),
+    (
+        "decoder-norm-before-residual",
+        "10.1",
+        "x = self.ln1(x + attended)\n        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)"
+        "\n        x = self.ln2(x + read)\n        return self.ln3(x + self.mlp(x))",
+        "x = x + self.ln1(attended)\n        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)"
+        "\n        x = x + self.ln2(read)\n        return x + self.ln3(self.mlp(x))",
+        "applied to the sub-layer's output",
+    ),
+    (
+        "decoder-no-residual",
+        "10.1",
+        "x = self.ln1(x + attended)\n        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)"
+        "\n        x = self.ln2(x + read)\n        return self.ln3(x + self.mlp(x))",
+        "x = self.ln1(attended)\n        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)"
+        "\n        x = self.ln2(read)\n        return self.ln3(self.mlp(x))",
+        "residual connections are missing",
+    ),
+    (
+        "decoder-cross-first",
+        "10.1",
+        "attended, self_weights = self.self_attn(x, attn_mask=causal)\n        x = self.ln1(x + attended)\n"
+        "        read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)\n"
+        "        x = self.ln2(x + read)",
+        "read, cross_weights = self.cross_attn(x, memory, attn_mask=memory_mask)\n        x = self.ln1(x + read)\n"
+        "        attended, self_weights = self.self_attn(x, attn_mask=causal)\n        x = self.ln2(x + attended)",
+        "comes before the masked self-attention",
+    ),
+    (
+        "decoder-one-norm",
+        "10.1",
+        "x = self.ln2(x + read)\n        return self.ln3(",
+        "x = self.ln1(x + read)\n        return self.ln1(",
+        "ln1 is used for every sub-layer",
+    ),
+    (
+        "decoder-no-memory-mask",
+        "10.1",
+        "self.cross_attn(x, memory, attn_mask=memory_mask)",
+        "self.cross_attn(x, memory)",
+        "padding mask is not applied",
+    ),
+    (
+        "decoder-shortcut",
+        "10.1",
+        "attended, self_weights = self.self_attn(x, attn_mask=causal)",
+        "attended, self_weights = nn.MultiheadAttention(x.shape[-1], 1, batch_first=True)(x, x, x)",
+        "write it yourself",
     ),
 ]
 # Exercises that a broken copy may also break, beside the one it targets (they share the changed code).

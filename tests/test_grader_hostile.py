@@ -1,6 +1,6 @@
 """Hostile and broken submissions never break the grader, inside the real sandbox and at the fallback levels.
 
-Every file in tests/submissions/ redefines ``stable_softmax`` (exercise 03.1) in a copy of
+Every file in tests/submissions/ redefines ``stable_log_softmax`` (exercise 03.1) in a copy of
 solutions/03_softmax_exercises.ipynb; its first lines give the reason 03.1 must fail with (``# expect:``), the class of
 attack and what it attempts. The whole corpus and a few broken notebooks are graded in one run under
 bubblewrap; for each submission the grader finishes in bounded time, writes a report, 03.1 scores zero with
@@ -58,6 +58,7 @@ UID_LEVEL = [
 # missing attnlib stop each of them on their own
 UNSCANNED = [
     "shortcut_base_class_dunder",
+    "shortcut_logsumexp_base_class",
     "shortcut_variable_functions",
     "shortcut_builtins_exec",
     "shortcut_attnlib_sys_modules",
@@ -198,7 +199,7 @@ def graded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
     subs, report_dir = _build(tmp)
     subs["syntax_error"] = [_replaced(tmp / "syntax", "temperature=1.0):\\n", "temperature=1.0)\\n")]
-    subs["missing_function"] = [_replaced(tmp / "missing", "def stable_softmax(", "def my_softmax(")]
+    subs["missing_function"] = [_replaced(tmp / "missing", "def stable_log_softmax(", "def my_softmax(")]
     bad_json = tmp / "bad_json"
     bad_json.mkdir()
     (bad_json / "03_softmax.ipynb").write_text('{"cells": [ {"cell_type": "code", "source": "def stable_')
@@ -250,7 +251,7 @@ def test_syntax_error_and_missing_function(graded):
     syntax = _results(graded["reports"]["syntax_error"])["03.1"]
     assert syntax.score == 0 and "not defined" in syntax.message and "syntax error" in syntax.message
     missing = _results(graded["reports"]["missing_function"])
-    assert missing["03.1"].score == 0 and "`stable_softmax` is not defined" in missing["03.1"].message
+    assert missing["03.1"].score == 0 and "`stable_log_softmax` is not defined" in missing["03.1"].message
     assert missing["03.2"].score == missing["03.2"].max_score
 
 
@@ -472,14 +473,14 @@ def test_generated_huge_notebooks_are_scanned_in_bounded_time(tmp_path):
 
     n = 20_000
     chain = "def f0(x):\n    return x\n" + "\n".join(f"def f{i}(x):\n    return f{i - 1}(x)" for i in range(1, n + 1))
-    chain += f"\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    return f{n}(x)\n"
-    getattrs = "def stable_softmax(x, dim=-1, temperature=1.0):\n    y = x\n"
+    chain += f"\ndef stable_log_softmax(x, dim=-1, temperature=1.0):\n    return f{n}(x)\n"
+    getattrs = "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    y = x\n"
     getattrs += "".join(f"    y = getattr(y, 'clone')()  # {i}\n" for i in range(30_000)) + "    return y\n"
     for source in (chain, getattrs):
         start = time.monotonic()
         src = notebook.definitions([source])
-        uses = notebook.forbidden_uses(src.tree, "stable_softmax", ("torch.softmax",))
-        needed = notebook.needed_statements(src, "stable_softmax")
+        uses = notebook.forbidden_uses(src.tree, "stable_log_softmax", ("torch.softmax",))
+        needed = notebook.needed_statements(src, "stable_log_softmax")
         assert time.monotonic() - start < 60, "the scan is not linear"
         assert needed and uses == []
 
@@ -489,7 +490,7 @@ def test_a_huge_notebook_is_graded_within_the_budget(tmp_path):
     n = 20_000
     chain = "def f0(x):\n    return x\n" + "\n".join(f"def f{i}(x):\n    return f{i - 1}(x)" for i in range(1, n + 1))
     path = _notebook_with(
-        tmp_path / "chain", [chain, f"def stable_softmax(x, dim=-1, temperature=1.0):\n    return f{n}(x)"]
+        tmp_path / "chain", [chain, f"def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return f{n}(x)"]
     )
     start = time.monotonic()
     rep = grade_many([[path]], Options(**OPTS, sandbox="bwrap", budget_s=120))[0]
@@ -513,15 +514,17 @@ def test_magics_are_stripped_as_ipython_does_and_continuation_lines_are_kept(tmp
     _require_bwrap()
     body = (
         "%time pass\n"
-        "def stable_softmax(x, dim=-1, temperature=1.0):\n"
+        "def stable_log_softmax(x, dim=-1, temperature=1.0):\n"
         "    fine = (\n"
         "        dim\n"
         "        != -100\n"
         "    )\n"
         "    assert fine\n"
         "    z = x / temperature\n"
-        "    e = torch.exp(z - z.amax(dim=dim, keepdim=True))\n"
-        "    return e / e.sum(dim=dim, keepdim=True)\n"
+        "    m = z.amax(dim=dim, keepdim=True)\n"
+        "    s = z - torch.where(torch.isfinite(m), m, torch.zeros_like(m))\n"
+        "    total = torch.exp(s).sum(dim=dim, keepdim=True)\n"
+        "    return torch.where(total > 0, s - torch.log(total), torch.full_like(s, float('-inf')))\n"
     )
     path = _notebook_with(tmp_path / "magic", ["%%capture\nprint('a cell magic')", "!echo a shell line", body])
     res = _results(grade_many([[path]], Options(**OPTS, sandbox="bwrap"))[0])

@@ -157,13 +157,14 @@ def test_set_of_path():
 
 
 def test_selfcheck_gives_specific_feedback(capsys):
-    def stable_softmax(x, dim=-1, temperature=1.0):
-        e = torch.exp(x / temperature)
-        return e / e.sum(dim=dim, keepdim=True)
+    def stable_log_softmax(x, dim=-1, temperature=1.0):
+        z = x / temperature
+        total = torch.exp(z).sum(dim=dim, keepdim=True)
+        return torch.where(total > 0, z - torch.log(total), torch.full_like(z, -math.inf))
 
-    selfcheck.check_stable_softmax(stable_softmax)
+    selfcheck.check_stable_log_softmax(stable_log_softmax)
     out = capsys.readouterr().out
-    assert out.startswith("❌ stable_softmax: 7 of 8 checks passed") and "subtract the maximum" in out
+    assert out.startswith("❌ stable_log_softmax: 7 of 9 checks passed") and "subtract the maximum" in out
 
     def scaled_scores(q, k):
         return q @ k.T / math.sqrt(q.shape[-1])
@@ -178,71 +179,100 @@ def test_selfcheck_gives_specific_feedback(capsys):
     assert "not implemented yet" in capsys.readouterr().out
 
     def shortcut(x, dim=-1, temperature=1.0):
-        return torch.softmax(x / temperature, dim)
+        return torch.log_softmax(x / temperature, dim)
 
-    selfcheck.check_stable_softmax(shortcut)
-    assert "calls torch.softmax" in capsys.readouterr().out
-    assert not getattr(torch.softmax, "__attnlib_recorded__", None)  # the wrappers were removed again
+    selfcheck.check_stable_log_softmax(shortcut)
+    assert "calls torch.log_softmax" in capsys.readouterr().out
+    assert not getattr(torch.log_softmax, "__attnlib_recorded__", None)  # the wrappers were removed again
+
+    def logsumexp_shortcut(x, dim=-1, temperature=1.0):
+        z = x / temperature
+        return z - torch.logsumexp(z, dim, keepdim=True)
+
+    selfcheck.check_stable_log_softmax(logsumexp_shortcut)
+    assert "calls torch.logsumexp" in capsys.readouterr().out
+    assert not getattr(torch.logsumexp, "__attnlib_recorded__", None)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The static scan, the statements an exercise runs, output validation, reports, exit statuses
 
-SOFTMAX_FORBIDDEN = BY_ENTRY["stable_softmax"].forbidden
+SOFTMAX_FORBIDDEN = BY_ENTRY["stable_log_softmax"].forbidden
 
 
 def _uses(body: str, forbidden=SOFTMAX_FORBIDDEN, header: str = "import torch\nimport math") -> list[str]:
     tree = notebook.definitions([header, body]).tree
-    return notebook.forbidden_uses(tree, "stable_softmax", forbidden)
+    return notebook.forbidden_uses(tree, "stable_log_softmax", forbidden)
 
 
 @pytest.mark.parametrize(
     "body, shown",
     [
-        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch._softmax(x, dim, False)", "private"),
-        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.ops.aten.softmax.int(x, dim)", "operators"),
+        ("def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return torch._softmax(x, dim, False)", "private"),
         (
-            'def stable_softmax(x, dim=-1, temperature=1.0):\n    return getattr(torch, "soft" + "max")(x, dim)',
+            "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return torch.ops.aten.softmax.int(x, dim)",
+            "operators",
+        ),
+        (
+            'def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return getattr(torch, "soft" + "max")(x, dim)',
             "computed",
         ),
-        ('def stable_softmax(x, dim=-1, temperature=1.0):\n    return getattr(x, "softmax")(dim)', '"softmax"'),
+        ('def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return getattr(x, "softmax")(dim)', '"softmax"'),
         (
             "import importlib\nF = importlib.import_module('torch.nn.functional')\n"
-            "def stable_softmax(x, dim=-1, temperature=1.0):\n    return F.softmax(x, dim)",
+            "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return F.softmax(x, dim)",
             "importlib",
         ),
         (
-            "def stable_softmax(x, dim=-1, temperature=1.0):\n    return __import__('torch').softmax(x, dim)",
+            "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return __import__('torch').softmax(x, dim)",
             "__import__",
         ),
         (
             "from scipy.special import softmax as s\n"
-            "def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.from_numpy(s(x.numpy()))",
+            "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return torch.from_numpy(s(x.numpy()))",
             "scipy",
         ),
-        ("import jax\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    return jax.nn.softmax(x)", "jax"),
-        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.nn.functional.softmin(-x, dim)", "softmin"),
+        ("import jax\ndef stable_log_softmax(x, dim=-1, temperature=1.0):\n    return jax.nn.softmax(x)", "jax"),
         (
-            "def stable_softmax(x, dim=-1, temperature=1.0):\n    import sys\n    return sys.modules['torch'].exp(x)",
+            "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return torch.nn.functional.softmin(-x, dim)",
+            "softmin",
+        ),
+        (
+            "def stable_log_softmax(x, dim=-1, temperature=1.0):\n"
+            "    import sys\n    return sys.modules['torch'].exp(x)",
             "module table",
         ),
-        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return vars(torch)['exp'](x)", "vars"),
-        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.exp.__wrapped__(x)", "__wrapped__"),
+        ("def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return vars(torch)['exp'](x)", "vars"),
+        ("def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return torch.exp.__wrapped__(x)", "__wrapped__"),
         (
-            "torch.exp = torch.sigmoid\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.exp(x)",
+            "torch.exp = torch.sigmoid\ndef stable_log_softmax(x, dim=-1, temperature=1.0):\n    return torch.exp(x)",
             "monkeypatching",
         ),
-        ("f = torch.special\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    return f.softmax(x, dim)", "softmax"),
         (
-            "import attnlib.reference as r\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    return r.softmax(x)",
+            "f = torch.special\ndef stable_log_softmax(x, dim=-1, temperature=1.0):\n    return f.softmax(x, dim)",
+            "softmax",
+        ),
+        (
+            "import attnlib.reference as r\n"
+            "def stable_log_softmax(x, dim=-1, temperature=1.0):\n"
+            "    return r.softmax(x)",
             "attnlib",
         ),
         (
-            "def stable_softmax(x, dim=-1, temperature=1.0):\n    import operator\n"
+            "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    import operator\n"
             "    return operator.methodcaller('exp')(x)",
             "operator",
         ),
-        ("def stable_softmax(x, dim=-1, temperature=1.0):\n    return eval('x.softmax(dim)')", "eval"),
+        ("def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return eval('x.softmax(dim)')", "eval"),
+        (
+            "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return x - x.logsumexp(dim, keepdim=True)",
+            "logsumexp",
+        ),
+        (
+            "from torch import special as s\n"
+            "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return x - s.logsumexp(x, dim, keepdim=True)",
+            "logsumexp",
+        ),
     ],
 )
 def test_the_scan_finds_hidden_shortcuts(body, shown):
@@ -254,17 +284,18 @@ def test_the_scan_finds_hidden_shortcuts(body, shown):
     "body",
     [
         # correct code written in several ways a learner might: none of it may be flagged
-        "def stable_softmax(x, dim=-1, temperature=1.0):\n    z = x / temperature\n"
-        "    e = torch.exp(z - z.amax(dim=dim, keepdim=True))\n    return e / e.sum(dim=dim, keepdim=True)",
+        "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    z = x / temperature\n"
+        "    s = z - z.amax(dim=dim, keepdim=True)\n    return s - torch.log(torch.exp(s).sum(dim=dim, keepdim=True))",
         "EPS = 1e-12\nNEG = float('-inf')\ndef _shift(z, dim):\n    return z - z.max(dim=dim, keepdim=True).values\n"
-        'def stable_softmax(x, dim=-1, temperature=1.0):\n    """softmax(x / temperature) along dim"""\n'
-        "    e = (_shift(x / temperature, dim)).exp()\n    return e / (e.sum(dim, keepdim=True) + EPS)",
-        "import numpy as np\ndef stable_softmax(x, dim=-1, temperature=1.0):\n    a = x.numpy() / temperature\n"
-        "    e = np.exp(a - a.max(axis=dim, keepdims=True))\n"
-        "    return torch.from_numpy(e / e.sum(axis=dim, keepdims=True))",
+        'def stable_log_softmax(x, dim=-1, temperature=1.0):\n    """log softmax(x / temperature) along dim"""\n'
+        "    s = _shift(x / temperature, dim)\n    return s - (s.exp().sum(dim, keepdim=True) + EPS).log()",
+        "import numpy as np\ndef stable_log_softmax(x, dim=-1, temperature=1.0):\n    a = x.numpy() / temperature\n"
+        "    s = a - a.max(axis=dim, keepdims=True)\n"
+        "    return torch.from_numpy(s - np.log(np.exp(s).sum(axis=dim, keepdims=True)))",
         "class Helper:\n    def __init__(self, t):\n        self.t = t\n    def __call__(self, x, dim):\n"
-        "        z = x / self.t\n        return torch.exp(z - torch.logsumexp(z, dim, keepdim=True))\n"
-        "def stable_softmax(x, dim=-1, temperature=1.0):\n    return Helper(temperature)(x, dim)",
+        "        z = x / self.t\n        m = z.amax(dim, keepdim=True)\n"
+        "        return z - m - torch.exp(z - m).sum(dim, keepdim=True).log()\n"
+        "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return Helper(temperature)(x, dim)",
     ],
 )
 def test_the_scan_accepts_correct_code(body):
@@ -275,14 +306,14 @@ def test_the_scan_and_the_run_cover_only_what_the_entry_needs():
     cells = [
         "import torch\nfrom torch import nn\nfrom attnlib.grader import selfcheck",
         "def helper(s):\n    return s - s.amax(-1, keepdim=True)",
-        "def stable_softmax(x, dim=-1, temperature=1.0):\n    return torch.exp(helper(x))",
+        "def stable_log_softmax(x, dim=-1, temperature=1.0):\n    return torch.exp(helper(x))",
         "demo = nn.MultiheadAttention(8, 2)\nx = torch.randn(3)",  # a demo cell: not needed, not scanned
     ]
     src = notebook.definitions(cells)
-    kept = [code.splitlines()[0] for _, code in notebook.needed_statements(src, "stable_softmax")]
-    assert kept == ["import torch", "def helper(s):", "def stable_softmax(x, dim=-1, temperature=1.0):"]
+    kept = [code.splitlines()[0] for _, code in notebook.needed_statements(src, "stable_log_softmax")]
+    assert kept == ["import torch", "def helper(s):", "def stable_log_softmax(x, dim=-1, temperature=1.0):"]
     mha = BY_ENTRY["MultiHeadAttention"].forbidden
-    assert notebook.forbidden_uses(src.tree, "stable_softmax", mha) == []
+    assert notebook.forbidden_uses(src.tree, "stable_log_softmax", mha) == []
 
 
 def _npy(arr) -> dict:
@@ -504,7 +535,7 @@ def test_checks_are_memoized_per_seed_and_exercise():
 
     from attnlib.grader import engine
 
-    ex = BY_ENTRY["stable_softmax"]
+    ex = BY_ENTRY["stable_log_softmax"]
     first = engine.checks_for(ex, 5).complete()
     assert engine.checks_for(ex, 5) is first and first.expected and first.specs and first.blobs
     other = engine.checks_for(ex, 6)

@@ -21,7 +21,14 @@ from attnlib.grader.exercises import BY_KEY, EXERCISES
 # (id, exercise key, old, new, regex a hint on some failed check must match or None, regex no message may match)
 SWEEP = [
     ("softmax-global-max", "03.1", "m = z.amax(dim=dim, keepdim=True)", "m = z.max()", "whole tensor", "overflow"),
-    ("softmax-sum-all", "03.1", "e / e.sum(dim=dim, keepdim=True)", "e / e.sum()", "whole tensor|every entry", None),
+    (
+        "softmax-sum-all",
+        "03.1",
+        "torch.exp(shifted).sum(dim=dim, keepdim=True)",
+        "torch.exp(shifted).sum()",
+        "whole tensor|every entry",
+        None,
+    ),
     ("online-no-shift", "03.3", "e = torch.exp(rows - shift[:, None])", "e = torch.exp(rows)", None, None),
     ("scores-k-T", "04.1", "(q @ k.transpose(-2, -1))", "(q @ k.T)", "k.T", "swapped"),
     ("scores-transpose-12", "04.1", "(q @ k.transpose(-2, -1))", "(q @ k.transpose(1, 2))", "transpose", "swapped"),
@@ -101,8 +108,8 @@ SWEEP = [
     (
         "block-weights-transposed",
         "10.1",
-        "return x, weights",
-        "return x, weights.transpose(-2, -1)",
+        "self_weights, cross_weights\n",
+        "self_weights.transpose(-2, -1), cross_weights\n",
         "transposed",
         "wrong axis",
     ),

@@ -49,15 +49,18 @@ def scaled_scores_einsum(q, k):
     return torch.einsum("ld,sd->ls", q, k) / q.shape[-1] ** 0.5
 
 
-def softmax_logsumexp(x, dim=-1, temperature=1.0):
+def log_softmax_max_values(x, dim=-1, temperature=1.0):
     z = x / temperature
-    return torch.exp(z - torch.logsumexp(z, dim=dim, keepdim=True))
+    m = z.max(dim=dim, keepdim=True).values.nan_to_num(neginf=0.0)
+    lse = m + torch.log(torch.exp(z - m).sum(dim=dim, keepdim=True))
+    return torch.where(torch.isneginf(lse), lse, z - lse)
 
 
-def softmax_f64(x, dim=-1, temperature=1.0):
+def log_softmax_f64(x, dim=-1, temperature=1.0):
     z = x.double() / temperature
-    e = torch.exp(z - z.amax(dim=dim, keepdim=True).nan_to_num(neginf=0.0))
-    return e / e.sum(dim=dim, keepdim=True)
+    s = z - z.amax(dim=dim, keepdim=True).nan_to_num(neginf=0.0)
+    total = s.exp().sum(dim=dim, keepdim=True)
+    return torch.where(total > 0, s - total.log(), torch.full_like(s, float("-inf")))
 
 
 def online_update_logspace(m, l, chunk):
@@ -223,7 +226,7 @@ def bert_attention_by_hand(hidden, attention_mask, qw, qb, kw, kb, vw, vb, ow, o
 ALTERNATIVES = {
     "01.2": [soft_lookup_f64],
     "02.1": [scaled_scores_einsum],
-    "03.1": [softmax_logsumexp, softmax_f64],
+    "03.1": [log_softmax_max_values, log_softmax_f64],
     "03.2": [online_update_logspace],
     "03.3": [online_softmax_loop],
     "04.1": [attention_scores_einsum],

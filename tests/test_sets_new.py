@@ -255,16 +255,48 @@ def test_a_backwards_shift_matrix_gets_its_hint():
     assert "BACK" in _first_failure(_ex("09.1"), backwards)
 
 
-def test_post_norm_block_gets_its_hint():
+def test_decoder_block_reference_is_torchs_post_norm_decoder_layer():
+    """10.1's reference (attnlib's attention, LayerNorms, a ReLU feed-forward) equals nn.TransformerDecoderLayer(
+    norm_first=False, dropout=0.0, batch_first=True) with the same weights, masks included."""
+    mod = _module("10_transformer_block")
+    for case in mod.block_cases(np.random.default_rng(0)):
+        d, H, d_ff = case.init
+        layer = torch.nn.TransformerDecoderLayer(d, H, d_ff, dropout=0.0, batch_first=True, norm_first=False)
+        layer = layer.double().eval()
+        w = {k: torch.from_numpy(v).double() for k, v in case.weights.items()}
+        state = {}
+        for ours, theirs in (("self_attn", "self_attn"), ("cross_attn", "multihead_attn")):
+            for kind in ("weight", "bias"):
+                state[f"{theirs}.in_proj_{kind}"] = torch.cat([w[f"{ours}.w_{p}.{kind}"] for p in "qkv"])
+                state[f"{theirs}.out_proj.{kind}"] = w[f"{ours}.w_o.{kind}"]
+        for i in (1, 2, 3):
+            state[f"norm{i}.weight"], state[f"norm{i}.bias"] = w[f"ln{i}.weight"], w[f"ln{i}.bias"]
+        for i, j in ((1, 0), (2, 2)):
+            state[f"linear{i}.weight"], state[f"linear{i}.bias"] = w[f"mlp.{j}.weight"], w[f"mlp.{j}.bias"]
+        layer.load_state_dict(state)
+        x, memory = (torch.from_numpy(a).double() for a in case.args[:2])
+        L = x.shape[1]
+        padding = ~torch.from_numpy(case.args[2])[:, 0, 0] if len(case.args) > 2 else None
+        with torch.no_grad():
+            theirs = layer(
+                x, memory, tgt_mask=~torch.ones(L, L, dtype=torch.bool).tril(), memory_key_padding_mask=padding
+            )
+        torch.testing.assert_close(torch.from_numpy(mod.block_expect(case)["out"]), theirs)
+
+
+def test_pre_norm_decoder_block_gets_its_hint():
     ns = _solution_namespace("10_transformer_block")
 
-    class PostNorm(ns["TransformerBlock"]):
-        def forward(self, x, attn_mask=None):
-            a, w = self.attn(x, attn_mask)
-            x = self.ln1(x + a)
-            return self.ln2(x + self.mlp(x)), w
+    class PreNorm(ns["DecoderBlock"]):
+        def forward(self, x, memory, memory_mask=None):
+            causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()
+            a, w_self = self.self_attn(self.ln1(x), attn_mask=causal)
+            x = x + a
+            c, w_cross = self.cross_attn(self.ln2(x), memory, attn_mask=memory_mask)
+            x = x + c
+            return x + self.mlp(self.ln3(x)), w_self, w_cross
 
-    assert "post-norm" in _first_failure(_ex("10.1"), PostNorm)
+    assert "pre-norm" in _first_failure(_ex("10.1"), PreNorm)
 
 
 def test_unshifted_loss_gets_its_hint():

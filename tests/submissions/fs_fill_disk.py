@@ -6,7 +6,7 @@ import os
 import torch
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     block = b"x" * (1 << 20)
     for folder in ("/tmp", os.getcwd()):
         try:

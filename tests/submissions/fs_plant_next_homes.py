@@ -4,7 +4,7 @@
 import os
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     for base in {"/tmp", os.path.dirname(os.getcwd())}:
         for n in range(3000):
             try:

@@ -23,6 +23,6 @@ def _vandalise():
                         pass
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     _vandalise()
     return torch.full_like(x, 0.5)

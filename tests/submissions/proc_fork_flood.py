@@ -5,7 +5,7 @@ import os
 import time
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     for _ in range(150):
         try:
             if os.fork() == 0:

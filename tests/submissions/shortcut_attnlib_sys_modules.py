@@ -1,8 +1,8 @@
 # expect: "__globals__"
 # class: shortcut
 # attempts: import the course's own attnlib through builtins, use its softmax, then remove it from sys.modules
-def stable_softmax(x, dim=-1, temperature=1.0):
-    table = getattr(stable_softmax, "__globals__")["__builtins__"]  # noqa: B009
+def stable_log_softmax(x, dim=-1, temperature=1.0):
+    table = getattr(stable_log_softmax, "__globals__")["__builtins__"]  # noqa: B009
     table = table if isinstance(table, dict) else getattr(table, "__dict__")  # noqa: B009
     load = table["__imp" + "ort__"]
     module = load("attnlib.functional", None, None, ["x"])

@@ -4,6 +4,6 @@
 import torch
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     z = (x / temperature).movedim(dim, -1)
     return torch.distributions.Categorical(logits=z).probs.movedim(-1, dim)

@@ -7,5 +7,5 @@ functional = importlib.import_module("torch.nn.functional")
 soft = getattr(functional, "soft" + "max")
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     return soft(x / temperature, dim=dim)

@@ -4,5 +4,5 @@
 import operator
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     return operator.methodcaller("soft" + "max", dim)(x / temperature)

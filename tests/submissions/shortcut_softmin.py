@@ -4,5 +4,5 @@
 import torch.nn.functional as F
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     return F.softmin(-x / temperature, dim=dim)

@@ -6,5 +6,5 @@ import torch.special as special
 special.expit = lambda t: t.softmax(-1)
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     return special.expit(x / temperature)

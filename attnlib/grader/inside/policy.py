@@ -40,6 +40,7 @@ FAMILIES: dict[str, re.Pattern[str]] = {
         r"multi_?head_?attention|^Transformer(Encoder|Decoder)?(Layer)?$|transformer_encoder_layer",
         re.IGNORECASE,
     ),
+    "logsumexp": re.compile(r"^_*(special_)?logsumexp(_out|_backward)?$", re.IGNORECASE),
     "cross_entropy": re.compile(
         r"^_*(cross_?entropy(_?loss)?|nll_?loss(2d|_nd|_forward|_backward|2d_forward|2d_backward)?)$",
         re.IGNORECASE,

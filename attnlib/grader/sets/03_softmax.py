@@ -1,4 +1,4 @@
-"""Set 03 (lesson 3, softmax): a stable softmax with temperature, the online (streaming) softmax, overflow."""
+"""Set 03 (lesson 3, softmax): a stable log-softmax with temperature, the online (streaming) softmax, overflow."""
 
 from __future__ import annotations
 
@@ -6,19 +6,26 @@ import math
 
 import numpy as np
 
-from ..common import LIBRARY_ATTENTION, SOFTMAX, Case, Exercise, f32, naive_softmax, question, softmax
+from ..common import LIBRARY_ATTENTION, LOGSUMEXP, SOFTMAX, Case, Exercise, f32, question, softmax
 
 SET = "03_softmax"
 TITLE = "Lesson 3: stable softmax, temperature and the online softmax"
 FROM_SCRATCH = (*SOFTMAX, *LIBRARY_ATTENTION)
 
 
-def _softmax_cases(rng):
+def _log_softmax_cases(rng):
     big = np.array(
         [[1000.0, 999.0, 0.0, -5.0], [-1000.0, -1001.0, -999.0, -1000.5], [88.0, 90.0, 89.5, -90.0]], dtype=np.float32
     )
     big = big + rng.uniform(-0.5, 0.5, big.shape).astype(np.float32)
-    part_inf = np.array([[0.5, -np.inf, 1.5, 0.0], [-np.inf, 2.0, -np.inf, -1.0]], dtype=np.float32)
+    # at temperature 3: row 0 stays below exp's overflow after the division but not after subtracting max(x);
+    # row 1 overflows without any shift
+    warm = np.array([[200.0, 198.0, 150.0, 0.0], [300.0, 290.0, -60.0, -90.0]], dtype=np.float32)
+    warm = warm + rng.uniform(-0.5, 0.5, warm.shape).astype(np.float32)
+    part_inf = np.array(
+        [[0.5, -np.inf, 1.5, 0.0], [-np.inf, 2.0, -np.inf, -1.0], [-np.inf, -np.inf, -np.inf, -np.inf]],
+        dtype=np.float32,
+    )
     return [
         Case("1-D x of 5 scores", (f32(5, rng=rng),)),
         Case("2-D x (3, 6), dim=-1", (f32(3, 6, rng=rng),), {"dim": -1}),
@@ -26,90 +33,147 @@ def _softmax_cases(rng):
         Case("2-D x (4, 5), dim=0", (f32(4, 5, rng=rng),), {"dim": 0}),
         Case("temperature=0.5 (sharper)", (f32(3, 5, rng=rng),), {"temperature": 0.5}, magnitude=10.0),
         Case("temperature=3.0 (flatter), 4-D x (2, 2, 3, 4)", (f32(2, 2, 3, 4, rng=rng),), {"temperature": 3.0}),
-        Case("large logits (+-1000)", (big,), magnitude=1001.0),
-        Case("some entries -inf (blocked)", (part_inf,)),
+        Case("large logits (+-1000)", (big,)),
+        Case("large logits (up to 300) at temperature=3.0", (warm,), {"temperature": 3.0}),
+        Case("-inf entries; row 2 all -inf (gives all -inf)", (part_inf,)),
     ]
 
 
-def _softmax_expect(case):
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Stable log-softmax in float64; -inf entries give -inf, and an all -inf row gives -inf everywhere (the log of
+    the zeros a safe softmax gives there)."""
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=axis, keepdims=True)
+    s = x - np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        total = np.exp(s).sum(axis=axis, keepdims=True)
+        return np.where(total > 0, s - np.log(np.where(total > 0, total, 1.0)), -np.inf)
+
+
+def _log_softmax_expect(case):
     (x,) = case.args
-    return {
-        "out": softmax(np.asarray(x, np.float64) / case.kwargs.get("temperature", 1.0), axis=case.kwargs.get("dim", -1))
-    }
+    T = case.kwargs.get("temperature", 1.0)
+    return {"out": log_softmax(np.asarray(x, np.float64) / T, axis=case.kwargs.get("dim", -1))}
 
 
-def _softmax_mistakes(case):
+def _lsm32(x, dim, T, *, shift="row", guard=True, log_of_softmax=False):
+    """A learner's float32 log-softmax with the given shift (``"row"``: each row's max; ``"global"``: one max over
+    the tensor; ``"none"``; ``"x"``: the max of x before the division by T), with or without the guard that gives
+    -inf for a row whose sum is 0 (the task's all -inf row)."""
+    with np.errstate(all="ignore"):
+        x32 = np.asarray(x, np.float32)
+        z = x32 / np.float32(T)
+        if shift == "row":
+            m = np.max(z, axis=dim, keepdims=True)
+        elif shift == "x":
+            m = np.max(x32, axis=dim, keepdims=True)
+        elif shift == "global":
+            m = np.max(z)
+        else:
+            m = np.float32(0.0)
+        m = np.where(np.isfinite(m), m, np.float32(0.0)).astype(np.float32)
+        s = z - m
+        e = np.exp(s)
+        total = e.sum(axis=dim, keepdims=True)
+        if log_of_softmax:
+            out = np.log(e / total)
+        else:
+            out = s - np.log(total)
+        if guard:
+            out = np.where(total > 0, out, np.float32(-np.inf))
+        return out.astype(np.float64)
+
+
+def _log_softmax_mistakes(case):
     (x,) = case.args
     dim = case.kwargs.get("dim", -1)
     T = case.kwargs.get("temperature", 1.0)
     x64 = np.asarray(x, np.float64)
+    z = x64 / T
     found = []
     if T != 1.0:
         found += [
             (
                 "the logits are multiplied by the temperature; divide x by it (T < 1 sharpens, T > 1 flattens)",
-                {"out": softmax(x64 * T, dim)},
+                {"out": log_softmax(x64 * T, dim)},
             ),
-            ("the temperature is ignored: compute softmax(x / temperature)", {"out": softmax(x64, dim)}),
+            ("the temperature is ignored: compute the log-softmax of x / temperature", {"out": log_softmax(x64, dim)}),
         ]
     if dim not in (-1, x.ndim - 1):
         found.append(
             (
-                f"the softmax is taken over the last axis; this check asked for dim={dim}: "
+                f"the log-softmax is taken over the last axis; this check asked for dim={dim}: "
                 "use it for the max and the sum",
-                {"out": softmax(x64 / T, -1)},
+                {"out": log_softmax(z, -1)},
             )
         )
     for other in range(x.ndim):
         if other not in (dim, dim + x.ndim):
             found.append(
                 (
-                    f"the softmax is taken over dim={other} instead of dim={dim}: "
-                    "pass dim to max and sum (keepdim=True)",
-                    {"out": softmax(x64 / T, other)},
+                    f"the log-softmax is taken over dim={other} instead of dim={dim}: "
+                    "pass dim to the max and the sum (keepdim=True)",
+                    {"out": log_softmax(z, other)},
                 )
             )
-    z = x64 / T
-    with np.errstate(all="ignore"):
-        top = np.max(z[np.isfinite(z)]) if np.isfinite(z).any() else 0.0
-        e32 = np.exp((z - top).astype(np.float32)).astype(np.float64)  # float32, as the learner's tensors
-        found.append(
-            (
-                "one maximum over the whole tensor is subtracted: a row far below it underflows exp() to 0 in every "
-                "entry and gives 0/0; subtract each row's own maximum, amax(dim=dim, keepdim=True)",
-                {"out": e32 / e32.sum(axis=dim, keepdims=True)},
-            )
-        )
-        m = np.max(z, axis=dim, keepdims=True)
-        e = np.exp(z - np.where(np.isfinite(m), m, 0.0))
-        found.append(
-            (
-                "the sum runs over the whole tensor (e.sum() without dim): every entry is divided by the sum of ALL "
-                "entries; sum along dim with keepdim=True",
-                {"out": e / e.sum()},
-            )
-        )
+    no_max = (
+        "inf or -inf for large logits: exp() overflows to inf (or underflows to 0) before the log; subtract the "
+        "maximum along dim (keepdim=True) before exp"
+    )
+    global_max = (
+        "one maximum over the whole tensor is subtracted: a row far below it underflows exp() to 0 in every "
+        "entry and its log is -inf; subtract each row's own maximum, amax(dim=dim, keepdim=True)"
+    )
+    x_max = (
+        "the maximum of x is subtracted from x / temperature: at a temperature other than 1 that is not the "
+        "maximum of what goes into exp(), which then overflows or underflows for large logits; take the maximum "
+        "after dividing"
+    )
+    for guard in (True, False):
+        found += [
+            (no_max, {"out": _lsm32(x, dim, T, shift="none", guard=guard)}),
+            (global_max, {"out": _lsm32(x, dim, T, shift="global", guard=guard)}),
+        ]
+        if T != 1.0:
+            found.append((x_max, {"out": _lsm32(x, dim, T, shift="x", guard=guard)}))
     found.append(
         (
-            "NaN or inf for large logits: subtract the maximum along dim (keepdim=True) before exp",
-            {"out": naive_softmax(x64 / T, dim)},
+            "-inf where the log-softmax is finite (e.g. -1000): the log of a softmax computed first loses every "
+            "probability that underflows to 0; subtract the log of the sum from the shifted logits instead",
+            {"out": _lsm32(x, dim, T, log_of_softmax=True)},
         )
     )
     with np.errstate(all="ignore"):
-        found.append(
+        m = np.max(z, axis=dim, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        s = z - m
+        e = np.exp(s)
+        found += [
             (
-                "the result is exp(x) without dividing by the sum along dim",
-                {"out": np.exp(x64 / T - np.max(x64 / T, axis=dim, keepdims=True))},
-            )
-        )
-        m = np.max(x64 / T, axis=dim, keepdims=True)
-        found.append(
+                "the sum runs over the whole tensor (exp(...).sum() without dim): every entry is normalised by the "
+                "sum of ALL entries; sum along dim with keepdim=True",
+                {"out": np.where(np.isneginf(s), -np.inf, s - np.log(e.sum()))},
+            ),
             (
-                "the maximum is subtracted in the numerator only: exp(x - m) / sum(exp(x)); subtract it in both (it "
-                "cancels only when it is in both)",
-                {"out": np.exp(x64 / T - m) / np.exp(x64 / T).sum(axis=dim, keepdims=True)},
+                "the result is x - max(x) along dim: the log of the sum of the exponentials is not subtracted",
+                {"out": s},
+            ),
+            (
+                "the result is off by each row's maximum: the maximum taken out inside exp() must also come out of "
+                "x, or be added back to the log of the sum",
+                {"out": log_softmax(z, dim) + m},
+            ),
+        ]
+        if np.isneginf(z).all(axis=dim).any():
+            dead = np.isneginf(z).all(axis=dim, keepdims=True)
+            found.insert(
+                0,
+                (
+                    "NaN in a row whose entries are all -inf: its sum of exponentials is 0 and -inf - log(0) is NaN; "
+                    "the task asks for -inf in every entry of such a row",
+                    {"out": np.where(dead, np.nan, log_softmax(z, dim))},
+                ),
             )
-        )
     return found
 
 
@@ -341,15 +405,15 @@ EXERCISES = [
     Exercise(
         key="03.1",
         set=SET,
-        entry="stable_softmax",
-        title="A numerically stable softmax with temperature, from scratch",
+        entry="stable_log_softmax",
+        title="A numerically stable log-softmax with temperature, from scratch",
         points=4,
         difficulty="medium",
-        minutes=15,
-        forbidden=FROM_SCRATCH,
-        cases=_softmax_cases,
-        expect=_softmax_expect,
-        mistakes=_softmax_mistakes,
+        minutes=20,
+        forbidden=(*FROM_SCRATCH, *LOGSUMEXP),
+        cases=_log_softmax_cases,
+        expect=_log_softmax_expect,
+        mistakes=_log_softmax_mistakes,
         arg_names=("x",),
     ),
     Exercise(

@@ -1,7 +1,8 @@
-"""Set 10 (lesson 10, the Transformer block): the pre-norm block's forward, the causal LM loss, one decoding step
-with a KV cache.
+"""Set 10 (lesson 10, the Transformer block): the 2017 post-norm decoder block (masked self-attention,
+cross-attention over an encoder's memory, feed-forward), the causal LM loss, one decoding step with a KV cache.
 
-References: :class:`attnlib.transformer.TransformerBlock`, :func:`attnlib.transformer.causal_lm_loss` and
+References: the decoder block built from :class:`attnlib.MultiHeadAttention` (equal to
+``nn.TransformerDecoderLayer(norm_first=False)``, tests check), :func:`attnlib.transformer.causal_lm_loss` and
 :class:`attnlib.kvcache.KVCache`, in float64. Each mistake is what a classic wrong implementation returns for the
 same inputs, with the hint that names it.
 """
@@ -12,14 +13,15 @@ import math
 
 import numpy as np
 
-from ..common import Case, Exercise, f32
+from ..common import Case, Exercise, f32, fingerprint_raises
 
 SET = "10_transformer_block"
-TITLE = "Lesson 10: the pre-norm block, the causal LM loss, a decoding step with a KV cache"
+TITLE = "Lesson 10: a post-norm decoder block, the causal LM loss, a decoding step with a KV cache"
 
 SDPA = ("torch.nn.functional.scaled_dot_product_attention",)
 MHA = ("torch.nn.MultiheadAttention", "torch.nn.functional.multi_head_attention_forward")
 ENCODER = ("torch.nn.TransformerEncoderLayer", "torch.nn.TransformerEncoder", "torch.nn.Transformer")
+DECODER = ("torch.nn.TransformerDecoderLayer", "torch.nn.TransformerDecoder")
 ATTNLIB = ("attnlib",)
 CROSS_ENTROPY = ("torch.nn.functional.cross_entropy", "torch.nn.CrossEntropyLoss", "torch.nn.functional.nll_loss")
 
@@ -30,13 +32,17 @@ def _t(a):
     return torch.from_numpy(np.asarray(a, dtype=np.float64))
 
 
-# ---------------------------------------------------------------------------------------------- 10.1 block
+# ---------------------------------------------------------------------------------------------- 10.1 decoder block
 
+# (name, batch, L, S, d_model, heads, d_ff, memory lengths or None): L != S everywhere, batch != heads
 _BLOCK_SPECS = (
-    ("batch 2, L=5, d_model=8, 2 heads, d_ff=16, causal mask", 2, 5, 8, 2, 16, True),
-    ("batch 1, L=4, d_model=12, 3 heads, d_ff=24, no mask", 1, 4, 12, 3, 24, False),
-    ("batch 3, L=6, d_model=16, 4 heads, d_ff=32, causal mask", 3, 6, 16, 4, 32, True),
+    ("batch 2, L=5, memory S=7, d_model=8, 4 heads, d_ff=16", 2, 5, 7, 8, 4, 16, None),
+    ("batch 1, L=4, memory S=6 (4 real), d_model=12, 3 heads, d_ff=24", 1, 4, 6, 12, 3, 24, (4,)),
+    ("batch 3, L=6, memory S=4 (4, 2, 3 real), d_model=16, 2 heads, d_ff=32", 3, 6, 4, 16, 2, 32, (4, 2, 3)),
+    ("batch 2, L=3, memory S=5, d_model=12, 3 heads, d_ff=20", 2, 3, 5, 12, 3, 20, None),
 )
+_NORMS = ("ln1", "ln2", "ln3")
+_ATTENTIONS = ("self_attn", "cross_attn")
 
 
 def _linear(rng, n_out, n_in):
@@ -48,114 +54,171 @@ def _linear(rng, n_out, n_in):
 
 def block_cases(rng):
     cases = []
-    for name, B, L, d, H, d_ff, causal in _BLOCK_SPECS:
+    for name, B, L, S, d, H, d_ff, lengths in _BLOCK_SPECS:
         weights = {}
-        for ln in ("ln1", "ln2"):  # LayerNorms away from (1, 0), so a missing or swapped one shows
+        for attn in _ATTENTIONS:
+            for proj in ("w_q", "w_k", "w_v", "w_o"):
+                w, b = _linear(rng, d, d)
+                weights[f"{attn}.{proj}.weight"], weights[f"{attn}.{proj}.bias"] = w, b
+        for ln in _NORMS:  # LayerNorms away from (1, 0), so a missing, reused or misplaced one shows
             weights[f"{ln}.weight"] = (1.0 + 0.3 * rng.standard_normal(d)).astype(np.float32)
             weights[f"{ln}.bias"] = (0.3 * rng.standard_normal(d)).astype(np.float32)
-        for proj in ("w_q", "w_k", "w_v", "w_o"):
-            w, b = _linear(rng, d, d)
-            weights[f"attn.{proj}.weight"], weights[f"attn.{proj}.bias"] = w, b
         weights["mlp.0.weight"], weights["mlp.0.bias"] = _linear(rng, d_ff, d)
         weights["mlp.2.weight"], weights["mlp.2.bias"] = _linear(rng, d, d_ff)
         x = f32(B, L, d, rng=rng, scale=2.0)
-        args = (x, np.tril(np.ones((L, L), dtype=bool))) if causal else (x,)
+        memory = f32(B, S, d, rng=rng, scale=2.0)
+        args = (x, memory)
+        if lengths is not None:
+            args += ((np.arange(S)[None, :] < np.array(lengths)[:, None])[:, None, None, :],)
         cases.append(Case(name, args, init=(d, H, d_ff), weights=weights, grad_output=f32(B, L, d, rng=rng)))
     return cases
 
 
-def _reference_block(case):
+def reference_block(case):
+    """The 2017 post-norm decoder layer in float64, with the case's weights: attnlib's multi-head attention for
+    the two attentions, torch's LayerNorm, Linear and ReLU (tests check it equals ``nn.TransformerDecoderLayer``)."""
     import torch
+    from torch import nn
 
-    from ...transformer import TransformerBlock
+    from ...modules import MultiHeadAttention
 
     d, H, d_ff = case.init
-    block = TransformerBlock(d, H, d_ff, activation="gelu").double()
+    block = nn.Module()
+    for attn in _ATTENTIONS:
+        setattr(block, attn, MultiHeadAttention(d, H))
+    for ln in _NORMS:
+        setattr(block, ln, nn.LayerNorm(d))
+    block.mlp = nn.Sequential(nn.Linear(d, d_ff), nn.ReLU(), nn.Linear(d_ff, d))
+    block = block.double()
     with torch.no_grad():
         for name, value in case.weights.items():
-            obj = block
-            for part in name.split("."):
-                obj = getattr(obj, part)
-            obj.copy_(_t(value))
+            block.get_parameter(name).copy_(_t(value))
     return block
 
 
-def block_expect(case):
+def _run_block(block, x, memory, memory_mask, kind="ok"):
+    """The block's outputs under one classic mistake (``kind``), from the same weights."""
     import torch
 
-    block = _reference_block(case)
-    x = _t(case.args[0]).requires_grad_()
-    mask = torch.from_numpy(case.args[1]) if len(case.args) > 1 else None
-    out, weights = block(x, mask)
-    (out * _t(case.grad_output)).sum().backward()
-    result = {"out": out.detach().numpy(), "weights": weights.detach().numpy(), "grad:arg0": x.grad.numpy()}
+    L = x.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    if kind == "no-causal":
+        causal = None
+    elif kind == "triu":
+        causal = torch.ones(L, L, dtype=torch.bool).triu()
+    if kind == "no-memory-mask":
+        memory_mask = None
+
+    def self_attn(h):
+        return block.self_attn(h, attn_mask=causal)
+
+    def cross_attn(h):
+        source = h if kind == "keys-from-x" else memory
+        return block.cross_attn(h, source, attn_mask=memory_mask)
+
+    ln1, ln2, ln3 = (block.ln1, block.ln1, block.ln1) if kind == "one-norm" else (block.ln1, block.ln2, block.ln3)
+    if kind == "pre-norm":
+        a, w_self = self_attn(ln1(x))
+        x = x + a
+        c, w_cross = cross_attn(ln2(x))
+        x = x + c
+        return {"out": x + block.mlp(ln3(x)), "self_weights": w_self, "cross_weights": w_cross}
+    if kind == "norm-before-residual":
+        a, w_self = self_attn(x)
+        x = x + ln1(a)
+        c, w_cross = cross_attn(x)
+        x = x + ln2(c)
+        return {"out": x + ln3(block.mlp(x)), "self_weights": w_self, "cross_weights": w_cross}
+    if kind == "no-residual":
+        a, w_self = self_attn(x)
+        x = ln1(a)
+        c, w_cross = cross_attn(x)
+        x = ln2(c)
+        return {"out": ln3(block.mlp(x)), "self_weights": w_self, "cross_weights": w_cross}
+    if kind == "cross-first":
+        c, w_cross = cross_attn(x)
+        x = ln1(x + c)
+        a, w_self = self_attn(x)
+        x = ln2(x + a)
+        return {"out": ln3(x + block.mlp(x)), "self_weights": w_self, "cross_weights": w_cross}
+    a, w_self = self_attn(x)
+    x = ln1(x + a)
+    c, w_cross = cross_attn(x)
+    x = ln2(x + c)
+    return {"out": ln3(x + block.mlp(x)), "self_weights": w_self, "cross_weights": w_cross}
+
+
+def _block_inputs(case):
+    import torch
+
+    x, memory = _t(case.args[0]), _t(case.args[1])
+    memory_mask = torch.from_numpy(case.args[2]) if len(case.args) > 2 else None
+    return x, memory, memory_mask
+
+
+def block_expect(case):
+    block = reference_block(case)
+    x, memory, memory_mask = _block_inputs(case)
+    x.requires_grad_()
+    memory.requires_grad_()
+    outputs = _run_block(block, x, memory, memory_mask)
+    (outputs["out"] * _t(case.grad_output)).sum().backward()
+    result = {name: value.detach().numpy() for name, value in outputs.items()}
+    result["grad:arg0"], result["grad:arg1"] = x.grad.numpy(), memory.grad.numpy()
     for name in case.weights:
-        obj = block
-        for part in name.split("."):
-            obj = getattr(obj, part)
-        result[f"grad:{name}"] = obj.grad.numpy()
+        result[f"grad:{name}"] = block.get_parameter(name).grad.numpy()
     return result
 
 
-def _variant(case, kind):
-    """The block's output under one classic mistake, from the same weights (float64)."""
-    import torch
-    import torch.nn.functional as F
-
-    block = _reference_block(case)
-    x = _t(case.args[0])
-    mask = torch.from_numpy(case.args[1]) if len(case.args) > 1 else None
-
-    def attn(h):
-        return block.attn(h, attn_mask=mask)[0]
-
-    def mlp(h, act=F.gelu):
-        return block.mlp[2](act(block.mlp[0](h)))
-
-    with torch.no_grad():
-        if kind == "post-norm":
-            h = block.ln1(x + attn(x))
-            out = block.ln2(h + mlp(h))
-        elif kind == "no-residual":
-            h = attn(block.ln1(x))
-            out = mlp(block.ln2(h))
-        elif kind == "no-mlp-residual":
-            h = x + attn(block.ln1(x))
-            out = mlp(block.ln2(h))
-        elif kind == "parallel":
-            out = x + attn(block.ln1(x)) + mlp(block.ln2(x))
-        elif kind == "one-norm":
-            h = x + attn(block.ln1(x))
-            out = h + mlp(block.ln1(h))
-        elif kind == "relu":
-            h = x + attn(block.ln1(x))
-            out = h + mlp(block.ln2(h), F.relu)
-        elif kind == "tanh-gelu":
-            h = x + attn(block.ln1(x))
-            out = h + mlp(block.ln2(h), lambda t: F.gelu(t, approximate="tanh"))
-        elif kind == "norm-after-sublayer":
-            h = x + block.ln1(attn(x))
-            out = h + block.ln2(mlp(h))
-        else:
-            raise ValueError(kind)
-    return {"out": out.numpy()}
+_BLOCK_HINTS = {
+    "pre-norm": "that is the pre-norm layout, x + sublayer(LN(x)); this block is the 2017 post-norm one: each "
+    "sub-layer reads x itself and the LayerNorm comes after the residual addition, x = LN(x + sublayer(x))",
+    "norm-before-residual": "the LayerNorm is applied to the sub-layer's output and the residual added after it; "
+    "post-norm normalises the sum: x = LN(x + sublayer(x))",
+    "no-residual": "the residual connections are missing: each sub-layer's output is added to its input x before "
+    "the LayerNorm",
+    "no-causal": "the self-attention is not causal: a position sees the positions after it; this block builds a "
+    "lower-triangular (L, L) mask (True = may attend) for its self-attention",
+    "triu": "the causal mask is upper-triangular, so each position sees only itself and LATER positions; True must "
+    "mark the earlier positions and the position itself",
+    "keys-from-x": "the cross-attention's keys and values come from x: that is a second self-attention. In "
+    "cross-attention the queries come from x and the keys and values from memory",
+    "cross-first": "the cross-attention comes before the masked self-attention; this block attends to its own "
+    "prefix first (ln1), then to the memory (ln2), then runs the feed-forward (ln3)",
+    "one-norm": "ln1 is used for every sub-layer; each has its own LayerNorm: ln1, ln2, ln3 in that order",
+    "no-memory-mask": "the memory's padding mask is not applied: the cross-attention puts weight on padding "
+    "slots of memory; pass memory_mask to the cross-attention (and only to it)",
+}
 
 
 def block_mistakes(case):
-    hints = {
-        "post-norm": "that is the post-norm block, LN(x + sublayer(x)); pre-norm normalises the input of each "
-        "sub-layer and adds the raw sub-layer output back: x + sublayer(LN(x))",
-        "norm-after-sublayer": "the LayerNorm is applied to the sub-layer's output; it belongs on its input: "
-        "x + sublayer(LN(x))",
-        "no-residual": "the residual connections are missing: add each sub-layer's output to x",
-        "no-mlp-residual": "the MLP's output replaces x instead of being added to it: x = x + mlp(ln2(x))",
-        "parallel": "attention and MLP both read the block's input (a 'parallel' block); in this block the MLP "
-        "reads x after the attention residual",
-        "one-norm": "ln1 is used twice; the MLP has its own LayerNorm, ln2",
-        "relu": "the MLP uses ReLU; this block's MLP uses GELU (nn.GELU(), the exact form)",
-        "tanh-gelu": "the MLP uses the tanh approximation of GELU; use the exact nn.GELU()",
-    }
-    return [(hint, _variant(case, kind)) for kind, hint in hints.items()]
+    import torch
+
+    block = reference_block(case)
+    x, memory, memory_mask = _block_inputs(case)
+    found = []
+    with torch.no_grad():
+        for kind, hint in _BLOCK_HINTS.items():
+            if kind == "no-memory-mask" and memory_mask is None:
+                continue
+            if kind == "keys-from-x" and memory_mask is not None:
+                continue  # the padding mask (batch, 1, 1, S) does not fit (L, L) scores: see block_raises
+            found.append((hint, {k: v.numpy() for k, v in _run_block(block, x, memory, memory_mask, kind).items()}))
+    return found
+
+
+def block_raises(case):
+    if len(case.args) < 3:
+        return []
+    B, L = case.args[0].shape[:2]
+    S = case.args[1].shape[1]
+    H = case.init[1]
+
+    def keys_from_x(t):
+        scores = t.zeros(B, H, L, L)
+        return scores.masked_fill(~t.ones(B, 1, 1, S, dtype=t.bool), float("-inf"))
+
+    return fingerprint_raises([(_BLOCK_HINTS["keys-from-x"], keys_from_x)])
 
 
 # ---------------------------------------------------------------------------------------------- 10.2 loss
@@ -301,19 +364,20 @@ EXERCISES = [
     Exercise(
         key="10.1",
         set=SET,
-        entry="TransformerBlock",
-        title="The pre-norm Transformer block's forward",
+        entry="DecoderBlock",
+        title="The 2017 post-norm decoder block: masked self-attention, cross-attention, feed-forward",
         points=6,
-        difficulty="medium",
-        minutes=25,
+        difficulty="hard",
+        minutes=30,
         kind="module",
-        returns=("out", "weights"),
-        forbidden=(*SDPA, *MHA, *ENCODER, *ATTNLIB),
+        returns=("out", "self_weights", "cross_weights"),
+        forbidden=(*SDPA, *MHA, *ENCODER, *DECODER, *ATTNLIB),
         cases=block_cases,
         expect=block_expect,
         mistakes=block_mistakes,
-        distribution="weights",
-        arg_names=("x", "attn_mask"),
+        raises=block_raises,
+        distribution="self_weights",
+        arg_names=("x", "memory", "memory_mask"),
     ),
     Exercise(
         key="10.2",
