@@ -51,6 +51,25 @@ def test_at_least_forty_exercises_of_every_kind():
     assert BY_KEY["14.1"].entry == "bert_attention"
 
 
+# What issue 22 found taught but never practised, each with the exercise that practises it now.
+PRACTISED = {
+    "ALiBi's slopes for any head count": "alibi_slopes",
+    "a FlexAttention mask function": "document_mask_mod",
+    "a FlexAttention score function": "softcap_score_mod",
+    "causal linear attention": "causal_linear_attention",
+    "KV-cache memory arithmetic": "kv_cache_bytes",
+    "the sliding window's reach over layers": "sliding_window_reach",
+    "a statistic over MiniLM's heads with its spread": "previous_token_stats",
+    "converting RoPE between the interleaved and half-split layouts": "interleaved_to_half_split_weight",
+}
+
+
+def test_at_least_65_exercises_and_each_topic_issue_22_found_unpractised_has_one():
+    assert len(EXERCISES) >= 65, len(EXERCISES)
+    entries = {ex.entry for ex in EXERCISES}
+    assert not {topic for topic, entry in PRACTISED.items() if entry not in entries}
+
+
 def _text(folder, set_name):
     nb = nbformat.read(folder / f"{set_name}_exercises.ipynb", as_version=4)
     return nb, "\n".join(c.source for c in nb.cells)
